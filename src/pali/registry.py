@@ -1,0 +1,85 @@
+"""Name -> builder registries, filled by built-ins and by installed plugins.
+
+A vision encoder, a text stack or a task head is one module that calls ``register`` on the
+registry it belongs to. Third-party packages add their own through Python entry points (group
+``pali.vision_encoders``, ``pali.text_stacks``, ``pali.heads``, ...): each entry point names a
+module (or object) whose import performs the registration. Entry points are loaded lazily, the first
+time a registry is read, so ``import pali`` stays cheap and a broken plugin only fails when used.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class RegistryError(KeyError):
+    """An unknown name, or two registrations under one name."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """A mapping from names to entries with lazy entry-point discovery."""
+
+    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._entries: dict[str, T] = {}
+        self._origins: dict[str, str] = {}
+        self._plugins_loaded = entry_point_group is None
+
+    def register(self, name: str, entry: T, *, origin: str = "pali") -> T:
+        """Add ``entry`` under ``name``; a second registration of the same name raises."""
+        if name in self._entries:
+            raise RegistryError(
+                f"{self.kind} {name!r} is registered twice: by {self._origins[name]} and by {origin}"
+            )
+        self._entries[name] = entry
+        self._origins[name] = origin
+        return entry
+
+    def decorator(self, name: str) -> Callable[[T], T]:
+        """``@registry.decorator("name")`` form of :meth:`register`."""
+        return lambda entry: self.register(name, entry, origin=_origin_of(entry))
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in entry_points(group=self.entry_point_group):
+            loaded = ep.load()
+            # An entry point may name the object itself (registered here under the entry point's
+            # name) or a module whose import already registered it.
+            if ep.name not in self._entries and not _is_module(loaded):
+                self.register(ep.name, loaded, origin=f"plugin {ep.value}")
+
+    def get(self, name: str) -> T:
+        self._load_plugins()
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries)) or "(none)"
+            raise RegistryError(f"unknown {self.kind} {name!r}; known: {known}") from None
+
+    def names(self) -> list[str]:
+        self._load_plugins()
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        self._load_plugins()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def _is_module(obj: object) -> bool:
+    return type(obj).__name__ == "module"
+
+
+def _origin_of(entry: object) -> str:
+    return getattr(entry, "__module__", None) or "pali"
