@@ -10,16 +10,15 @@ time a registry is read, so ``import pali`` stays cheap and a broken plugin only
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import Callable, Generic, Iterator, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar
+
+from .errors import RegistryError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 T = TypeVar("T")
-
-
-class RegistryError(KeyError):
-    """An unknown name, or two registrations under one name."""
-
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return str(self.args[0])
 
 
 class Registry(Generic[T]):
@@ -83,3 +82,28 @@ def _is_module(obj: object) -> bool:
 
 def _origin_of(entry: object) -> str:
     return getattr(entry, "__module__", None) or "pali"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named config: ``family`` is "pali", "vision" or "text"."""
+
+    name: str
+    family: str
+    build: Callable[[], "Config"]
+    description: str = ""
+
+
+VISION_ENCODERS: Registry[Any] = Registry("vision encoder", "pali.vision_encoders")
+TEXT_STACKS: Registry[Any] = Registry("text stack", "pali.text_stacks")
+PRESETS: Registry[Preset] = Registry("preset", "pali.presets")
+
+
+def register_preset(name: str, family: str, description: str = ""):
+    """Decorator: register a zero-argument function returning a fresh config as a preset."""
+
+    def wrap(build: Callable[[], "Config"]) -> Callable[[], "Config"]:
+        PRESETS.register(name, Preset(name, family, build, description), origin=build.__module__)
+        return build
+
+    return wrap

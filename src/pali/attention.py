@@ -1,0 +1,204 @@
+"""Multi-head attention for both towers, with one switch for the backend that computes it.
+
+Backends:
+
+* ``"eager"``: :func:`pali.kernels.attention_reference`, fp32 and fully materialized; the
+  definition the others are tested against.
+* ``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention`. The T5 bias stays
+  ``[1, H, Lq, Lk]`` (built once per stack forward and shared by its layers) and the key padding
+  mask is applied without ever forming a ``[B, H, Lq, Lk]`` mask (see :func:`_sdpa`).
+* ``"triton"``: :func:`pali.kernels.attention`, the fused kernels with the T5 bias computed inside
+  the kernel from the ``[H, 32]`` table. Needs CUDA tensors.
+* ``"auto"`` (default): triton on CUDA when the kernels import, sdpa elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import kernels
+from .errors import ConfigError
+
+BACKENDS = ("auto", "eager", "sdpa", "triton")
+
+
+@lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(kernels, "attention")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn ``"auto"`` into a concrete backend for tensors on ``device``."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and _triton_importable() else "sdpa"
+    return backend
+
+
+@dataclass
+class RelativeBias:
+    """T5 relative position bias of one stack for one forward pass.
+
+    Holds the ``[H, num_buckets]`` table; the dense ``[1, H, Lq, Lk]`` form is built on demand and
+    memoized, so the layers of a stack share one copy (the fused backend never builds it).
+    """
+
+    table: torch.Tensor
+    bidirectional: bool
+    num_buckets: int = 32
+    max_distance: int = 128
+    _dense: dict = field(default_factory=dict, repr=False)
+
+    def dense(self, lq: int, lk: int, q_offset: int) -> torch.Tensor:
+        key = (lq, lk, q_offset)
+        if key not in self._dense:
+            self._dense[key] = kernels.t5_relative_bias(
+                self.table,
+                lq,
+                lk,
+                bidirectional=self.bidirectional,
+                num_buckets=self.num_buckets,
+                max_distance=self.max_distance,
+                q_offset=q_offset,
+            )
+        return self._dense[key]
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    backend: str,
+    scale: float,
+    causal: bool = False,
+    bias: RelativeBias | None = None,
+    q_offset: int = 0,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention on ``[B, H, L, D]`` tensors through the chosen backend."""
+    backend = resolve_backend(backend, q.device)
+    if backend == "triton":
+        extra = {}
+        if bias is not None:
+            extra = dict(
+                bias_table=bias.table,
+                bias_bidirectional=bias.bidirectional,
+                num_buckets=bias.num_buckets,
+                max_distance=bias.max_distance,
+            )
+        return kernels.attention(
+            q, k, v, scale=scale, causal=causal, q_offset=q_offset,
+            key_padding_mask=key_padding_mask, **extra,
+        )
+    dense = None if bias is None else bias.dense(q.shape[-2], k.shape[-2], q_offset)
+    if backend == "eager":
+        return kernels.attention_reference(
+            q, k, v, scale=scale, causal=causal, q_offset=q_offset,
+            key_padding_mask=key_padding_mask, bias=dense,
+        )
+    return _sdpa(q, k, v, scale=scale, causal=causal, bias=dense, q_offset=q_offset,
+                 key_padding_mask=key_padding_mask)
+
+
+def _sdpa(q, k, v, *, scale, causal, bias, q_offset, key_padding_mask):
+    lq, lk = q.shape[-2], k.shape[-2]
+    # Large but finite, so gradients through masked entries stay 0 rather than NaN, and a row
+    # whose keys are all masked stays finite (it is never read).
+    neg = torch.finfo(q.dtype).min / 4
+    mask = None if bias is None else bias.to(q.dtype)
+    is_causal = False
+    if causal:
+        if mask is None and q_offset == 0 and lq == lk:
+            is_causal = True
+        else:
+            q_pos = torch.arange(q_offset, q_offset + lq, device=q.device)
+            blocked = torch.arange(lk, device=q.device)[None, :] > q_pos[:, None]
+            causal_bias = torch.zeros(lq, lk, dtype=q.dtype, device=q.device).masked_fill(blocked, neg)
+            mask = causal_bias if mask is None else mask + causal_bias
+    if key_padding_mask is not None and not bool(key_padding_mask.all()):
+        # SDPA takes one additive mask; adding [B,1,1,Lk] padding to a [1,H,Lq,Lk] bias would
+        # materialize [B,H,Lq,Lk]. Instead append one feature to every head: 1 in the queries and
+        # 0 (attend) or a huge negative (padded) in the keys, so q.k gains exactly the padding
+        # term. This costs one extra (aligned) feature column, O(B*H*L*D), not O(B*H*L^2).
+        q, k = _append_padding_feature(q, k, key_padding_mask, neg)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+
+
+def _append_padding_feature(q, k, key_padding_mask, neg):
+    d = q.shape[-1]
+    extra = 8 - d % 8  # keep the feature dim a multiple of 8 so fused SDPA kernels still apply
+    q_pad = q.new_zeros(*q.shape[:-1], extra)
+    q_pad[..., 0] = 1.0
+    k_pad = k.new_zeros(*k.shape[:-1], extra)
+    k_pad[..., 0] = torch.where(key_padding_mask.bool(), 0.0, neg)[:, None, :].to(k.dtype)
+    return torch.cat([q, q_pad], dim=-1), torch.cat([k, k_pad], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate ``q``, ``k``, ``v``, ``o`` projections.
+
+    Used for ViT self-attention (biases, scale 1/sqrt(d)) and mT5 self/cross attention (no biases,
+    scale 1.0 because T5 folds the scaling into its initialisation). Separate projections keep
+    checkpoint key maps one-to-one and let LoRA target each by name.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        bias: bool,
+        scale: float | None = None,
+        kv_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        inner = num_heads * head_dim
+        kv_dim = dim if kv_dim is None else kv_dim
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.backend = "auto"
+        self.q = nn.Linear(dim, inner, bias=bias)
+        self.k = nn.Linear(kv_dim, inner, bias=bias)
+        self.v = nn.Linear(kv_dim, inner, bias=bias)
+        self.o = nn.Linear(inner, dim, bias=bias)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, _ = x.shape
+        return x.view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[B, H, L, D]`` of ``x`` (for caching cross-attention once)."""
+        return self.split_heads(self.k(x)), self.split_heads(self.v(x))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        bias: RelativeBias | None = None,
+        causal: bool = False,
+        q_offset: int = 0,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attend from ``x`` to ``kv`` (already projected keys/values), or to ``x`` itself."""
+        q = self.split_heads(self.q(x))
+        k, v = self.project_kv(x) if kv is None else kv
+        out = attend(
+            q, k, v, backend=self.backend, scale=self.scale, causal=causal, bias=bias,
+            q_offset=q_offset, key_padding_mask=key_padding_mask,
+        )
+        b, _, length, _ = out.shape
+        return self.o(out.transpose(1, 2).reshape(b, length, self.num_heads * self.head_dim))

@@ -1,0 +1,136 @@
+"""Architecture configs: one dataclass per tower, composed by :class:`PaliConfig`.
+
+A tower config names its ``kind``, the registry key of the module that builds it, so a saved
+``config.json`` says which encoder and text stack to construct and a new backbone needs no edit
+here. Configs hold architecture only; where weights come from is the Hub/conversion layer's
+business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from .errors import ConfigError, RegistryError
+
+C = TypeVar("C", bound="Config")
+
+
+@dataclass
+class Config:
+    """Base: dict/JSON round trip with unknown-field detection."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, Config) else value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__} expects a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names - {"kind"})
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown fields {unknown}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as e:
+            raise ConfigError(f"{cls.__name__}: {e}") from None
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class VisionConfig(Config):
+    """What every vision encoder config offers to :class:`pali.PaliModel`."""
+
+    kind: ClassVar[str] = ""
+    image_size: int = 224
+
+    @property
+    def width(self) -> int:
+        """Feature size of each output token (the projection's input)."""
+        raise NotImplementedError
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of visual tokens produced for one image at ``image_size``."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **super().to_dict()}
+
+
+@dataclass
+class TextConfig(Config):
+    """What every text stack config offers: an encoder-decoder over a token vocabulary."""
+
+    kind: ClassVar[str] = ""
+    vocab_size: int = 250112
+    d_model: int = 512
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **super().to_dict()}
+
+
+def _tower_from_dict(data: Any, registry_getter, what: str) -> Config:
+    if not isinstance(data, dict) or "kind" not in data:
+        raise ConfigError(f"PaliConfig.{what} must be an object with a 'kind' field")
+    try:
+        module_cls = registry_getter(data["kind"])
+    except RegistryError as e:
+        raise ConfigError(f"PaliConfig.{what}: {e}") from None
+    return module_cls.config_class.from_dict(data)
+
+
+@dataclass
+class PaliConfig(Config):
+    """A PaLI model: vision encoder -> linear projection -> text encoder-decoder."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    projection_bias: bool = True
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vision, VisionConfig) or not isinstance(self.text, TextConfig):
+            raise ConfigError("PaliConfig needs a VisionConfig and a TextConfig")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PaliConfig":
+        from .registry import TEXT_STACKS, VISION_ENCODERS
+
+        if not isinstance(data, dict):
+            raise ConfigError(f"PaliConfig expects a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        data["vision"] = _tower_from_dict(data.get("vision"), VISION_ENCODERS.get, "vision")
+        data["text"] = _tower_from_dict(data.get("text"), TEXT_STACKS.get, "text")
+        return super().from_dict(data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "PaliConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PaliConfig":
+        return cls.from_json(Path(path).read_text())

@@ -1,0 +1,166 @@
+"""Key maps from Hugging Face transformers checkpoints to pali's tower state dicts.
+
+Targets are relative to the tower (``patch_embed.weight``, ``encoder.layers.0.attn.q.weight``);
+prefix them with ``vision.`` / ``text.`` for a whole :class:`pali.PaliModel`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..errors import CheckpointError
+from ..text.mt5 import MT5Config
+from ..vision.vit import ViTConfig
+from .keymap import KeyMap, Rule
+
+
+def _transpose(t):
+    return t.t().contiguous()
+
+
+def _unsqueeze0(t):
+    return t.unsqueeze(0)
+
+
+def _class_token(t):
+    return t.reshape(1, 1, -1)
+
+
+_LAYER = r"(?:vision_model\.)?encoder\.layers\.(\d+)\."
+_HF_VIT_BLOCK = [
+    Rule(_LAYER + r"layer_norm1\.(weight|bias)", r"blocks.\1.norm1.\2"),
+    Rule(_LAYER + r"layer_norm2\.(weight|bias)", r"blocks.\1.norm2.\2"),
+    Rule(_LAYER + r"self_attn\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+    Rule(_LAYER + r"self_attn\.out_proj\.(weight|bias)", r"blocks.\1.attn.o.\2"),
+    Rule(_LAYER + r"mlp\.(fc1|fc2)\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
+    Rule(r"(?:vision_model\.)?post_layernorm\.(weight|bias)", r"norm.\1"),
+]
+# What two-tower checkpoints hold besides the vision tower, and pooling heads PaLI does not use.
+_HF_IGNORED = [
+    Rule(r"text_model\..*", None),
+    Rule(r"(?:vision_model\.)?head\..*", None),  # SigLIP's MAP head
+    Rule(r"(logit_scale|logit_bias|visual_projection\.weight|text_projection\.weight)", None),
+    Rule(r".*position_ids", None),
+]
+
+SIGLIP_VISION = KeyMap(
+    "HF SigLIP vision tower",
+    [
+        Rule(r"(?:vision_model\.)?embeddings\.patch_embedding\.(weight|bias)", r"patch_embed.\1"),
+        Rule(r"(?:vision_model\.)?embeddings\.position_embedding\.weight", "pos_embed", _unsqueeze0),
+        *_HF_VIT_BLOCK,
+        *_HF_IGNORED,
+    ],
+)
+
+CLIP_VISION = KeyMap(
+    "HF CLIP vision tower",
+    [
+        Rule(r"(?:vision_model\.)?embeddings\.class_embedding", "cls_token", _class_token),
+        Rule(r"(?:vision_model\.)?embeddings\.patch_embedding\.weight", "patch_embed.weight"),
+        Rule(r"(?:vision_model\.)?embeddings\.position_embedding\.weight", "pos_embed", _unsqueeze0),
+        Rule(r"(?:vision_model\.)?pre_layrnorm\.(weight|bias)", r"norm_pre.\1"),
+        *_HF_VIT_BLOCK,
+        *_HF_IGNORED,
+    ],
+)
+
+MT5 = KeyMap(
+    "HF mT5",
+    [
+        Rule(r"shared\.weight", "embed.weight"),
+        Rule(r"(encoder|decoder)\.embed_tokens\.weight", None),  # aliases of shared.weight
+        Rule(r"lm_head\.weight", "lm_head.weight"),
+        Rule(
+            r"(encoder|decoder)\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
+            r"\1.relpos_bias",
+            _transpose,  # HF keeps [buckets, heads]; we keep the kernels' [heads, buckets]
+        ),
+        Rule(r"(encoder|decoder)\.final_layer_norm\.weight", r"\1.norm.weight"),
+        Rule(r"encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.(q|k|v|o)\.weight", r"encoder.layers.\1.attn.\2.weight"),
+        Rule(r"encoder\.block\.(\d+)\.layer\.0\.layer_norm\.weight", r"encoder.layers.\1.attn_norm.weight"),
+        Rule(r"encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.(wi_0|wi_1|wo)\.weight", r"encoder.layers.\1.mlp.\2.weight"),
+        Rule(r"encoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight", r"encoder.layers.\1.mlp_norm.weight"),
+        Rule(r"decoder\.block\.(\d+)\.layer\.0\.SelfAttention\.(q|k|v|o)\.weight", r"decoder.layers.\1.self_attn.\2.weight"),
+        Rule(r"decoder\.block\.(\d+)\.layer\.0\.layer_norm\.weight", r"decoder.layers.\1.self_attn_norm.weight"),
+        Rule(r"decoder\.block\.(\d+)\.layer\.1\.EncDecAttention\.(q|k|v|o)\.weight", r"decoder.layers.\1.cross_attn.\2.weight"),
+        Rule(r"decoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight", r"decoder.layers.\1.cross_attn_norm.weight"),
+        Rule(r"decoder\.block\.(\d+)\.layer\.2\.DenseReluDense\.(wi_0|wi_1|wo)\.weight", r"decoder.layers.\1.mlp.\2.weight"),
+        Rule(r"decoder\.block\.(\d+)\.layer\.2\.layer_norm\.weight", r"decoder.layers.\1.mlp_norm.weight"),
+    ],
+)
+
+
+_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}
+
+
+def _vision_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The vision part of a two-tower config (SiglipConfig, CLIPConfig) or the config itself."""
+    return config.get("vision_config") or config
+
+
+def _activation(config: Mapping[str, Any]) -> str:
+    act = config.get("hidden_act", "gelu_pytorch_tanh")
+    if act not in _ACTIVATIONS:
+        raise CheckpointError(f"unsupported vision activation {act!r}; known: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[act]
+
+
+def siglip_vision_config(config: Mapping[str, Any]) -> ViTConfig:
+    """Our ViTConfig for a HF ``SiglipVisionConfig`` (or two-tower ``SiglipConfig``) dict."""
+    c = _vision_section(config)
+    return ViTConfig(
+        image_size=c.get("image_size", 224),
+        patch_size=c.get("patch_size", 16),
+        hidden_size=c.get("hidden_size", 768),
+        depth=c.get("num_hidden_layers", 12),
+        mlp_dim=c.get("intermediate_size", 3072),
+        num_heads=c.get("num_attention_heads", 12),
+        act=_activation(c),
+        norm_eps=c.get("layer_norm_eps", 1e-6),
+    )
+
+
+def clip_vision_config(config: Mapping[str, Any]) -> ViTConfig:
+    """Our ViTConfig for a HF ``CLIPVisionConfig`` (or two-tower ``CLIPConfig``) dict.
+
+    HF's ``last_hidden_state`` is taken before ``post_layernorm``; OpenCLIP applies that norm to
+    every token before pooling, and so do we (``final_norm``), which is what PaLI-style use wants.
+    """
+    c = _vision_section(config)
+    return ViTConfig(
+        image_size=c.get("image_size", 224),
+        patch_size=c.get("patch_size", 32),
+        hidden_size=c.get("hidden_size", 768),
+        depth=c.get("num_hidden_layers", 12),
+        mlp_dim=c.get("intermediate_size", 3072),
+        num_heads=c.get("num_attention_heads", 12),
+        act=_activation({"hidden_act": c.get("hidden_act", "quick_gelu")}),
+        norm_eps=c.get("layer_norm_eps", 1e-5),
+        patch_bias=False,
+        class_token=True,
+        pre_norm=True,
+    )
+
+
+def mt5_config(config: Mapping[str, Any]) -> MT5Config:
+    """Our MT5Config for a HF ``MT5Config``/``T5Config`` dict (T5 v1.1 layout only)."""
+    ff = config.get("feed_forward_proj", "gated-gelu")
+    if ff not in ("gated-gelu", "gated-gelu_new"):
+        raise CheckpointError(f"feed_forward_proj {ff!r}: only T5 v1.1 / mT5 'gated-gelu' stacks are supported")
+    layers = config["num_layers"]
+    return MT5Config(
+        vocab_size=config["vocab_size"],
+        d_model=config["d_model"],
+        d_ff=config["d_ff"],
+        num_heads=config["num_heads"],
+        d_kv=config["d_kv"],
+        num_encoder_layers=layers,
+        num_decoder_layers=config.get("num_decoder_layers") or layers,
+        num_buckets=config.get("relative_attention_num_buckets", 32),
+        max_distance=config.get("relative_attention_max_distance", 128),
+        norm_eps=config.get("layer_norm_epsilon", 1e-6),
+        pad_token_id=config.get("pad_token_id", 0),
+        eos_token_id=config.get("eos_token_id", 1),
+        decoder_start_token_id=config.get("decoder_start_token_id", 0),
+    )

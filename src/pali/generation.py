@@ -1,0 +1,158 @@
+"""Decoding strategies over an encoder-decoder: greedy, sampling and beam search.
+
+The model hands over two callables: ``step(tokens)`` giving next-token logits for the newest
+decoder tokens (the KV-cached path) or for the whole prefix (the uncached path), and
+``reorder(index)`` keeping the batch rows that beam search selects. Beam search follows Hugging
+Face transformers' vectorized algorithm (top ``2K`` candidates, length-normalized finished
+hypotheses, the same early-stop heuristic), so both give the same beams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .errors import InputError
+
+_NEG = -1.0e9
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    length_penalty: float = 1.0
+    early_stopping: bool = False
+    eos_token_id: int = 1
+    pad_token_id: int = 0
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_beams < 1:
+            raise InputError(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.do_sample and self.num_beams > 1:
+            raise InputError("do_sample with num_beams > 1 (beam sampling) is not supported")
+        if self.temperature <= 0:
+            raise InputError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise InputError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus (top-p) filtering, as samplers usually chain them."""
+    logits = logits / cfg.temperature
+    if cfg.top_k is not None:
+        kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1])).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p is not None and cfg.top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p; the best token always stays.
+        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= cfg.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def greedy_or_sample(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    batch: int,
+    start_token: int,
+    cfg: GenerationConfig,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Generate ``[batch, <= max_new_tokens]`` ids; rows that ended are padded after their eos."""
+    tokens = torch.full((batch, 1), start_token, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(cfg.max_new_tokens):
+        logits = step(tokens)[:, -1].float()
+        if cfg.do_sample:
+            probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            nxt = logits.argmax(-1)
+        nxt = torch.where(finished, torch.full_like(nxt, cfg.pad_token_id), nxt)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        finished |= nxt == cfg.eos_token_id
+        if bool(finished.all()):
+            break
+    return tokens[:, 1:]
+
+
+def beam_search(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    reorder: Callable[[torch.Tensor], None],
+    batch: int,
+    start_token: int,
+    cfg: GenerationConfig,
+    device: torch.device,
+) -> torch.Tensor:
+    """Beam search over ``batch * num_beams`` decoder rows (beam-major within each batch item).
+
+    Scores are summed log-probabilities; a hypothesis that emits eos (or reaches the length limit)
+    is finished with score ``sum / length ** length_penalty``. Returns the best finished
+    hypothesis per item, padded after its eos.
+    """
+    k, n = cfg.num_beams, cfg.max_new_tokens
+    running = torch.full((batch, k, n), cfg.pad_token_id, dtype=torch.long, device=device)
+    running_scores = torch.full((batch, k), _NEG, device=device)
+    running_scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    finished = torch.full((batch, k, n), cfg.pad_token_id, dtype=torch.long, device=device)
+    finished_scores = torch.full((batch, k), _NEG, device=device)
+    is_finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
+    finished_len = torch.zeros(batch, k, dtype=torch.long, device=device)
+    improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
+    top_k_mask = torch.arange(2 * k, device=device) < k
+    offsets = torch.arange(batch, device=device)[:, None] * k
+    prefix = torch.full((batch * k, 1), start_token, dtype=torch.long, device=device)
+
+    for t in range(n):
+        tokens = torch.cat([prefix, running[:, :, :t].reshape(batch * k, t)], dim=1)
+        logprobs = torch.log_softmax(step(tokens)[:, -1].float(), dim=-1)
+        vocab = logprobs.shape[-1]
+        logprobs = (logprobs.view(batch, k, vocab) + running_scores[:, :, None]).view(batch, k * vocab)
+        cand_scores, cand_index = torch.topk(logprobs, 2 * k)
+        cand_beam, cand_token = cand_index // vocab, cand_index % vocab
+        cand_seqs = running.gather(1, cand_beam[:, :, None].expand(-1, -1, n)).clone()
+        cand_seqs[:, :, t] = cand_token
+        ends = (cand_token == cfg.eos_token_id) | (t + 1 == n)
+
+        # Live beams: the best k candidates that did not just end.
+        live_scores = cand_scores + ends.float() * _NEG
+        keep = torch.topk(live_scores, k).indices
+        running = cand_seqs.gather(1, keep[:, :, None].expand(-1, -1, n))
+        running_scores = live_scores.gather(1, keep)
+        reorder((cand_beam.gather(1, keep) + offsets).view(-1))
+
+        # Finished hypotheses: candidates among the top k that ended, if they beat the kept ones.
+        just_ended = ends & top_k_mask[None, :]
+        ended_scores = cand_scores / float(t + 1) ** cfg.length_penalty
+        if cfg.early_stopping:
+            ended_scores = ended_scores + is_finished.all(-1, keepdim=True).float() * _NEG
+        ended_scores = ended_scores + (~improvable).float() * _NEG + (~just_ended).float() * _NEG
+        merged_scores = torch.cat([finished_scores, ended_scores], dim=1)
+        best = torch.topk(merged_scores, k).indices
+        finished = torch.cat([finished, cand_seqs], dim=1).gather(1, best[:, :, None].expand(-1, -1, n))
+        finished_scores = merged_scores.gather(1, best)
+        is_finished = torch.cat([is_finished, just_ended], dim=1).gather(1, best)
+        finished_len = torch.cat([finished_len, torch.full_like(cand_token, t + 1)], dim=1).gather(1, best)
+
+        # Stop when no live beam can beat the worst finished one (scored at its current length).
+        best_live = running_scores[:, :1] / float(t + 1) ** cfg.length_penalty
+        worst = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True).values, _NEG)
+        improvable = improvable & (best_live > worst).any(-1, keepdim=True)
+        all_done = cfg.early_stopping and bool(is_finished.all())
+        if not bool(improvable.any()) or all_done or bool(ends.all()):
+            break
+
+    return finished[:, 0, : int(finished_len[:, 0].max())]

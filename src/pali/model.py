@@ -1,0 +1,221 @@
+"""PaliModel: vision encoder -> linear projection -> text encoder-decoder.
+
+The image becomes "visual words" (one token per patch), projected to the text width and placed in
+front of the embedded prompt; the text encoder reads both (visual tokens always attended, prompt
+padding masked) and the decoder writes the answer. Without an image the model is its text stack,
+as the paper's mixture has text-only tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import Attention, resolve_backend
+from .config import PaliConfig
+from .errors import InputError
+from .generation import GenerationConfig, beam_search, greedy_or_sample
+from .presets import get_config
+from .registry import TEXT_STACKS, VISION_ENCODERS
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class PaliOutput:
+    """``logits`` ``[B, T, V]``; ``loss`` is the mean cross-entropy over labels != -100."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+def shift_right(labels: torch.Tensor, start_token: int, pad_token: int) -> torch.Tensor:
+    """Decoder inputs from labels: start token first, ignored positions fed as padding."""
+    shifted = labels.new_full(labels.shape, start_token)
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill(shifted == IGNORE_INDEX, pad_token)
+
+
+class PaliModel(nn.Module):
+    """A PaLI model built from a :class:`PaliConfig` (see :func:`pali.list_presets`)."""
+
+    def __init__(self, config: PaliConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision = VISION_ENCODERS.get(config.vision.kind)(config.vision)
+        self.projection = nn.Linear(config.vision.width, config.text.d_model, bias=config.projection_bias)
+        self.text = TEXT_STACKS.get(config.text.kind)(config.text)
+        # LeCun normal: projected visual tokens start at the scale of mT5's unit-variance embeddings.
+        nn.init.normal_(self.projection.weight, std=config.vision.width**-0.5)
+        if self.projection.bias is not None:
+            nn.init.zeros_(self.projection.bias)
+
+    @classmethod
+    def from_preset(cls, name: str, *, image_size: int | None = None) -> "PaliModel":
+        """Randomly initialised model of a named preset; ``image_size`` overrides the resolution.
+
+        Build inside ``with torch.device("meta"):`` to get the structure without allocating.
+        """
+        return cls(get_config(name, image_size=image_size))
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def freeze_vision(self, frozen: bool = True) -> "PaliModel":
+        """Stop (or restart) training the vision tower: PaLI's default trains only projection + text."""
+        self.vision.requires_grad_(not frozen)
+        return self
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def set_attention_backend(self, backend: str) -> "PaliModel":
+        """Use ``"auto"``, ``"eager"``, ``"sdpa"`` or ``"triton"`` attention in every layer."""
+        resolve_backend(backend, torch.device("cpu"))  # validates the name
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.backend = backend
+        return self
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run vision + text encoder; returns the encoder output and its ``[B, L]`` key mask."""
+        batch = _batch_size(pixel_values, input_ids, attention_mask)
+        parts, masks = [], []
+        if pixel_values is not None:
+            visual = self.projection(self.vision(pixel_values))
+            parts.append(visual)
+            masks.append(torch.ones(batch, visual.shape[1], dtype=torch.bool, device=visual.device))
+        if input_ids is not None:
+            parts.append(self.text.embed_tokens(input_ids))
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+            masks.append(attention_mask.bool())
+        dtype = self.text.embed.weight.dtype
+        embeds = torch.cat([p.to(dtype) for p in parts], dim=1)
+        mask = torch.cat(masks, dim=1)
+        if bool(mask.all()):
+            mask = None  # nothing to mask: lets attention skip the padding path entirely
+        return self.text.encode(embeds, mask), mask
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> PaliOutput:
+        """Teacher-forced forward. Give ``labels`` (-100 = ignore) for a loss; decoder inputs are
+        then derived from them unless ``decoder_input_ids`` is given."""
+        cfg = self.config.text
+        if decoder_input_ids is None:
+            if labels is None:
+                raise InputError("forward needs labels or decoder_input_ids")
+            decoder_input_ids = shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id)
+        encoder_hidden, mask = self.encode(pixel_values, input_ids, attention_mask)
+        if decoder_input_ids.shape[0] != encoder_hidden.shape[0]:
+            raise InputError(
+                f"decoder batch {decoder_input_ids.shape[0]} != encoder batch {encoder_hidden.shape[0]}"
+            )
+        logits = self.text.decode(decoder_input_ids, encoder_hidden, mask)
+        loss = None
+        if labels is not None:
+            if labels.shape != decoder_input_ids.shape:
+                raise InputError(f"labels {list(labels.shape)} != decoder_input_ids {list(decoder_input_ids.shape)}")
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX
+            )
+        return PaliOutput(logits=logits, loss=loss)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 32,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        length_penalty: float = 1.0,
+        early_stopping: bool = False,
+        eos_token_id: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Generated token ids ``[B, T]`` (no start token; rows padded after their eos).
+
+        The encoder runs once; cross-attention keys/values are projected once; the decoder's
+        self-attention reads a preallocated KV cache (``use_cache=False`` recomputes the whole
+        prefix each step and gives the same tokens).
+        """
+        text_cfg = self.config.text
+        cfg = GenerationConfig(
+            max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
+            temperature=temperature, top_k=top_k, top_p=top_p, length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            eos_token_id=text_cfg.eos_token_id if eos_token_id is None else eos_token_id,
+            pad_token_id=text_cfg.pad_token_id,
+        )
+        cfg.validate()
+        encoder_hidden, mask = self.encode(pixel_values, input_ids, attention_mask)
+        batch = encoder_hidden.shape[0]
+        if num_beams > 1:
+            index = torch.arange(batch, device=encoder_hidden.device).repeat_interleave(num_beams)
+            encoder_hidden = encoder_hidden.index_select(0, index)
+            mask = None if mask is None else mask.index_select(0, index)
+        step, reorder = self._decoder_step(encoder_hidden, mask, cfg.max_new_tokens, use_cache)
+        start = text_cfg.decoder_start_token_id
+        if num_beams > 1:
+            return beam_search(step, reorder, batch, start, cfg, encoder_hidden.device)
+        return greedy_or_sample(step, batch, start, cfg, encoder_hidden.device, generator)
+
+    def _decoder_step(self, encoder_hidden, mask, max_len, use_cache):
+        """``step(tokens)`` -> logits for the last position, and ``reorder(index)`` for beams."""
+        if use_cache:
+            state = self.text.start_decoding(encoder_hidden, mask, max_len)
+            return (lambda tokens: self.text.decode_step(tokens[:, -1:], state)), state.reorder
+
+        held = {"hidden": encoder_hidden, "mask": mask}
+
+        def step(tokens):
+            return self.text.decode(tokens, held["hidden"], held["mask"])[:, -1:]
+
+        def reorder(index):
+            held["hidden"] = held["hidden"].index_select(0, index)
+            held["mask"] = None if held["mask"] is None else held["mask"].index_select(0, index)
+
+        return step, reorder
+
+
+def _batch_size(pixel_values, input_ids, attention_mask) -> int:
+    sizes: dict[str, int] = {}
+    for name, t in (("pixel_values", pixel_values), ("input_ids", input_ids), ("attention_mask", attention_mask)):
+        if t is not None:
+            if not isinstance(t, torch.Tensor):
+                raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            sizes[name] = t.shape[0] if t.dim() else -1
+    if not sizes or ("attention_mask" in sizes and len(sizes) == 1):
+        raise InputError("give pixel_values, input_ids or both")
+    if len(set(sizes.values())) > 1:
+        raise InputError(f"batch sizes differ: {sizes}")
+    batch = next(iter(sizes.values()))
+    if batch <= 0:
+        raise InputError(f"empty batch: {sizes}")
+    if attention_mask is not None and input_ids is not None and attention_mask.shape != input_ids.shape:
+        raise InputError(f"attention_mask {list(attention_mask.shape)} != input_ids {list(input_ids.shape)}")
+    return batch

@@ -1,0 +1,308 @@
+"""mT5 (T5 v1.1) encoder-decoder with exactly the reference semantics.
+
+RMSNorm (eps 1e-6, no mean subtraction, no bias), gated tanh-GELU MLP ``wo(gelu(wi_0 x) * wi_1 x)``,
+no biases anywhere, no 1/sqrt(d) attention scaling, one relative-position-bias table per stack
+(bidirectional in the encoder, causal in the decoder) shared by all its layers, an untied
+``lm_head`` and no logit rescaling. pad = decoder start = 0, eos = 1.
+
+In fp16, T5's MLP outputs exceed 65504. The guard used here: the ``wo`` projection runs in fp32
+and every residual sum is clamped to the fp16 range, which keeps fp16 finite where a naive port
+produces inf/NaN. bf16 needs no guard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+from ..attention import Attention, RelativeBias
+from ..config import TextConfig
+from ..errors import ConfigError, InputError
+from ..registry import TEXT_STACKS, register_preset
+
+_FP16_LIMIT = torch.finfo(torch.float16).max - 1000
+
+
+def _clamp_fp16(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(-_FP16_LIMIT, _FP16_LIMIT) if x.dtype == torch.float16 else x
+
+
+@dataclass
+class MT5Config(TextConfig):
+    kind = "mt5"
+    d_ff: int = 1024
+    num_heads: int = 6
+    d_kv: int = 64
+    num_encoder_layers: int = 8
+    num_decoder_layers: int = 8
+    num_buckets: int = 32
+    max_distance: int = 128
+    norm_eps: float = 1e-6
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_buckets", "max_distance"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ConfigError(f"MT5Config.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.num_buckets % 2:
+            raise ConfigError("MT5Config.num_buckets must be even (half per direction in the encoder)")
+
+
+class RMSNorm(nn.Module):
+    """T5's LayerNorm: scale only, no mean subtraction; statistics in fp32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        return self.weight * x.to(self.weight.dtype)
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.wi_0 = nn.Linear(d_model, d_ff, bias=False)
+        self.wi_1 = nn.Linear(d_model, d_ff, bias=False)
+        self.wo = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)
+        if h.dtype == torch.float16:
+            return _clamp_fp16(F.linear(h.float(), self.wo.weight.float())).half()
+        return self.wo(h.to(self.wo.weight.dtype))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: MT5Config) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=False, scale=1.0)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = GatedMLP(cfg.d_model, cfg.d_ff)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, bias: RelativeBias, mask: torch.Tensor | None) -> torch.Tensor:
+        x = _clamp_fp16(x + self.dropout(self.attn(self.attn_norm(x), bias=bias, key_padding_mask=mask)))
+        return _clamp_fp16(x + self.dropout(self.mlp(self.mlp_norm(x))))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: MT5Config) -> None:
+        super().__init__()
+        self.self_attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=False, scale=1.0)
+        self.cross_attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.cross_attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=False, scale=1.0)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = GatedMLP(cfg.d_model, cfg.d_ff)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        bias: RelativeBias,
+        cross_kv: tuple[torch.Tensor, torch.Tensor],
+        enc_mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        h = self.self_attn_norm(x)
+        if cache is None:
+            attn = self.self_attn(h, bias=bias, causal=True)
+        else:
+            kv = cache.update(layer, *self.self_attn.project_kv(h))
+            attn = self.self_attn(h, kv, bias=bias, causal=True, q_offset=cache.length)
+        x = _clamp_fp16(x + self.dropout(attn))
+        attn = self.cross_attn(self.cross_attn_norm(x), cross_kv, key_padding_mask=enc_mask)
+        x = _clamp_fp16(x + self.dropout(attn))
+        return _clamp_fp16(x + self.dropout(self.mlp(self.mlp_norm(x))))
+
+
+class KVCache:
+    """Preallocated decoder self-attention keys/values, ``[layers, B, H, max_len, d_kv]``.
+
+    Each step writes the new positions in place and attends over a view of the filled prefix, so
+    decoding allocates nothing per token (beam search's reorder excepted).
+    """
+
+    def __init__(self, layers: int, batch: int, heads: int, max_len: int, d_kv: int, *, dtype, device) -> None:
+        self.k = torch.zeros(layers, batch, heads, max_len, d_kv, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[-2]
+        if end > self.k.shape[-2]:
+            raise InputError(f"KV cache holds {self.k.shape[-2]} positions; step needs {end}")
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, steps: int) -> None:
+        self.length += steps
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index`` (beam search picks which hypotheses survive)."""
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+
+
+@dataclass
+class DecoderState:
+    """What the decoder needs between steps: encoder keys/values (computed once) and the cache."""
+
+    cross_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    enc_mask: torch.Tensor | None
+    cache: KVCache
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.cross_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross_kv]
+        self.enc_mask = None if self.enc_mask is None else self.enc_mask.index_select(0, index)
+        self.cache.reorder(index)
+
+
+class Stack(nn.Module):
+    """The layers of the encoder or decoder with their shared bias table and final norm."""
+
+    def __init__(self, cfg: MT5Config, layer_cls: type[nn.Module], num_layers: int, bidirectional: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.bidirectional = bidirectional
+        self.relpos_bias = nn.Parameter(torch.zeros(cfg.num_heads, cfg.num_buckets))
+        self.layers = nn.ModuleList(layer_cls(cfg) for _ in range(num_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.gradient_checkpointing = False
+
+    def bias(self) -> RelativeBias:
+        return RelativeBias(self.relpos_bias, self.bidirectional, self.cfg.num_buckets, self.cfg.max_distance)
+
+    def run(self, x: torch.Tensor, layer_args: Callable[[int], tuple]) -> torch.Tensor:
+        """Apply every layer ``i`` as ``layer(x, *layer_args(i))``, then the final norm."""
+        x = self.dropout(x)
+        checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            if checkpoint:
+                x = torch.utils.checkpoint.checkpoint(layer, x, *layer_args(i), use_reentrant=False)
+            else:
+                x = layer(x, *layer_args(i))
+        return self.dropout(self.norm(x))
+
+
+class MT5(nn.Module):
+    """mT5 encoder-decoder over token embeddings; the encoder also accepts foreign embeddings.
+
+    PaLI feeds the encoder ``concat(visual tokens, embedded prompt)``, so :meth:`encode` takes
+    embeddings and a mask rather than token ids.
+    """
+
+    config_class = MT5Config
+
+    def __init__(self, cfg: MT5Config) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.encoder = Stack(cfg, EncoderLayer, cfg.num_encoder_layers, bidirectional=True)
+        self.decoder = Stack(cfg, DecoderLayer, cfg.num_decoder_layers, bidirectional=False)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """T5's initialisation (mesh-tensorflow / t5x), which is why attention needs no scaling."""
+        cfg = self.config
+        d, inner = cfg.d_model, cfg.num_heads * cfg.d_kv
+        nn.init.normal_(self.embed.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=d**-0.5)
+        for stack in (self.encoder, self.decoder):
+            nn.init.normal_(stack.relpos_bias, std=d**-0.5)
+            for module in stack.modules():
+                if isinstance(module, Attention):
+                    nn.init.normal_(module.q.weight, std=(d * cfg.d_kv) ** -0.5)
+                    nn.init.normal_(module.k.weight, std=d**-0.5)
+                    nn.init.normal_(module.v.weight, std=d**-0.5)
+                    nn.init.normal_(module.o.weight, std=inner**-0.5)
+                elif isinstance(module, GatedMLP):
+                    nn.init.normal_(module.wi_0.weight, std=d**-0.5)
+                    nn.init.normal_(module.wi_1.weight, std=d**-0.5)
+                    nn.init.normal_(module.wo.weight, std=cfg.d_ff**-0.5)
+
+    def check_ids(self, ids: torch.Tensor, what: str) -> None:
+        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+            raise InputError(f"{what} must be an integer tensor [B, T], got {ids.dtype} {list(ids.shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            raise InputError(
+                f"{what} holds ids outside [0, {self.config.vocab_size}): "
+                f"min {int(ids.min())}, max {int(ids.max())}"
+            )
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        self.check_ids(ids, "input_ids")
+        return self.embed(ids)
+
+    def encode(self, embeds: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Bidirectional encoder over ``[B, L, d_model]``; ``mask`` ``[B, L]`` is True for real tokens."""
+        bias = self.encoder.bias()
+        return self.encoder.run(embeds, lambda i: (bias, mask))
+
+    def decode(
+        self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor, enc_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Logits ``[B, T, V]`` for every decoder position at once (training, scoring)."""
+        self.check_ids(decoder_input_ids, "decoder_input_ids")
+        cross_kv = [layer.cross_attn.project_kv(encoder_hidden) for layer in self.decoder.layers]
+        x = self.embed(decoder_input_ids)
+        x = self._decode_layers(x, cross_kv, enc_mask, cache=None)
+        return self.lm_head(x)
+
+    def _decode_layers(self, x, cross_kv, enc_mask, cache):
+        bias = self.decoder.bias()
+        return self.decoder.run(x, lambda i: (bias, cross_kv[i], enc_mask, cache, i))
+
+    def start_decoding(
+        self, encoder_hidden: torch.Tensor, enc_mask: torch.Tensor | None, max_len: int
+    ) -> DecoderState:
+        """Project the encoder output for every cross-attention once and allocate the cache."""
+        cfg = self.config
+        cross_kv = [layer.cross_attn.project_kv(encoder_hidden) for layer in self.decoder.layers]
+        cache = KVCache(
+            cfg.num_decoder_layers, encoder_hidden.shape[0], cfg.num_heads, max_len, cfg.d_kv,
+            dtype=cross_kv[0][0].dtype, device=encoder_hidden.device,
+        )
+        return DecoderState(cross_kv, enc_mask, cache)
+
+    def decode_step(self, ids: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """Logits ``[B, t, V]`` for ``t`` new decoder tokens, extending ``state``'s cache."""
+        x = self._decode_layers(self.embed(ids), state.cross_kv, state.enc_mask, cache=state.cache)
+        state.cache.advance(ids.shape[1])
+        return self.lm_head(x)
+
+
+TEXT_STACKS.register("mt5", MT5)
+
+
+def _preset(name: str, description: str, **fields) -> None:
+    register_preset(name, "text", description)(lambda: MT5Config(**fields))
+
+
+_SIZES = {
+    "small": dict(d_model=512, d_ff=1024, num_heads=6, num_encoder_layers=8, num_decoder_layers=8),
+    "base": dict(d_model=768, d_ff=2048, num_heads=12, num_encoder_layers=12, num_decoder_layers=12),
+    "large": dict(d_model=1024, d_ff=2816, num_heads=16, num_encoder_layers=24, num_decoder_layers=24),
+    "xl": dict(d_model=2048, d_ff=5120, num_heads=32, num_encoder_layers=24, num_decoder_layers=24),
+    "xxl": dict(d_model=4096, d_ff=10240, num_heads=64, num_encoder_layers=24, num_decoder_layers=24),
+}
+for _size, _fields in _SIZES.items():
+    _preset(f"mt5-{_size}", f"mT5-{_size} (google/mt5-{_size})", **_fields)
+_preset(
+    "mt5-tiny", "tiny mT5 for tests", vocab_size=256, d_model=32, d_ff=64, num_heads=4, d_kv=8,
+    num_encoder_layers=2, num_decoder_layers=2,
+)

@@ -1,0 +1,197 @@
+"""Vision Transformer with big_vision semantics, plus the switches to host SigLIP and CLIP towers.
+
+big_vision's ViT as PaLI uses it: patch-embedding conv with bias, learned position embedding, no
+class token, pre-LayerNorm blocks with eps 1e-6, tanh-approximated GELU, a final norm, and every
+patch token returned (no pooling). SigLIP towers share that layout. CLIP-style towers (OpenAI,
+OpenCLIP) add a class token (dropped from the output here), a LayerNorm right after the embedding,
+exact-erf or quick GELU, eps 1e-5 and no conv bias.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+from ..attention import Attention
+from ..config import VisionConfig
+from ..errors import ConfigError, InputError
+from ..registry import VISION_ENCODERS, register_preset
+
+ACTIVATIONS = {
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+}
+
+
+@dataclass
+class ViTConfig(VisionConfig):
+    kind = "vit"
+    patch_size: int = 14
+    hidden_size: int = 768
+    depth: int = 12
+    mlp_dim: int = 3072
+    num_heads: int = 12
+    act: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    patch_bias: bool = True
+    qkv_bias: bool = True
+    class_token: bool = False
+    pre_norm: bool = False
+    final_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.act not in ACTIVATIONS:
+            raise ConfigError(f"ViTConfig.act {self.act!r} unknown; choose from {sorted(ACTIVATIONS)}")
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"ViTConfig.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
+
+    @property
+    def width(self) -> int:
+        return self.hidden_size
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid**2
+
+
+class MlpBlock(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.act = ACTIVATIONS[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.norm1 = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.attn = Attention(d, cfg.num_heads, d // cfg.num_heads, bias=cfg.qkv_bias)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.mlp = MlpBlock(d, cfg.mlp_dim, cfg.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """Image ``[B, 3, H, W]`` in [-1, 1] -> patch tokens ``[B, N, hidden_size]``."""
+
+    config_class = ViTConfig
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        d = cfg.hidden_size
+        self.patch_embed = nn.Conv2d(3, d, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens + int(cfg.class_token), d))
+        self.norm_pre = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.pre_norm else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.final_norm else None
+        self.gradient_checkpointing = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise like big_vision: normal(1/sqrt(D)) position embedding, LeCun patch kernel."""
+        if self.pos_embed.is_meta:
+            return
+        nn.init.normal_(self.pos_embed, std=self.config.hidden_size**-0.5)
+        fan_in = self.patch_embed.weight[0].numel()
+        nn.init.trunc_normal_(self.patch_embed.weight, std=math.sqrt(1.0 / fan_in))
+        if self.cls_token is not None:
+            nn.init.zeros_(self.cls_token)
+        for block in self.blocks:
+            for lin in (block.attn.q, block.attn.k, block.attn.v, block.attn.o, block.mlp.fc1, block.mlp.fc2):
+                nn.init.xavier_uniform_(lin.weight)
+                if lin.bias is not None:
+                    nn.init.normal_(lin.bias, std=1e-6)
+
+    def check_input(self, pixel_values: torch.Tensor) -> None:
+        cfg = self.config
+        expected = (3, cfg.image_size, cfg.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise InputError(
+                f"pixel_values must be [B, {expected[0]}, {expected[1]}, {expected[2]}] "
+                f"(this model's image_size is {cfg.image_size}), got {list(pixel_values.shape)}"
+            )
+        if not pixel_values.is_floating_point():
+            raise InputError(f"pixel_values must be a float tensor scaled to [-1, 1], got {pixel_values.dtype}")
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        self.check_input(pixel_values)
+        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        if self.cls_token is not None:
+            x = x[:, 1:]
+        return x if self.norm is None else self.norm(x)
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, new_grid: int, num_prefix_tokens: int = 0) -> torch.Tensor:
+    """Bilinearly resample a ``[1, P + g*g, D]`` position embedding to a ``new_grid`` square.
+
+    Used when a checkpoint trained at one resolution runs at another (PaLI-17B goes 224 -> 588 px);
+    prefix (class) tokens are kept as they are.
+    """
+    prefix, grid_tokens = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old = math.isqrt(grid_tokens.shape[1])
+    if old * old != grid_tokens.shape[1]:
+        raise InputError(f"position embedding holds {grid_tokens.shape[1]} grid tokens: not a square")
+    if old == new_grid:
+        return pos_embed
+    d = grid_tokens.shape[-1]
+    grid = grid_tokens.reshape(1, old, old, d).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bilinear", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, d).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+VISION_ENCODERS.register("vit", ViT)
+
+
+def _preset(name: str, description: str, **fields) -> None:
+    register_preset(name, "vision", description)(lambda: ViTConfig(**fields))
+
+
+_preset("vit-b16", "ViT-B/16 (big_vision)", patch_size=16, hidden_size=768, depth=12, mlp_dim=3072, num_heads=12)
+_preset("vit-g14", "ViT-G/14, PaLI-3B/15B's tower", hidden_size=1664, depth=48, mlp_dim=8192, num_heads=16)
+_preset("vit-e14", "ViT-e/14, PaLI-17B's tower", hidden_size=1792, depth=56, mlp_dim=15360, num_heads=16)
+_preset("siglip-so400m14", "SigLIP So400m/14 tower", hidden_size=1152, depth=27, mlp_dim=4304, num_heads=16)
+_preset("siglip-b16", "SigLIP B/16 tower", patch_size=16, hidden_size=768, depth=12, mlp_dim=3072, num_heads=12)
+_preset(
+    "clip-vit-bigg14", "OpenCLIP ViT-bigG/14 tower (ViT-G/14 shape, CLIP layout)",
+    hidden_size=1664, depth=48, mlp_dim=8192, num_heads=16, act="gelu", norm_eps=1e-5,
+    patch_bias=False, class_token=True, pre_norm=True,
+)
+_preset("vit-tiny", "tiny ViT for tests", image_size=32, patch_size=8, hidden_size=32, depth=2, mlp_dim=64, num_heads=4)
