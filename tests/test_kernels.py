@@ -1,0 +1,257 @@
+"""The fused Triton attention against the fp32 reference, forward and every gradient.
+
+Without CUDA the kernels run in Triton's interpreter (``conftest.py`` sets ``TRITON_INTERPRET``),
+so shapes stay tiny and the interpreter's single 64x64 block config means few programs run.
+``@pytest.mark.gpu`` tests repeat the comparisons at PaLI sizes on a real device.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pali.kernels import attention, attention_reference, relative_position_bucket
+
+triton = pytest.importorskip("triton")
+tl = triton.language
+
+from pali.kernels.t5_attention import AttentionSpec, t5_bucket  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ROOT = Path(__file__).resolve().parents[1]
+
+# (atol, rtol) against the fp32 reference run on the same (rounded) inputs. 16-bit results are
+# rounded once on output; on a GPU the probabilities also meet the tensor cores in 16 bits.
+TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1e-2, 1e-2)}
+GPU_TOL = {torch.float16: (1e-2, 1e-2), torch.bfloat16: (4e-2, 4e-2)}
+
+
+def _inputs(b, h, lq, lk, d, dtype, *, seed=0, num_buckets=32, device=DEVICE):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, d, generator=gen).to(device, dtype) for n in (lq, lk, lk))
+    table = torch.randn(h, num_buckets, generator=gen).to(device)
+    return q, k, v, table
+
+
+def _compare(q, k, v, table=None, *, tol=None, grads=True, **kwargs):
+    """Run kernel and reference on the same values; return max abs errors {name: err}."""
+    atol, rtol = tol or TOL[q.dtype]
+    leaves = [t.detach().clone().requires_grad_(grads) for t in (q, k, v)]
+    ref_leaves = [t.detach().float().requires_grad_(grads) for t in (q, k, v)]
+    tables = ref_tables = None
+    if table is not None:
+        tables = table.detach().clone().requires_grad_(grads)
+        ref_tables = table.detach().float().requires_grad_(grads)
+    out = attention(*leaves, bias_table=tables, **kwargs)
+    ref = attention_reference(*ref_leaves, bias_table=ref_tables, **kwargs)
+    assert out.shape == ref.shape and out.dtype == q.dtype
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol)
+    errors = {"out": (out.float() - ref).abs().max().item()}
+    if not grads:
+        return errors
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device)
+    got = torch.autograd.grad(out, leaves + ([tables] if table is not None else []), grad_out.to(out.dtype))
+    want = torch.autograd.grad(ref, ref_leaves + ([ref_tables] if table is not None else []), grad_out)
+    for name, g, w in zip(("dq", "dk", "dv", "dtable"), got, want):
+        assert torch.isfinite(g).all(), name
+        # Table gradients sum over all query-key pairs of a bucket: scale tolerance with the sum.
+        scale = w.abs().max().item() if name == "dtable" else 1.0
+        torch.testing.assert_close(g.float(), w, atol=atol * max(1.0, scale), rtol=rtol, msg=name)
+        errors[name] = (g.float() - w).abs().max().item()
+    return errors
+
+
+CASES = {
+    "self_bidirectional_bias": dict(shape=(2, 2, 37, 37), bias=True),
+    "causal_bias": dict(shape=(1, 2, 45, 45), bias=True, causal=True, bias_bidirectional=False),
+    "causal_no_bias": dict(shape=(1, 2, 70, 70), causal=True),
+    "cross_attention": dict(shape=(2, 2, 19, 70), bias=True),
+    "no_bias": dict(shape=(1, 3, 33, 33)),
+    "scale_one": dict(shape=(1, 2, 29, 29), bias=True, scale=1.0),
+    "padding_bool": dict(shape=(2, 2, 23, 41), bias=True, mask="bool"),
+    "padding_lengths": dict(shape=(2, 2, 41, 41), bias=True, mask="lengths"),
+    "far_positions": dict(shape=(1, 2, 20, 150), bias=True, q_offset=130, max_distance=64),
+    "decode": dict(shape=(2, 2, 1, 50), bias=True, causal=True, bias_bidirectional=False, q_offset=49),
+    "decode_mid_cache": dict(shape=(1, 2, 1, 50), causal=True, bias=True, q_offset=30),
+    "decode_batch_of_steps": dict(shape=(1, 2, 3, 40), causal=True, q_offset=37, mask="lengths"),
+}
+
+
+def _case_kwargs(case: dict, q: torch.Tensor, k: torch.Tensor) -> dict:
+    kwargs = {key: case[key] for key in ("causal", "bias_bidirectional", "scale", "q_offset",
+                                          "max_distance") if key in case}
+    batch, lk = q.shape[0], k.shape[2]
+    if case.get("mask") == "bool":
+        mask = torch.rand(batch, lk, generator=torch.Generator().manual_seed(2)) > 0.3
+        mask[:, 0] = True
+        kwargs["key_padding_mask"] = mask.to(q.device)
+    elif case.get("mask") == "lengths":
+        kwargs["key_padding_mask"] = torch.tensor([lk, lk // 2 + 1] * batch)[:batch].to(q.device)
+    return kwargs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_reference(name, dtype):
+    case = CASES[name]
+    q, k, v, table = _inputs(*case["shape"], 64, dtype)
+    _compare(q, k, v, table if case.get("bias") else None, **_case_kwargs(case, q, k))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("head_dim", [64, 72, 96, 104, 112, 128])
+def test_head_dims(head_dim, dtype):
+    q, k, v, table = _inputs(1, 2, 21, 27, head_dim, dtype)
+    _compare(q, k, v, table)
+
+
+def test_bf16_forward_within_one_rounding_step():
+    q, k, v, table = _inputs(2, 2, 37, 45, 64, torch.bfloat16)
+    out = attention(q, k, v, bias_table=table)
+    ref = attention_reference(q.float(), k.float(), v.float(), bias_table=table)
+    assert out.dtype == torch.bfloat16
+    # One bf16 rounding of the output: half an ulp (2**-8 relative) plus fp32 noise.
+    assert ((out.float() - ref).abs() <= ref.abs() * 2**-8 + 1e-5).all()
+
+
+def test_lengths_and_bool_mask_agree():
+    q, k, v, table = _inputs(2, 2, 17, 33, 64, torch.float32)
+    lengths = torch.tensor([33, 9], device=q.device)
+    as_bool = torch.arange(33, device=q.device)[None, :] < lengths[:, None]
+    a = attention(q, k, v, bias_table=table, key_padding_mask=lengths)
+    b = attention(q, k, v, bias_table=table, key_padding_mask=as_bool)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_fully_masked_rows_are_zero(dtype):
+    q, k, v, table = _inputs(2, 2, 9, 20, 64, dtype)
+    # Batch row 1 has no valid key: every query there must output zeros and pass no gradient.
+    errors = _compare(q, k, v, table, key_padding_mask=torch.tensor([20, 0], device=q.device))
+    assert errors["out"] < TOL[dtype][0]
+    out = attention(q, k, v, key_padding_mask=torch.tensor([20, 0], device=q.device))
+    assert torch.all(out[1] == 0)
+
+
+def test_causal_query_before_every_key_is_zero():
+    # With q_offset=0 and Lq > Lk all queries see key 0; with a padded key 0 the first sees none.
+    q, k, v, _ = _inputs(1, 1, 4, 4, 64, torch.float32)
+    mask = torch.tensor([[False, True, True, True]], device=q.device)
+    out = attention(q, k, v, causal=True, key_padding_mask=mask)
+    assert torch.all(out[0, 0, 0] == 0) and torch.isfinite(out).all()
+    torch.testing.assert_close(out, attention_reference(q, k, v, causal=True, key_padding_mask=mask))
+
+
+def test_no_table_gradient_requested():
+    q, k, v, table = _inputs(1, 2, 20, 20, 64, torch.float32)
+    q.requires_grad_(True)
+    out = attention(q, k, v, bias_table=table)
+    (dq,) = torch.autograd.grad(out.sum(), q)
+    ref_q = q.detach().clone().requires_grad_(True)
+    (ref_dq,) = torch.autograd.grad(attention_reference(ref_q, k, v, bias_table=table).sum(), ref_q)
+    torch.testing.assert_close(dq, ref_dq, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (32, 64), (64, 256), (16, 20)])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_bucket_function_matches_reference_bit_for_bit(num_buckets, max_distance, bidirectional):
+    rel = torch.arange(-3000, 3000, dtype=torch.int32, device=DEVICE)
+    spec = AttentionSpec(1.0, False, bidirectional, num_buckets, max_distance, 0)
+    got = _kernel_buckets(rel, spec)
+    want = relative_position_bucket(rel.long(), bidirectional=bidirectional,
+                                    num_buckets=num_buckets, max_distance=max_distance)
+    assert torch.equal(got.long(), want)
+
+
+@triton.jit
+def _buckets_kernel(REL, OUT, n, log_ratio, BIDIRECTIONAL: tl.constexpr, N_DIR: tl.constexpr,
+                    MAX_EXACT: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rel = tl.load(REL + offs, mask=offs < n, other=0)
+    tl.store(OUT + offs, t5_bucket(rel, log_ratio, BIDIRECTIONAL, N_DIR, MAX_EXACT), mask=offs < n)
+
+
+def _kernel_buckets(rel: torch.Tensor, spec: AttentionSpec) -> torch.Tensor:
+    out = torch.empty_like(rel)
+    consts = spec.bucket_constants()
+    block = 8192
+    _buckets_kernel[(triton.cdiv(rel.numel(), block),)](
+        rel, out, rel.numel(), consts.pop("log_ratio"), BIDIRECTIONAL=spec.bidirectional,
+        BLOCK=block, **consts)
+    return out
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda q, k, v, t: attention(q[0], k, v), "4-D"),
+        (lambda q, k, v, t: attention(q, k[:, :, :, :32], v[:, :, :, :32]), "head dim"),
+        (lambda q, k, v, t: attention(q, k, v[:, :, :5]), "same shape"),
+        (lambda q, k, v, t: attention(q, k[:1], v[:1]), "batch"),
+        (lambda q, k, v, t: attention(q, k.double(), v), "fp16, bf16 or fp32"),
+        (lambda q, k, v, t: attention(q, k.half(), v.half()), "share a dtype"),
+        (lambda q, k, v, t: attention(q, k, v, bias_table=t[:, :16]), r"\[H, num_buckets\]"),
+        (lambda q, k, v, t: attention(q, k, v, bias_table=t[:1]), r"\[H, num_buckets\]"),
+        (lambda q, k, v, t: attention(q, k, v, bias_table=t, max_distance=4), "logarithmic"),
+        (lambda q, k, v, t: attention(q, k, v, q_offset=-1), "q_offset"),
+        (lambda q, k, v, t: attention(q, k, v, key_padding_mask=torch.ones(2, 5, dtype=torch.bool, device=q.device)), "Lk"),
+        (lambda q, k, v, t: attention(q, k, v, key_padding_mask=torch.ones(2, 7, device=q.device)), "bool"),
+        (lambda q, k, v, t: attention(q, k, v, key_padding_mask=torch.ones(3, dtype=torch.long, device=q.device)), "lengths"),
+        (lambda q, k, v, t: attention(*[torch.zeros(1, 1, 4, 256, device=q.device)] * 3), "head dim"),
+    ],
+)
+def test_rejects_bad_inputs(make, match):
+    q, k, v, table = _inputs(2, 2, 4, 7, 64, torch.float32)
+    with pytest.raises(ValueError, match=match):
+        make(q, k, v, table)
+
+
+def test_benchmark_check_mode_runs():
+    env = {**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")}
+    if torch.cuda.is_available():
+        env.pop("TRITON_INTERPRET")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "attention.py"), "--check"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all checks passed" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Real sizes on a GPU
+# --------------------------------------------------------------------------------------------
+
+GPU_CASES = {
+    "mt5_encoder_588px": dict(shape=(1, 16, 1764 + 64, 1764 + 64), d=64, bias=True, scale=1.0),
+    "mt5_decoder_causal": dict(shape=(2, 16, 128, 128), d=64, bias=True, causal=True,
+                               bias_bidirectional=False, scale=1.0),
+    "mt5_cross": dict(shape=(2, 16, 128, 1764 + 64), d=64, scale=1.0, mask="lengths"),
+    "vit_g_d104": dict(shape=(1, 16, 1764 + 64, 1764 + 64), d=104),
+    "vit_e_d112": dict(shape=(1, 16, 1764 + 64, 1764 + 64), d=112),
+    "decode": dict(shape=(4, 16, 1, 300), d=64, bias=True, causal=True, bias_bidirectional=False,
+                   q_offset=299, scale=1.0),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", list(GPU_CASES))
+def test_gpu_real_sizes(name, dtype):
+    case = GPU_CASES[name]
+    q, k, v, table = _inputs(*case["shape"], case["d"], dtype, device="cuda")
+    _compare(q, k, v, table if case.get("bias") else None, tol=GPU_TOL[dtype],
+             **_case_kwargs(case, q, k))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dim", [64, 72, 96, 104, 112, 128])
+def test_gpu_fp32_head_dims(head_dim):
+    q, k, v, table = _inputs(2, 4, 300, 333, head_dim, torch.float32, device="cuda")
+    _compare(q, k, v, table, tol=(2e-4, 2e-4), causal=True, key_padding_mask=torch.tensor([333, 100]).cuda())
