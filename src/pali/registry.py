@@ -97,6 +97,7 @@ class Preset:
 VISION_ENCODERS: Registry[Any] = Registry("vision encoder", "pali.vision_encoders")
 TEXT_STACKS: Registry[Any] = Registry("text stack", "pali.text_stacks")
 PRESETS: Registry[Preset] = Registry("preset", "pali.presets")
+HEADS: Registry[Any] = Registry("head", "pali.heads")
 
 
 def register_preset(name: str, family: str, description: str = ""):

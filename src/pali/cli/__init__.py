@@ -1,0 +1,37 @@
+"""The ``pali`` command. Each subcommand is a module here exposing ``add_parser(subparsers)``.
+
+``add_parser`` registers the subcommand's arguments and sets ``func`` (taking the parsed
+namespace, returning an exit code). Errors derived from :class:`pali.PaliError`, missing files
+and unreadable inputs become a one-line message and exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ["presets"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pali", description="PaLI vision-language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import PaliError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (PaliError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as e:
+        print(f"pali {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
