@@ -126,8 +126,9 @@ def test_bf16_forward_within_one_rounding_step():
     out = attention(q, k, v, bias_table=table)
     ref = attention_reference(q.float(), k.float(), v.float(), bias_table=table)
     assert out.dtype == torch.bfloat16
-    # One bf16 rounding of the output: half an ulp (2**-8 relative) plus fp32 noise.
-    assert ((out.float() - ref).abs() <= ref.abs() * 2**-8 + 1e-5).all()
+    # One bf16 rounding step of the output: an ulp is at most 2**-7 relative. A full ulp, not a
+    # half, because Triton's interpreter converts fp32 -> bf16 by truncation.
+    assert ((out.float() - ref).abs() <= ref.abs() * 2**-7 + 1e-5).all()
 
 
 def test_lengths_and_bool_mask_agree():
@@ -238,15 +239,7 @@ def test_benchmark_check_mode_runs():
 # Real sizes on a GPU
 # --------------------------------------------------------------------------------------------
 
-GPU_def _bool_mask(kwargs: dict, lk: int) -> dict:
-    """The reference takes only bool masks: turn a lengths mask into one."""
-    mask = kwargs.get("key_padding_mask")
-    if mask is None or mask.dtype == torch.bool:
-        return kwargs
-    return {**kwargs, "key_padding_mask": torch.arange(lk, device=mask.device)[None, :] < mask[:, None]}
-
-
-CASES = {
+GPU_CASES = {
     "mt5_encoder_588px": dict(shape=(1, 16, 1764 + 64, 1764 + 64), d=64, bias=True, scale=1.0),
     "mt5_decoder_causal": dict(shape=(2, 16, 128, 128), d=64, bias=True, causal=True,
                                bias_bidirectional=False, scale=1.0),
