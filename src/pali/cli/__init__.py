@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["presets"]
+COMMANDS = ["demo", "presets"]
 
 
 def build_parser() -> argparse.ArgumentParser:
