@@ -43,6 +43,13 @@ class Config:
         except TypeError as e:
             raise ConfigError(f"{cls.__name__}: {e}") from None
 
+    def require_positive(self, *names: str) -> None:
+        """Reject non-integer or non-positive sizes before they become tensors."""
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{type(self).__name__}.{name} must be a positive integer, got {value!r}")
+
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
 

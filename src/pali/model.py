@@ -48,10 +48,24 @@ class PaliModel(nn.Module):
         self.vision = VISION_ENCODERS.get(config.vision.kind)(config.vision)
         self.projection = nn.Linear(config.vision.width, config.text.d_model, bias=config.projection_bias)
         self.text = TEXT_STACKS.get(config.text.kind)(config.text)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise the projection (the towers initialise themselves)."""
         # LeCun normal: projected visual tokens start at the scale of mT5's unit-variance embeddings.
-        nn.init.normal_(self.projection.weight, std=config.vision.width**-0.5)
+        nn.init.normal_(self.projection.weight, std=self.config.vision.width**-0.5)
         if self.projection.bias is not None:
             nn.init.zeros_(self.projection.bias)
+
+    def init_weights(self) -> "PaliModel":
+        """Initialise every parameter, e.g. after ``torch.device("meta")`` + ``to_empty(device=...)``.
+
+        Leaf modules go first so each tower's own scheme (T5, big_vision) overrides torch defaults.
+        """
+        for module in reversed(list(self.modules())):
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        return self
 
     @classmethod
     def from_preset(cls, name: str, *, image_size: int | None = None) -> "PaliModel":

@@ -46,9 +46,10 @@ class MT5Config(TextConfig):
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_buckets", "max_distance"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ConfigError(f"MT5Config.{name} must be a positive integer, got {getattr(self, name)!r}")
+        self.require_positive(
+            "vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
+            "num_decoder_layers", "num_buckets", "max_distance",
+        )
         if self.num_buckets % 2:
             raise ConfigError("MT5Config.num_buckets must be even (half per direction in the encoder)")
 
@@ -60,6 +61,9 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         variance = x.float().pow(2).mean(-1, keepdim=True)
@@ -77,7 +81,7 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)
         if h.dtype == torch.float16:
-            return _clamp_fp16(F.linear(h.float(), self.wo.weight.float())).half()
+            return F.linear(h.float(), self.wo.weight.float()).clamp(-_FP16_LIMIT, _FP16_LIMIT).half()
         return self.wo(h.to(self.wo.weight.dtype))
 
 

@@ -46,6 +46,7 @@ class ViTConfig(VisionConfig):
     final_norm: bool = True
 
     def __post_init__(self) -> None:
+        self.require_positive("image_size", "patch_size", "hidden_size", "depth", "mlp_dim", "num_heads")
         if self.act not in ACTIVATIONS:
             raise ConfigError(f"ViTConfig.act {self.act!r} unknown; choose from {sorted(ACTIVATIONS)}")
         if self.image_size % self.patch_size:
@@ -115,8 +116,6 @@ class ViT(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialise like big_vision: normal(1/sqrt(D)) position embedding, LeCun patch kernel."""
-        if self.pos_embed.is_meta:
-            return
         nn.init.normal_(self.pos_embed, std=self.config.hidden_size**-0.5)
         fan_in = self.patch_embed.weight[0].numel()
         nn.init.trunc_normal_(self.patch_embed.weight, std=math.sqrt(1.0 / fan_in))
