@@ -1,0 +1,80 @@
+"""The model's attention backends against the fp32 reference, gradients included."""
+
+import pytest
+import torch
+
+from pali.attention import RelativeBias, attend, resolve_backend
+from pali.kernels import attention_reference, relative_position_bucket
+
+
+def _inputs(b=2, h=3, lq=9, lk=9, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, d, generator=g, requires_grad=False) for n in (lq, lk, lk))
+    table = torch.randn(h, 32, generator=g)
+    return q, k, v, table
+
+
+@pytest.mark.parametrize("causal, bidirectional, q_offset, lq, lk", [
+    (False, True, 0, 9, 9),     # encoder self-attention
+    (True, False, 0, 9, 9),     # decoder self-attention
+    (True, False, 8, 1, 9),     # one decode step against a cache
+    (False, True, 0, 4, 11),    # cross-attention shape (bias only for the test)
+])
+@pytest.mark.parametrize("padded", [False, True])
+def test_sdpa_matches_reference_with_grads(causal, bidirectional, q_offset, lq, lk, padded):
+    q, k, v, table = _inputs(lq=lq, lk=lk)
+    mask = torch.ones(2, lk, dtype=torch.bool)
+    if padded:
+        mask[1, lk - 3 :] = False
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, table)]
+    bias = RelativeBias(leaves[3], bidirectional)
+    out = attend(*leaves[:3], backend="sdpa", scale=1.0, causal=causal, bias=bias, q_offset=q_offset,
+                 key_padding_mask=mask if padded else None)
+    ref_leaves = [t.clone().requires_grad_() for t in (q, k, v, table)]
+    ref = attention_reference(*ref_leaves[:3], scale=1.0, causal=causal, bias_table=ref_leaves[3],
+                              bias_bidirectional=bidirectional, q_offset=q_offset,
+                              key_padding_mask=mask if padded else None)
+    assert (out - ref).abs().max() < 1e-5
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    for a, b in zip(leaves, ref_leaves):
+        assert (a.grad - b.grad).abs().max() < 1e-4
+        assert torch.isfinite(a.grad).all()
+
+
+def test_padding_never_builds_a_batch_by_heads_mask(monkeypatch):
+    """SDPA must receive at most a [1, H, Lq, Lk] bias, whatever the padding."""
+    import torch.nn.functional as F
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append(None if attn_mask is None else tuple(attn_mask.shape))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    q, k, v, table = _inputs(b=4, lq=9, lk=9)
+    mask = torch.ones(4, 9, dtype=torch.bool)
+    mask[2, 4:] = False
+    attend(q, k, v, backend="sdpa", scale=1.0, bias=RelativeBias(table, True), key_padding_mask=mask)
+    assert seen == [(1, 3, 9, 9)]
+
+
+def test_bucket_function_matches_transformers():
+    transformers = pytest.importorskip("transformers")
+    rel = torch.arange(-300, 300)[None, :]
+    for bidirectional in (True, False):
+        ours = relative_position_bucket(rel, bidirectional=bidirectional)
+        theirs = transformers.models.t5.modeling_t5.T5Attention._relative_position_bucket(
+            rel, bidirectional=bidirectional, num_buckets=32, max_distance=128
+        )
+        assert torch.equal(ours, theirs)
+
+
+def test_backend_resolution():
+    assert resolve_backend("auto", torch.device("cpu")) == "sdpa"
+    assert resolve_backend("eager", torch.device("cpu")) == "eager"
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        resolve_backend("xformers", torch.device("cpu"))

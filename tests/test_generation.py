@@ -1,0 +1,116 @@
+"""Generation: cached against uncached, batched against one by one, and what runs how often."""
+
+import pytest
+import torch
+
+from pali import PaliModel
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = PaliModel.from_preset("pali-tiny").eval()
+    with torch.no_grad():  # a sharper head makes ties between candidate tokens unlikely
+        m.text.lm_head.weight.mul_(3.0)
+    return m
+
+
+def _prompts():
+    g = torch.Generator().manual_seed(5)
+    px = torch.randn(3, 3, 32, 32, generator=g)
+    lengths = [7, 3, 5]
+    ids = torch.zeros(3, 7, dtype=torch.long)
+    mask = torch.zeros(3, 7, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(2, 256, (n,), generator=g)
+        mask[i, :n] = 1
+    return px, ids, mask, lengths
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(num_beams=3), dict(num_beams=2, length_penalty=0.5, early_stopping=True)],
+)
+def test_cached_equals_uncached(model, kwargs):
+    px, ids, mask, _ = _prompts()
+    cached = model.generate(px, ids, mask, max_new_tokens=12, eos_token_id=7, **kwargs)
+    uncached = model.generate(px, ids, mask, max_new_tokens=12, eos_token_id=7, use_cache=False, **kwargs)
+    assert torch.equal(cached, uncached)
+
+
+def test_sampling_cached_equals_uncached_and_is_reproducible(model):
+    px, ids, mask, _ = _prompts()
+    runs = [
+        model.generate(px, ids, mask, max_new_tokens=10, do_sample=True, top_k=20, top_p=0.9, temperature=0.8,
+                       use_cache=use_cache, generator=torch.Generator().manual_seed(3))
+        for use_cache in (True, False, True)
+    ]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    other = model.generate(px, ids, mask, max_new_tokens=10, do_sample=True, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(runs[0], other)
+
+
+def test_top_k_one_is_greedy(model):
+    px, ids, mask, _ = _prompts()
+    greedy = model.generate(px, ids, mask, max_new_tokens=8)
+    sampled = model.generate(px, ids, mask, max_new_tokens=8, do_sample=True, top_k=1,
+                             generator=torch.Generator().manual_seed(0))
+    assert torch.equal(greedy, sampled)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_batched_equals_one_by_one(model, num_beams):
+    px, ids, mask, lengths = _prompts()
+    batched = model.generate(px, ids, mask, max_new_tokens=10, num_beams=num_beams, eos_token_id=7)
+    for i, n in enumerate(lengths):
+        alone = model.generate(px[i : i + 1], ids[i : i + 1, :n], max_new_tokens=10, num_beams=num_beams, eos_token_id=7)
+        row = batched[i, : alone.shape[1]]
+        assert torch.equal(row, alone[0]), (i, row, alone)
+        assert (batched[i, alone.shape[1] :] == 0).all()  # only padding after a shorter answer
+
+
+def test_rows_are_padded_after_eos(model):
+    px, ids, mask, _ = _prompts()
+    free = model.generate(px, ids, mask, max_new_tokens=10, eos_token_id=-1)
+    eos = int(free[0, 2])
+    out = model.generate(px, ids, mask, max_new_tokens=10, eos_token_id=eos)
+    row = out[0].tolist()
+    first = row.index(eos)
+    assert first <= 2 and all(t == 0 for t in row[first + 1 :])
+
+
+def test_encoder_and_cross_attention_run_once(model):
+    px, ids, mask, _ = _prompts()
+    calls = {"encoder": 0, "cross_k": 0, "self_k": 0}
+
+    def count(name):
+        def hook(*_):
+            calls[name] += 1
+        return hook
+
+    handles = [
+        model.text.encoder.layers[0].register_forward_hook(count("encoder")),
+        model.text.decoder.layers[0].cross_attn.k.register_forward_hook(count("cross_k")),
+        model.text.decoder.layers[0].self_attn.k.register_forward_hook(count("self_k")),
+    ]
+    try:
+        out = model.generate(px, ids, mask, max_new_tokens=9, eos_token_id=-1)
+    finally:
+        for h in handles:
+            h.remove()
+    assert out.shape[1] == 9
+    assert calls == {"encoder": 1, "cross_k": 1, "self_k": 9}
+
+
+def test_kv_cache_is_preallocated(model):
+    px, ids, mask, _ = _prompts()
+    hidden, enc_mask = model.encode(px, ids, mask)
+    state = model.text.start_decoding(hidden, enc_mask, max_len=6)
+    k_storage = state.cache.k.data_ptr()
+    tokens = torch.zeros(3, 1, dtype=torch.long)
+    for _ in range(6):
+        logits = model.text.decode_step(tokens, state)
+        tokens = logits[:, -1].argmax(-1, keepdim=True)
+    assert state.cache.k.data_ptr() == k_storage and state.cache.length == 6
+    with pytest.raises(Exception, match="KV cache holds 6"):
+        model.text.decode_step(tokens, state)
