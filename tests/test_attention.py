@@ -78,3 +78,26 @@ def test_backend_resolution():
     assert resolve_backend("eager", torch.device("cpu")) == "eager"
     with pytest.raises(ValueError, match="unknown attention backend"):
         resolve_backend("xformers", torch.device("cpu"))
+
+
+def test_model_runs_on_the_fused_kernels():
+    """Forcing the Triton backend (interpreted on CPU) gives the eager model's logits and grads."""
+    pytest.importorskip("triton")
+    from pali import PaliModel
+
+    torch.manual_seed(0)
+    model = PaliModel.from_preset("pali-tiny").eval()
+    px, ids = torch.randn(2, 3, 32, 32), torch.randint(2, 256, (2, 6))
+    mask = torch.tensor([[1] * 6, [1, 1, 0, 0, 0, 0]])
+    labels = torch.tensor([[5, 6, 1], [7, 1, -100]])
+    results = {}
+    for backend in ("eager", "triton"):
+        model.zero_grad()
+        out = model.set_attention_backend(backend)(px, ids, mask, labels=labels)
+        out.loss.backward()
+        results[backend] = (out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert (results["triton"][0] - results["eager"][0]).abs().max() < 1e-5
+    for name, grad in results["eager"][1].items():
+        assert (results["triton"][1][name] - grad).abs().max() < 1e-4, name
+    tokens = model.set_attention_backend("triton").generate(px, ids, mask, max_new_tokens=4, num_beams=2)
+    assert torch.equal(tokens, model.set_attention_backend("eager").generate(px, ids, mask, max_new_tokens=4, num_beams=2))
