@@ -19,6 +19,7 @@ from .config import PaliConfig
 from .errors import InputError
 from .generation import GenerationConfig, beam_search, greedy_or_sample
 from .presets import get_config
+from .pretrained import PretrainedMixin
 from .registry import TEXT_STACKS, VISION_ENCODERS
 
 IGNORE_INDEX = -100
@@ -39,7 +40,7 @@ def shift_right(labels: torch.Tensor, start_token: int, pad_token: int) -> torch
     return shifted.masked_fill(shifted == IGNORE_INDEX, pad_token)
 
 
-class PaliModel(nn.Module):
+class PaliModel(PretrainedMixin, nn.Module):
     """A PaLI model built from a :class:`PaliConfig` (see :func:`pali.list_presets`)."""
 
     def __init__(self, config: PaliConfig) -> None:

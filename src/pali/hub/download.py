@@ -1,0 +1,135 @@
+"""Turn a Hub repo id or a local directory into a local folder holding the files we need.
+
+Downloads go through ``huggingface_hub`` (its cache, its progress bars, ``HF_HUB_OFFLINE``,
+``HF_ENDPOINT``, tokens); nothing here parses weights. The Hub's exceptions are translated into
+:class:`HubError` messages that say which repo, revision or file was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..checkpoint import CONFIG_NAME
+from ..errors import CheckpointError
+from .errors import HubError
+
+Select = Callable[[list[str]], list[str]]
+
+# owner/name or name: what the Hub accepts as a model repo id.
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Files of one checkpoint on local disk, and where they came from.
+
+    ``commit`` is the Hub commit hash (``None`` for a local directory), ``source`` the repo id or
+    the resolved local path: together they identify the weights for provenance and caching.
+    """
+
+    folder: Path
+    source: str
+    commit: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.commit is None
+
+
+def is_offline(local_files_only: bool = False) -> bool:
+    from huggingface_hub import constants
+
+    return local_files_only or bool(constants.HF_HUB_OFFLINE)
+
+
+def fetch(
+    name_or_path: str | Path,
+    select: Select,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Snapshot:
+    """A local directory as it is, or the files ``select`` picks from a Hub repo, downloaded.
+
+    ``select`` receives the repo's file list (or, offline, the cached snapshot's) and returns the
+    files to fetch; it raises if what it needs is not there. Offline (``HF_HUB_OFFLINE=1`` or
+    ``local_files_only``) only the cache is read.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise CheckpointError(f"{path} is a local directory: revision={revision!r} does not apply")
+        select(sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()))
+        return Snapshot(path.resolve(), str(path.resolve()))
+    repo_id = str(name_or_path)
+    if path.exists() or not _REPO_ID.fullmatch(repo_id):
+        raise CheckpointError(f"{name_or_path!r} is neither a checkpoint directory nor a Hub repo id ('owner/name')")
+    return _fetch_repo(repo_id, select, revision=revision, cache_dir=cache_dir,
+                       local_files_only=local_files_only, token=token)
+
+
+def _fetch_repo(repo_id, select, *, revision, cache_dir, local_files_only, token) -> Snapshot:
+    from huggingface_hub import HfApi, snapshot_download
+
+    offline = is_offline(local_files_only)
+    with hub_errors(repo_id, revision, offline):
+        if offline:
+            # Every checkpoint we read has a config.json; asking for it alone keeps the Hub's
+            # completeness check from rejecting a snapshot we only partly downloaded on purpose.
+            folder = Path(snapshot_download(
+                repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True, allow_patterns=[CONFIG_NAME],
+            ))
+            wanted = select(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
+        else:
+            files = HfApi(token=token).list_repo_files(repo_id, revision=revision)
+            wanted = select(sorted(files))
+            folder = Path(snapshot_download(
+                repo_id, revision=revision, cache_dir=cache_dir, token=token, allow_patterns=wanted,
+            ))
+    missing = [f for f in wanted if not (folder / f).is_file()]
+    if missing:
+        raise HubError(
+            f"{repo_id} (revision {folder.name}): {missing} not in the local cache"
+            + (" and the Hub is offline (HF_HUB_OFFLINE / local_files_only)" if offline else "")
+        )
+    return Snapshot(folder, repo_id, commit=folder.name)
+
+
+@contextmanager
+def hub_errors(repo_id: str, revision: str | None, offline: bool = False) -> Iterator[None]:
+    """Re-raise ``huggingface_hub`` errors as :class:`HubError` with an actionable message."""
+    from huggingface_hub.errors import (
+        GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+        RepositoryNotFoundError, RevisionNotFoundError,
+    )
+
+    rev = revision or "main"
+    try:
+        yield
+    except RevisionNotFoundError:
+        raise HubError(f"revision {rev!r} does not exist in Hub repo {repo_id!r}") from None
+    except GatedRepoError:
+        raise HubError(
+            f"Hub repo {repo_id!r} is gated: accept its terms on the Hub, then pass token=... "
+            "(or log in with `hf auth login`)"
+        ) from None
+    except RepositoryNotFoundError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        hint = "is private: pass token=... (or log in with `hf auth login`)" if status == 401 else "does not exist"
+        raise HubError(
+            f"Hub repo {repo_id!r} not found: it {hint}; check the id (a private repo needs a token)"
+        ) from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise HubError(
+            f"{repo_id!r} (revision {rev!r}) is not in the local cache and "
+            + ("the Hub is offline (HF_HUB_OFFLINE=1 or local_files_only=True)" if offline
+               else "the Hub could not be reached")
+        ) from None
+    except HfHubHTTPError as e:
+        raise HubError(f"Hub request for {repo_id!r} (revision {rev!r}) failed: {e}") from None

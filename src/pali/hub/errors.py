@@ -1,0 +1,11 @@
+"""The Hub's own error: a checkpoint that cannot be fetched (as opposed to one that is wrong)."""
+
+from ..errors import CheckpointError
+
+
+class HubError(CheckpointError):
+    """A repo, revision or file that does not exist or cannot be reached, or a missing token.
+
+    A :class:`pali.CheckpointError` (and so a ``ValueError``), so one ``except`` covers "could
+    not get the weights" whether they were on the Hub or on disk.
+    """

@@ -1,0 +1,333 @@
+"""Seed a PaLI from public unimodal checkpoints, as the paper did.
+
+Each tower source (Hub repo id, local transformers directory, or a JAX checkpoint path) is
+converted once into our single-tower layout (``config.json`` with the tower's ``kind`` +
+tower-relative safetensors) in a cache keyed by the source's identity: Hub commit hash, or for
+local paths path + size + mtime of every weight file. The second load reads the cache and converts
+nothing. The towers are then loaded into a meta-built :class:`pali.PaliModel` exactly like
+``from_pretrained``; the projection (and any tower without weights) is freshly initialised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..checkpoint import CONFIG_NAME, INDEX_NAME, SINGLE_NAME, atomic_directory, read_safetensors, write_safetensors
+from ..config import Config, PaliConfig
+from ..convert import hf as hf_maps
+from ..errors import CheckpointError, ConfigError
+from ..presets import get_config
+from ..registry import TEXT_STACKS, VISION_ENCODERS
+from .download import Snapshot, fetch
+from .load import common_dtype, materialize, read_config_json, read_index, verify
+
+CONVERTER_VERSION = 1  # bump when a conversion changes its output: invalidates cached conversions
+SOURCE_NAME = "source.json"
+ROLES = ("vision", "text")
+_REGISTRIES = {"vision": VISION_ENCODERS, "text": TEXT_STACKS}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Public checkpoints that seed a paper preset; ``vision=None``: no public tower exists."""
+
+    preset: str
+    text: str
+    vision: str | None
+    note: str = ""
+
+
+BIGG = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
+RECIPES: dict[str, Recipe] = {
+    "pali-3b": Recipe("pali-3b", text="google/mt5-large", vision=BIGG,
+                      note="OpenCLIP ViT-bigG/14 has ViT-G/14's shape (CLIP layout)"),
+    "pali-15b": Recipe("pali-15b", text="google/mt5-xxl", vision=BIGG,
+                       note="OpenCLIP ViT-bigG/14 has ViT-G/14's shape (CLIP layout)"),
+    "pali-17b": Recipe("pali-17b", text="google/mt5-xxl", vision=None,
+                       note="ViT-e/14 weights were never released: the vision tower is randomly initialised"),
+}
+
+
+def list_recipes() -> dict[str, Recipe]:
+    """Which presets :meth:`PaliModel.from_unimodal` can seed from public checkpoints, and from what."""
+    return dict(RECIPES)
+
+
+# The fields that fix a tower's parameter shapes. A checkpoint may differ from a preset's tower in
+# layout (OpenCLIP's class token and pre-norm for ViT-G/14) but not in these.
+_SHAPE_FIELDS = {
+    "vit": ("image_size", "patch_size", "hidden_size", "depth", "mlp_dim", "num_heads"),
+    "mt5": ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers", "num_decoder_layers"),
+}
+
+# transformers model_type -> (key map, config reader), per role.
+_HF_TOWERS = {
+    "vision": {
+        "siglip": (hf_maps.SIGLIP_VISION, hf_maps.siglip_vision_config),
+        "siglip_vision_model": (hf_maps.SIGLIP_VISION, hf_maps.siglip_vision_config),
+        "clip": (hf_maps.CLIP_VISION, hf_maps.clip_vision_config),
+        "clip_vision_model": (hf_maps.CLIP_VISION, hf_maps.clip_vision_config),
+    },
+    "text": {"mt5": (hf_maps.MT5, hf_maps.mt5_config), "t5": (hf_maps.MT5, hf_maps.mt5_config)},
+}
+_BIN_INDEX = "pytorch_model.bin.index.json"
+_BIN_SINGLE = "pytorch_model.bin"
+
+
+@dataclass(frozen=True)
+class Tower:
+    """One converted tower in the cache."""
+
+    role: str
+    folder: Path
+    config: Config
+    record: dict[str, Any]  # provenance: tower, source, revision, format, license
+
+
+def from_unimodal(
+    cls: type,
+    preset_or_config: str | PaliConfig | None = None,
+    *,
+    vision: str | Path | None = None,
+    text: str | Path | None = None,
+    vision_revision: str | None = None,
+    text_revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    freeze_vision: bool = True,
+) -> Any:
+    """``PaliModel.from_unimodal``: see :meth:`pali.pretrained.PretrainedMixin.from_unimodal`."""
+    base = _base_config(preset_or_config)
+    recipe = RECIPES.get(preset_or_config) if isinstance(preset_or_config, str) else None
+    if recipe is not None:
+        vision = recipe.vision if vision is None else vision
+        text = recipe.text if text is None else text
+    fetch_args = dict(cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+    towers = {
+        role: converted_tower(role, src, revision=rev, **fetch_args)
+        for role, src, rev in (("vision", vision, vision_revision), ("text", text, text_revision))
+        if src is not None
+    }
+    config = _compose(base, towers)
+    random_roles = [r for r in ROLES if r not in towers]
+    for role in random_roles:
+        why = recipe.note if recipe is not None and getattr(recipe, role) is None else "no checkpoint was given"
+        warnings.warn(
+            f"the {role} tower of {config.preset or 'this model'} is randomly initialised ({why})", stacklevel=3
+        )
+    with torch.device("meta"):
+        model = cls(config)
+    entries = {}
+    for role, tower in towers.items():
+        tower_entries, _ = read_index(tower.folder)
+        source = f"{role} tower from {tower.record['source']}"
+        tower_entries = verify(tower_entries, getattr(model, role).state_dict(), source=source, strict=True)
+        entries.update({f"{role}.{name}": e for name, e in tower_entries.items()})
+    materialize(model, entries, device=torch.device(device or "cpu"), dtype=dtype or common_dtype(entries))
+    model.weight_sources = [t.record for t in towers.values()] + [
+        {"tower": role, "source": "random init", "revision": None, "format": None, "license": None}
+        for role in random_roles
+    ]
+    model.freeze_vision(freeze_vision)
+    return model
+
+
+def _base_config(preset_or_config: str | PaliConfig | None) -> PaliConfig | None:
+    if preset_or_config is None or isinstance(preset_or_config, PaliConfig):
+        return preset_or_config
+    config = get_config(preset_or_config)
+    if not isinstance(config, PaliConfig):
+        raise ConfigError(f"preset {preset_or_config!r} is a single tower; from_unimodal needs a PaLI preset")
+    return config
+
+
+def _compose(base: PaliConfig | None, towers: dict[str, Tower]) -> PaliConfig:
+    """The model's config: each tower's architecture from its checkpoint, checked against ``base``."""
+    if base is None:
+        missing = [r for r in ROLES if r not in towers]
+        if missing:
+            raise ConfigError(
+                f"from_unimodal without a preset or config needs both towers; {missing} not given "
+                "(the architecture is read from the checkpoints)"
+            )
+        return PaliConfig(vision=towers["vision"].config, text=towers["text"].config)
+    changes = {}
+    for role, tower in towers.items():
+        _check_fits(getattr(base, role), tower, base.preset)
+        changes[role] = tower.config
+    return base.replace(**changes)
+
+
+def _check_fits(wanted: Config, tower: Tower, preset: str | None) -> None:
+    got = tower.config
+    what = f"{tower.role} checkpoint {tower.record['source']}"
+    target = f"preset {preset!r}" if preset else "the given config"
+    if got.kind != wanted.kind:
+        raise ConfigError(f"{what} is a {got.kind!r} tower; {target} wants {wanted.kind!r}")
+    a, b = wanted.to_dict(), got.to_dict()
+    fields = _SHAPE_FIELDS.get(got.kind, tuple(a))
+    diff = [f"{f}: {b.get(f)} (wanted {a.get(f)})" for f in fields if a.get(f) != b.get(f)]
+    if diff:
+        raise ConfigError(f"{what} does not have the shape of {target}'s {tower.role} tower: " + ", ".join(diff))
+
+
+# -- conversion cache --------------------------------------------------------------------------
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where converted towers live: ``cache_dir/pali-converted``, else ``$PALI_HOME/converted``."""
+    if cache_dir is not None:
+        return Path(cache_dir) / "pali-converted"
+    return Path(os.environ.get("PALI_HOME", "~/.cache/pali")).expanduser() / "converted"
+
+
+def converted_tower(
+    role: str,
+    source: str | Path,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Tower:
+    """The tower ``source`` in our layout, converting it on the first call only."""
+    snapshot = _fetch_source(source, revision, cache_dir, local_files_only, token)
+    key = _cache_key(role, snapshot)
+    name = re.sub(r"[^\w.\-]+", "--", snapshot.source.strip("/"))[-80:]
+    folder = cache_root(cache_dir) / f"{name}--{role}--{key}"
+    if not (folder / SOURCE_NAME).is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_directory(folder, overwrite=True) as tmp:
+            convert_source(role, snapshot, tmp)
+    record = json.loads((folder / SOURCE_NAME).read_text())
+    data = read_config_json(folder, str(folder))
+    registry = _REGISTRIES[role]
+    try:
+        config = registry.get(data.get("kind")).config_class.from_dict(data)
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{snapshot.source} is not a {role} tower: {e}") from None
+    return Tower(role, folder, config, record)
+
+
+def _fetch_source(source, revision, cache_dir, local_files_only, token) -> Snapshot:
+    path = Path(source).expanduser()
+    if path.is_file():  # a JAX checkpoint file (.npz)
+        if revision is not None:
+            raise CheckpointError(f"{path} is a local file: revision={revision!r} does not apply")
+        return Snapshot(path.resolve(), str(path.resolve()))
+    return fetch(source, _select_source, revision=revision, cache_dir=cache_dir,
+                 local_files_only=local_files_only, token=token)
+
+
+def _select_source(files: list[str]) -> list[str]:
+    """From a transformers repo: config, the PyTorch weights (safetensors preferred), the card."""
+    if "checkpoint" in files or any(re.fullmatch(r"checkpoint_\d+/checkpoint", f) for f in files):
+        return files  # a T5X checkpoint directory: everything in it is the checkpoint
+    if CONFIG_NAME not in files:
+        raise CheckpointError(f"no {CONFIG_NAME} among the files {files}: not a transformers checkpoint")
+    for index, single, shard in ((INDEX_NAME, SINGLE_NAME, r"model-\d+-of-\d+\.safetensors"),
+                                 (_BIN_INDEX, _BIN_SINGLE, r"pytorch_model-\d+-of-\d+\.bin")):
+        if index in files:
+            weights = [index] + [f for f in files if re.fullmatch(shard, f)]
+            break
+        if single in files:
+            weights = [single]
+            break
+    else:
+        raise CheckpointError(
+            f"no PyTorch weights ({SINGLE_NAME}, {INDEX_NAME}, {_BIN_SINGLE} or {_BIN_INDEX}) among {files}"
+        )
+    return [CONFIG_NAME, *weights] + (["README.md"] if "README.md" in files else [])
+
+
+def _cache_key(role: str, snapshot: Snapshot) -> str:
+    """Hub: the commit hash. Local: every file's path, size and mtime (any edit reconverts)."""
+    if snapshot.is_local:
+        paths = [snapshot.folder] if snapshot.folder.is_file() else sorted(
+            p for p in snapshot.folder.rglob("*") if p.is_file()
+        )
+        identity = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    else:
+        identity = [snapshot.source, snapshot.commit]
+    blob = json.dumps([CONVERTER_VERSION, role, identity]).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def convert_source(role: str, snapshot: Snapshot, out: Path) -> None:
+    """Write ``snapshot``'s ``role`` tower into ``out`` in our layout, plus its provenance."""
+    folder = snapshot.folder
+    if folder.is_dir() and (folder / CONFIG_NAME).is_file():
+        fmt, license = "hf", _card_license(folder)
+        _convert_hf(role, folder, out, snapshot.source)
+    else:
+        from .. import convert
+
+        fmt = "big_vision" if folder.suffix == ".npz" else "t5x"
+        converter = getattr(convert, f"convert_{fmt}", None)
+        if converter is None:
+            raise CheckpointError(f"{snapshot.source}: reading {fmt} checkpoints needs pali.convert.convert_{fmt}")
+        converter(folder, out)
+        license = None
+    record = {"tower": role, "source": snapshot.source, "revision": snapshot.commit, "format": fmt, "license": license}
+    (out / SOURCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _convert_hf(role: str, folder: Path, out: Path, source: str) -> None:
+    from huggingface_hub.utils import tqdm
+
+    hf_config = read_config_json(folder, source)
+    model_type = hf_config.get("model_type")
+    known = _HF_TOWERS[role]
+    if model_type not in known:
+        raise CheckpointError(
+            f"{source}: transformers model_type {model_type!r} cannot be a {role} tower; known: {sorted(known)}"
+        )
+    keymap, read_config = known[model_type]
+    tower_config = read_config(hf_config)
+    (out / CONFIG_NAME).write_text(json.dumps(tower_config.to_dict(), indent=2, sort_keys=True) + "\n")
+    tensors = tqdm(_hf_tensors(folder), desc=f"Converting {source}", unit=" tensors")
+    write_safetensors(keymap.convert(tensors), out)
+
+
+def _hf_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Tensors of a transformers checkpoint, one file at a time; ``.bin`` only via weights_only."""
+    if (folder / INDEX_NAME).is_file() or (folder / SINGLE_NAME).is_file():
+        yield from read_safetensors(folder)
+        return
+    if (folder / _BIN_INDEX).is_file():
+        weight_map = json.loads((folder / _BIN_INDEX).read_text())["weight_map"]
+        files = [folder / f for f in dict.fromkeys(weight_map.values())]
+    else:
+        files = [folder / _BIN_SINGLE]
+    for path in files:
+        try:
+            # weights_only: never unpickle arbitrary objects; mmap: one file's pages, not a copy.
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # torch raises several types for corrupt or hostile files
+            raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch checkpoint ({e})") from None
+        yield from state.items()
+        del state
+
+
+def _card_license(folder: Path) -> str | None:
+    card = folder / "README.md"
+    if not card.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(card).data.license
+    except Exception:  # a malformed card must not stop a conversion; the licence is then unknown
+        return None

@@ -1,0 +1,133 @@
+"""``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` / ``from_unimodal`` for PaliModel.
+
+The model code knows nothing of files or the Hub: this mixin only gives the methods their names
+and signatures and hands the work to :mod:`pali.hub`, imported on first use so ``import pali``
+does not pull in ``huggingface_hub``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .config import PaliConfig
+
+
+class PretrainedMixin:
+    """Loading and saving for :class:`pali.PaliModel` (our layout: config.json + safetensors)."""
+
+    #: Provenance of the weights (tower, source, revision, format, license): set by
+    #: ``from_unimodal``, kept through save/load in the safetensors metadata, shown in the card.
+    weight_sources: list[dict[str, Any]] = []
+    #: The repo id or folder the model was loaded from, if any.
+    name_or_path: str | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        strict: bool = True,
+    ):
+        """Load a model saved by :meth:`save_pretrained` from a folder or a Hub repo id.
+
+        Built on the meta device; every tensor's shape and dtype is checked from the safetensors
+        headers, then read straight into ``device`` (default CPU) as ``dtype`` (default: the
+        stored dtype), so the weights are never held twice. Missing or unexpected tensors raise a
+        :class:`pali.CheckpointError` listing them; ``strict=False`` warns instead and keeps the
+        model's own initialisation for the missing ones. Hub problems (no such repo, revision or
+        file, a private repo without ``token``, offline with an empty cache) raise
+        :class:`pali.hub.HubError`. ``HF_HUB_OFFLINE=1`` or ``local_files_only`` reads the cache only.
+        """
+        from .hub.load import load_pretrained
+
+        return load_pretrained(
+            cls, name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+            token=token, dtype=dtype, device=device, strict=strict,
+        )
+
+    @classmethod
+    def from_unimodal(
+        cls,
+        preset_or_config: "str | PaliConfig | None" = None,
+        *,
+        vision: str | Path | None = None,
+        text: str | Path | None = None,
+        vision_revision: str | None = None,
+        text_revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        freeze_vision: bool = True,
+    ):
+        """A fine-tunable PaLI seeded from public unimodal checkpoints, as the paper did.
+
+        ``vision`` / ``text``: a Hub repo id, a local transformers folder, or a JAX checkpoint
+        path; each is converted once and cached (keyed by commit hash, or path + size + mtime).
+        Without ``preset_or_config`` the architecture is read from the checkpoints; with a preset
+        that has a recipe (:func:`pali.hub.list_recipes`) the missing sources come from the recipe,
+        and each checkpoint must have the preset tower's shape. A tower without a source is
+        randomly initialised, with a warning. The projection is always fresh; the vision tower is
+        frozen unless ``freeze_vision=False``.
+        """
+        from .hub.unimodal import from_unimodal
+
+        return from_unimodal(
+            cls, preset_or_config, vision=vision, text=text, vision_revision=vision_revision,
+            text_revision=text_revision, cache_dir=cache_dir, local_files_only=local_files_only,
+            token=token, dtype=dtype, device=device, freeze_vision=freeze_vision,
+        )
+
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        *,
+        max_shard_size: int | str = "5GB",
+        overwrite: bool = False,
+        processor: Any = None,
+        license: str | None = None,
+    ) -> Path:
+        """Write config.json, safetensors shards (+ index) and a model card into ``directory``.
+
+        Atomic: written into a temporary sibling and renamed into place, so a failure leaves no
+        partial checkpoint. ``processor``: anything with ``save_pretrained(folder)`` (e.g.
+        ``PaliProcessor``); its files land in the same folder. ``license`` overrides the one
+        derived from the weight sources for the card.
+        """
+        from .hub.save import save_pretrained
+
+        return save_pretrained(
+            self, directory, max_shard_size=max_shard_size, overwrite=overwrite, processor=processor, license=license
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str = "5GB",
+        processor: Any = None,
+        license: str | None = None,
+    ):
+        """Create ``repo_id`` if needed and upload what :meth:`save_pretrained` writes, as one commit."""
+        from .hub.save import push_to_hub
+
+        return push_to_hub(
+            self, repo_id, private=private, token=token, revision=revision, commit_message=commit_message,
+            create_pr=create_pr, max_shard_size=max_shard_size, processor=processor, license=license,
+        )
