@@ -37,15 +37,16 @@ CORPUS = [
 def train_spm(
     directory: str | Path,
     *,
-    vocab_size: int = 200,
+    vocab_size: int = 156,
     byte_fallback: bool = False,
     corpus: list[str] | None = None,
     user_defined_symbols: list[str] | None = None,
 ) -> Path:
     """Train and write ``directory/spiece.model``; returns its path.
 
-    ``vocab_size`` counts sentencepiece pieces only (add the 100 sentinels for the full vocabulary);
-    with ``byte_fallback`` it must leave room for the 256 byte pieces.
+    ``vocab_size`` counts sentencepiece pieces only; the default 156 plus the 100 sentinels is
+    256, the vocabulary of the ``pali-tiny`` preset. With ``byte_fallback`` it must leave room for
+    the 256 byte pieces.
     """
     sentences = (corpus or CORPUS) * 4
     model = io.BytesIO()

@@ -1,0 +1,127 @@
+"""Images in any common form -> the ``[B, 3, H, W]`` float32 batch in [-1, 1] that PaLI's ViT reads.
+
+big_vision's PaLI input pipeline: decode to RGB, resize to the model's square resolution with
+antialiased bilinear interpolation (aspect ratio not kept), scale ``x / 127.5 - 1``. Here the
+resize is ``torch.nn.functional.interpolate(mode="bilinear", antialias=True)`` (the same filter as
+PIL's ``BILINEAR``) on float pixels in [0, 1], then ``2x - 1``, which is that same scaling. Unlike
+big_vision we do not round the resized image back to uint8 (a difference below 1/127.5).
+
+Accepted images (one, a list of them, or a 4-D batch array/tensor):
+
+* ``PIL.Image.Image`` of any mode: converted with ``convert("RGB")``.
+* ``numpy.ndarray`` ``[H, W]`` (grayscale) or ``[H, W, C]`` with C in 1, 3, 4.
+* ``torch.Tensor`` ``[C, H, W]`` (torch's convention) or ``[H, W, C]``; a 3-D tensor is read as
+  CHW when its first dimension is 1, 3 or 4, otherwise as HWC when its last one is; ``[H, W]``
+  is grayscale.
+
+Pixel values: ``uint8`` in [0, 255] or floating point in [0, 1]; anything else (a float image in
+[0, 255], NaN, inf, other integer types) is an :class:`InputError` rather than a silently wrong
+picture. Grayscale is repeated to RGB; an alpha channel is dropped, as ``PIL.convert("RGB")`` and
+big_vision's ``decode(channels=3)`` do (composite over a background yourself if you need one).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import InputError
+
+ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
+CHANNELS = (1, 3, 4)
+
+
+class ImageProcessor:
+    """Resize + scale images for a vision tower of square resolution ``image_size``."""
+
+    def __init__(self, image_size: int = 224) -> None:
+        if not isinstance(image_size, int) or image_size <= 0:
+            raise InputError(f"image_size must be a positive int, got {image_size!r}")
+        self.image_size = image_size
+
+    def __call__(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """``[B, 3, image_size, image_size]`` float32 in [-1, 1]."""
+        size = (self.image_size, self.image_size)
+        out = []
+        for i, image in enumerate(split_batch(images)):
+            rgb = to_rgb_tensor(image, index=i)
+            if rgb.shape[1:] != size:
+                rgb = F.interpolate(rgb[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+            out.append(rgb * 2 - 1)
+        return torch.stack(out)
+
+    def original_sizes(self, images: ImageLike | Sequence[ImageLike]) -> list[tuple[int, int]]:
+        """``(height, width)`` of each image before resizing (to map boxes back onto it)."""
+        return [tuple(to_rgb_tensor(im, index=i).shape[1:]) for i, im in enumerate(split_batch(images))]
+
+
+def split_batch(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """One image, a list/tuple of images, or a 4-D array/tensor -> a non-empty list of images."""
+    if isinstance(images, (list, tuple)):
+        batch = list(images)
+    elif isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        batch = list(images)
+    else:
+        batch = [images]
+    if not batch:
+        raise InputError("no images given")
+    return batch
+
+
+def to_rgb_tensor(image: ImageLike, *, index: int = 0) -> torch.Tensor:
+    """One image -> float32 ``[3, H, W]`` in [0, 1] (see the module docstring for the rules)."""
+    where = f"image {index}"
+    if isinstance(image, Image.Image):
+        if 0 in image.size:
+            raise InputError(f"{where} is empty: size {image.size}")
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
+    if isinstance(image, np.ndarray):
+        if image.dtype == object or not (
+            image.dtype == np.uint8 or np.issubdtype(image.dtype, np.floating)
+        ):
+            raise InputError(f"{where}: numpy dtype {image.dtype} unsupported; use uint8 or float in [0, 1]")
+        tensor = torch.from_numpy(np.ascontiguousarray(image))
+        hwc = True
+    elif isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        hwc = tensor.ndim == 3 and tensor.shape[0] not in CHANNELS and tensor.shape[-1] in CHANNELS
+    else:
+        raise InputError(
+            f"{where} is a {type(image).__name__}; expected a PIL image, a numpy array or a torch tensor"
+        )
+    return _normalise(tensor, hwc, where)
+
+
+def _normalise(tensor: torch.Tensor, hwc: bool, where: str) -> torch.Tensor:
+    shape = list(tensor.shape)
+    if tensor.ndim == 2:
+        tensor = tensor[None]
+    elif tensor.ndim == 3:
+        tensor = tensor.permute(2, 0, 1) if hwc else tensor
+    else:
+        raise InputError(f"{where} has shape {shape}; expected [H, W], [H, W, C] or [C, H, W] (C in 1, 3, 4)")
+    if tensor.shape[0] not in CHANNELS:
+        raise InputError(f"{where} has shape {shape}: cannot find a channel axis of size 1, 3 or 4")
+    if tensor.numel() == 0:
+        raise InputError(f"{where} is empty: shape {shape}")
+    if tensor.dtype == torch.uint8:
+        tensor = tensor.float() / 255
+    elif tensor.is_floating_point():
+        tensor = tensor.float()
+        if not torch.isfinite(tensor).all():
+            raise InputError(f"{where} holds NaN or inf values")
+        low, high = float(tensor.min()), float(tensor.max())
+        if low < 0 or high > 1:
+            raise InputError(
+                f"{where}: float pixels must be in [0, 1], got [{low:g}, {high:g}]; "
+                "pass uint8 for 0-255 images"
+            )
+    else:
+        raise InputError(f"{where}: dtype {tensor.dtype} unsupported; use uint8 or float in [0, 1]")
+    if tensor.shape[0] == 1:
+        tensor = tensor.expand(3, -1, -1)
+    return tensor[:3].contiguous()

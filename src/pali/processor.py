@@ -1,0 +1,160 @@
+"""Images + prompts (+ targets) -> the batch ``PaliModel.forward``/``generate`` take, and ids -> text.
+
+In PaLI the prompt goes to the encoder (after the visual tokens) and the target ("suffix") is
+the decoder's text, so labels are just the suffix ids with ``</s>`` appended and padding set to
+-100: prompt tokens can never leak into the loss. Decoder inputs are derived from the labels by
+the model (shift right behind the start token).
+
+A saved processor is two files, ``spiece.model`` and ``processor_config.json``, which may sit
+beside a model checkpoint's ``config.json`` and weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .checkpoint import atomic_directory
+from .config import Config
+from .errors import CheckpointError, ConfigError, InputError
+from .image_processing import ImageLike, ImageProcessor, split_batch
+from .model import IGNORE_INDEX
+from .tokenizer import SPIECE_NAME, Tokenizer, pad_rows, resolve_file
+
+PROCESSOR_CONFIG_NAME = "processor_config.json"
+
+
+@dataclass
+class ProcessorConfig(Config):
+    """``max_length`` bounds prompt tokens and ``max_target_length`` suffix tokens (eos included);
+    longer text is truncated, keeping the eos."""
+
+    image_size: int = 224
+    max_length: int = 64
+    max_target_length: int = 64
+    extra_ids: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "max_length", "max_target_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"ProcessorConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.extra_ids, int) or self.extra_ids < 0:
+            raise ConfigError(f"ProcessorConfig.extra_ids must be an integer >= 0, got {self.extra_ids!r}")
+
+
+class PaliProcessor:
+    """Tokenizer + image processor with PaLI's batch layout."""
+
+    def __init__(self, tokenizer: Tokenizer, config: ProcessorConfig | None = None) -> None:
+        self.config = config or ProcessorConfig(extra_ids=tokenizer.extra_ids)
+        if self.config.extra_ids != tokenizer.extra_ids:
+            raise ConfigError(
+                f"ProcessorConfig.extra_ids {self.config.extra_ids} != tokenizer's {tokenizer.extra_ids}"
+            )
+        self.tokenizer = tokenizer
+        self.image_processor = ImageProcessor(self.config.image_size)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, *, revision: str | None = None) -> "PaliProcessor":
+        """From a directory or Hub repo holding ``spiece.model`` and ``processor_config.json``."""
+        if Path(source).expanduser().is_file():
+            raise CheckpointError(f"{source}: PaliProcessor.from_pretrained needs a directory or Hub repo id")
+        path = resolve_file(source, PROCESSOR_CONFIG_NAME, revision=revision)
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        try:
+            config = ProcessorConfig.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        tokenizer = Tokenizer(resolve_file(source, SPIECE_NAME, revision=revision), extra_ids=config.extra_ids)
+        return cls(tokenizer, config)
+
+    def save_pretrained(self, directory: str | Path, *, overwrite: bool = False) -> None:
+        """Write ``spiece.model`` + ``processor_config.json`` into ``directory``.
+
+        A new directory appears complete or not at all; in an existing one (a model checkpoint,
+        say) each file is replaced in one rename, and existing processor files are refused unless
+        ``overwrite``.
+        """
+        directory = Path(directory)
+        if not directory.exists():
+            with atomic_directory(directory) as staging:
+                self._write(staging)
+            return
+        names = (SPIECE_NAME, PROCESSOR_CONFIG_NAME)
+        existing = [n for n in names if (directory / n).exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{directory} already holds {existing}; pass overwrite=True to replace")
+        staging = Path(tempfile.mkdtemp(prefix=".processor.", suffix=".tmp", dir=directory))
+        try:
+            self._write(staging)
+            for name in names:
+                os.replace(staging / name, directory / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _write(self, directory: Path) -> None:
+        self.tokenizer.save(directory / SPIECE_NAME)
+        text = json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n"
+        (directory / PROCESSOR_CONFIG_NAME).write_text(text)
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        images: ImageLike | Sequence[ImageLike] | None = None,
+        text: str | Sequence[str] | None = None,
+        suffix: str | Sequence[str] | None = None,
+        *,
+        padding: bool | str = "longest",
+    ) -> dict[str, torch.Tensor]:
+        """``pixel_values`` ``[B, 3, S, S]``, ``input_ids``/``attention_mask`` ``[B, T]`` and, with
+        ``suffix``, ``labels`` ``[B, T']`` (eos appended, padding -100). Give images, text or
+        both; every given list must have the same length B."""
+        batch: dict[str, torch.Tensor] = {}
+        sizes: dict[str, int] = {}
+        if images is not None:
+            images = split_batch(images)
+            sizes["images"] = len(images)
+            batch["pixel_values"] = self.image_processor(images)
+        if text is not None:
+            texts = _as_list(text, "text")
+            sizes["text"] = len(texts)
+            batch.update(self.tokenizer(texts, padding=padding, max_length=self.config.max_length))
+        if suffix is not None:
+            targets = _as_list(suffix, "suffix")
+            sizes["suffix"] = len(targets)
+            rows = [self.tokenizer.encode(t, max_length=self.config.max_target_length) for t in targets]
+            labels, _ = pad_rows(rows, IGNORE_INDEX, padding=padding, max_length=self.config.max_target_length)
+            batch["labels"] = labels
+        if not batch or set(sizes) == {"suffix"}:
+            raise InputError("give images, text or both (a suffix alone has nothing to condition on)")
+        if len(set(sizes.values())) > 1:
+            raise InputError(f"batch sizes differ: {sizes}")
+        return batch
+
+    def decode(self, ids: Any) -> str:
+        """Text of one generated row: stops at ``</s>``, skips padding and sentinels."""
+        return self.tokenizer.decode(ids)
+
+    def batch_decode(self, ids: Any) -> list[str]:
+        return self.tokenizer.batch_decode(ids)
+
+
+def _as_list(value: str | Sequence[str], what: str) -> list[str]:
+    values = [value] if isinstance(value, str) else list(value)
+    if not values or not all(isinstance(v, str) for v in values):
+        raise InputError(f"{what} must be a str or a non-empty list of str")
+    return values
