@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["demo", "presets"]
+COMMANDS = ["demo", "presets", "convert"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,33 @@ CLIP_VISION = KeyMap(
     ],
 )
 
+_VIT = r"(?:vit\.)?"
+_VIT_LAYER = _VIT + r"encoder\.layer\.(\d+)\."
+_VIT_LAYER_V5 = _VIT + r"layers\.(\d+)\."  # transformers 5's in-memory names for the same tensors
+HF_VIT = KeyMap(
+    "HF ViT",
+    [
+        Rule(_VIT + r"embeddings\.cls_token", "cls_token"),
+        Rule(_VIT + r"embeddings\.position_embeddings", "pos_embed"),
+        Rule(_VIT + r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.\1"),
+        *(
+            Rule(_VIT_LAYER + rf"attention\.attention\.{theirs}\.(weight|bias)", rf"blocks.\1.attn.{ours}.\2")
+            for theirs, ours in (("query", "q"), ("key", "k"), ("value", "v"))
+        ),
+        Rule(_VIT_LAYER + r"attention\.output\.dense\.(weight|bias)", r"blocks.\1.attn.o.\2"),
+        Rule(_VIT_LAYER + r"intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+        Rule(_VIT_LAYER + r"output\.dense\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+        Rule(_VIT_LAYER_V5 + r"attention\.(q|k|v|o)_proj\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+        Rule(_VIT_LAYER_V5 + r"mlp\.(fc1|fc2)\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
+        Rule(_VIT + r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
+        Rule(_VIT + r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
+        Rule(_VIT + r"layernorm\.(weight|bias)", r"norm.\1"),
+        # Classification/pooling heads and the masked-image-modelling token: not part of PaLI's tower.
+        Rule(_VIT + r"(pooler\..*|embeddings\.mask_token)", None),
+        Rule(r"classifier\..*", None),
+    ],
+)
+
 MT5 = KeyMap(
     "HF mT5",
     [
@@ -140,6 +167,28 @@ def clip_vision_config(config: Mapping[str, Any]) -> ViTConfig:
         patch_bias=False,
         class_token=True,
         pre_norm=True,
+    )
+
+
+def hf_vit_config(config: Mapping[str, Any]) -> ViTConfig:
+    """Our ViTConfig for a HF ``ViTConfig`` dict (google/vit-*).
+
+    HF's ViT is the original ViT: a class token with its own position embedding, post-block
+    LayerNorm eps 1e-12, exact (erf) GELU and no LayerNorm before the blocks.
+    """
+    if config.get("num_channels", 3) != 3:
+        raise CheckpointError(f"HF ViT with num_channels={config['num_channels']}: only RGB (3) is supported")
+    return ViTConfig(
+        image_size=config.get("image_size", 224),
+        patch_size=config.get("patch_size", 16),
+        hidden_size=config.get("hidden_size", 768),
+        depth=config.get("num_hidden_layers", 12),
+        mlp_dim=config.get("intermediate_size", 3072),
+        num_heads=config.get("num_attention_heads", 12),
+        act=_activation({"hidden_act": config.get("hidden_act", "gelu")}),
+        norm_eps=config.get("layer_norm_eps", 1e-12),
+        qkv_bias=config.get("qkv_bias", True),
+        class_token=True,
     )
 
 

@@ -1,0 +1,131 @@
+"""Hugging Face checkpoint directories -> our towers, streamed one tensor at a time.
+
+A HF directory holds ``config.json`` and weights as ``model.safetensors`` (or shards with
+``model.safetensors.index.json``) or ``pytorch_model.bin`` (or shards with
+``pytorch_model.bin.index.json``). safetensors are opened per tensor (the file is memory-mapped,
+only the requested tensor is copied); ``.bin`` files are loaded with ``mmap=True,
+weights_only=True`` so their tensors page in on use. ``config.json``'s ``model_type`` picks the
+key map: mT5/T5 v1.1, SigLIP, CLIP (vision towers, also out of two-tower checkpoints) or ViT.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..checkpoint import shard_files
+from ..errors import CheckpointError
+from . import hf
+from .keymap import KeyMap
+from .plan import Conversion, Source, check_items, fit_pos_embed, map_sources, parse_dtype, target_config
+
+BIN_NAME = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+# model_type -> (family, key map, config function)
+MODEL_TYPES: dict[str, tuple[str, KeyMap, Callable[[dict], Any]]] = {
+    "mt5": ("text", hf.MT5, hf.mt5_config),
+    "t5": ("text", hf.MT5, hf.mt5_config),
+    "siglip": ("vision", hf.SIGLIP_VISION, hf.siglip_vision_config),
+    "siglip_vision_model": ("vision", hf.SIGLIP_VISION, hf.siglip_vision_config),
+    "clip": ("vision", hf.CLIP_VISION, hf.clip_vision_config),
+    "clip_vision_model": ("vision", hf.CLIP_VISION, hf.clip_vision_config),
+    "vit": ("vision", hf.HF_VIT, hf.hf_vit_config),
+}
+
+
+def _safetensors_sources(directory: Path) -> list[Source]:
+    from safetensors import SafetensorError, safe_open
+
+    sources = []
+    for path in shard_files(directory):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: cannot read safetensors ({e})") from None
+
+        def load(name: str, path: Path = path) -> torch.Tensor:
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    return f.get_tensor(name)
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{path}: cannot read tensor {name!r} ({e})") from None
+
+        sources += [Source(name, shape, lambda name=name, load=load: load(name)) for name, shape in shapes.items()]
+    return sources
+
+
+def _bin_sources(directory: Path) -> list[Source]:
+    index = directory / BIN_INDEX
+    if index.exists():
+        try:
+            files = list(dict.fromkeys(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a valid index ({e})") from None
+    else:
+        files = [BIN_NAME]
+    sources = []
+    for name in files:
+        path = (directory / name).resolve()
+        if path.parent != directory.resolve():
+            raise CheckpointError(f"{index}: shard {name!r} points outside the checkpoint directory")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # pickle/zip errors of a corrupt or non-zip (pre-1.6) file
+            raise CheckpointError(f"{path}: cannot load ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: holds a {type(state).__name__}, expected a state dict")
+        sources += [Source(k, tuple(v.shape), lambda v=v: v) for k, v in state.items()]
+    return sources
+
+
+def hf_sources(directory: Path) -> list[Source]:
+    """Every tensor of a HF checkpoint directory, not yet read."""
+    if (directory / "model.safetensors").exists() or (directory / "model.safetensors.index.json").exists():
+        return _safetensors_sources(directory)
+    if (directory / BIN_NAME).exists() or (directory / BIN_INDEX).exists():
+        return _bin_sources(directory)
+    raise CheckpointError(f"{directory}: no model.safetensors(.index.json) or {BIN_NAME}(.index.json) found")
+
+
+def read_hf_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory}: no config.json (needed to know the model type)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("model_type") not in MODEL_TYPES:
+        found = config.get("model_type") if isinstance(config, dict) else None
+        raise CheckpointError(f"{path}: model_type {found!r} is not supported; known: {sorted(MODEL_TYPES)}")
+    return config
+
+
+def read_hf(
+    src: str | Path,
+    *,
+    vision_preset: str | None = None,
+    text_preset: str | None = None,
+    image_size: int | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Conversion:
+    """Plan the conversion of a Hugging Face checkpoint directory (mT5, SigLIP, CLIP or ViT)."""
+    directory = Path(src)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory")
+    hf_config = read_hf_config(directory)
+    family, keymap, config_fn = MODEL_TYPES[hf_config["model_type"]]
+    preset, other = (vision_preset, text_preset) if family == "vision" else (text_preset, vision_preset)
+    if other is not None:
+        raise CheckpointError(f"{directory} holds a {family} tower; preset {other!r} was given for the other tower")
+    config, against = target_config(config_fn(hf_config), family, preset, image_size)
+    items = map_sources(hf_sources(directory), keymap)
+    if family == "vision":
+        items = fit_pos_embed(items, config)
+    check_items(items, config, against)
+    return Conversion(config, items, {"pali.source_format": "hf"}, parse_dtype(dtype))

@@ -1,0 +1,225 @@
+"""T5X checkpoints (mT5) -> our MT5, read with msgpack + numpy, no JAX, TensorStore or TensorFlow.
+
+``checkpoint_<step>/checkpoint`` (or ``.../state/checkpoint``) is a msgpack file written by flax
+serialization: a tree ``{"version", "optimizer": {"target": params, "state": optimizer state}}``
+(or ``{"target", "state"}``). Arrays are either inline, as msgpack ext type 1 holding a msgpack
+``(shape, dtype name, raw C-order bytes)`` triple (ext 3: numpy scalar, same encoding; ext 2:
+complex), arrays over 2**30 bytes split into ``{"__msgpack_chunked_array__": True, "shape",
+"chunks"}``; or a TensorStore spec (a dict with ``"driver": "zarr"``) whose ``kvstore.path`` (older:
+``path``) names a zarr v2 array directory beside the file, e.g.
+``target.encoder.layers_0.attention.query.kernel``. Only ``target`` is read; the optimizer state
+is never touched. Newer T5X/Orbax (OCDBT) checkpoints are another format and are refused.
+(flax ``serialization.py``; t5x ``checkpoints.py``.)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+from ..text.mt5 import MT5Config
+from .keymap import KeyMap, Rule
+from .plan import Conversion, Source, check_items, map_sources, parse_dtype, target_config
+from .zarr import ZarrArray
+
+ORBAX_MARKERS = ("manifest.ocdbt", "_METADATA", "_CHECKPOINT_METADATA", "_sharding", "ocdbt.process_*")
+
+
+def _kernel(t: torch.Tensor) -> torch.Tensor:  # [in, out] -> Linear [out, in]
+    return t.t().contiguous()
+
+
+def _attention_rules(stack: str, theirs: str, ours: str) -> list[Rule]:
+    layer = rf"{stack}/layers_(\d+)/{theirs}/"
+    return [
+        Rule(layer + rf"{q}/kernel", rf"{stack}.layers.\1.{ours}.{o}.weight", _kernel)
+        for q, o in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))
+    ]
+
+
+T5X_MT5 = KeyMap(
+    "T5X mT5",
+    [
+        Rule(r"token_embedder/embedding", "embed.weight"),
+        Rule(r"(encoder|decoder)/relpos_bias/rel_embedding", r"\1.relpos_bias"),  # [H, buckets] as ours
+        Rule(r"encoder/encoder_norm/scale", "encoder.norm.weight"),
+        Rule(r"decoder/decoder_norm/scale", "decoder.norm.weight"),
+        Rule(r"decoder/logits_dense/kernel", "lm_head.weight", _kernel),
+        *_attention_rules("encoder", "attention", "attn"),
+        *_attention_rules("decoder", "self_attention", "self_attn"),
+        *_attention_rules("decoder", "encoder_decoder_attention", "cross_attn"),
+        Rule(r"encoder/layers_(\d+)/pre_attention_layer_norm/scale", r"encoder.layers.\1.attn_norm.weight"),
+        Rule(r"decoder/layers_(\d+)/pre_self_attention_layer_norm/scale", r"decoder.layers.\1.self_attn_norm.weight"),
+        Rule(r"decoder/layers_(\d+)/pre_cross_attention_layer_norm/scale", r"decoder.layers.\1.cross_attn_norm.weight"),
+        Rule(r"(encoder|decoder)/layers_(\d+)/pre_mlp_layer_norm/scale", r"\1.layers.\2.mlp_norm.weight"),
+        Rule(r"(encoder|decoder)/layers_(\d+)/mlp/(wi_0|wi_1|wo)/kernel", r"\1.layers.\2.mlp.\3.weight", _kernel),
+    ],
+)
+
+
+@dataclass(frozen=True)
+class InlineArray:
+    """An array stored inside the msgpack file (flax ext type 1 or 3); decoded when loaded."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    buffer: bytes
+
+    def load(self) -> torch.Tensor:
+        bf16 = self.dtype == "bfloat16"
+        try:
+            dtype = np.dtype("<u2" if bf16 else self.dtype)
+        except TypeError:
+            raise CheckpointError(f"inline array of unknown dtype {self.dtype!r}") from None
+        if len(self.buffer) != math.prod(self.shape) * dtype.itemsize:
+            raise CheckpointError(
+                f"inline array {list(self.shape)} {self.dtype}: {len(self.buffer)} bytes, "
+                f"expected {math.prod(self.shape) * dtype.itemsize}: truncated or corrupt"
+            )
+        array = np.frombuffer(self.buffer, dtype).reshape(self.shape).copy()
+        tensor = torch.from_numpy(array)
+        return tensor.view(torch.bfloat16) if bf16 else tensor
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    import msgpack
+
+    if code in (1, 3):  # ndarray, numpy scalar
+        shape, dtype, buffer = msgpack.unpackb(data, raw=True)
+        return InlineArray(tuple(shape), dtype.decode(), buffer)
+    if code == 2:
+        real, imag = msgpack.unpackb(data)
+        return complex(real, imag)
+    return msgpack.ExtType(code, data)
+
+
+def _orbax_markers(directory: Path) -> list[str]:
+    return sorted(p.name for pattern in ORBAX_MARKERS for p in directory.glob(pattern))
+
+
+def find_checkpoint(src: str | Path) -> tuple[Path, Path]:
+    """``(checkpoint directory, msgpack file)`` for a ``checkpoint_<step>`` dir or its file."""
+    src = Path(src)
+    if src.is_file():
+        root = src.parent.parent if src.parent.name == "state" else src.parent
+        return root, src
+    if not src.is_dir():
+        raise CheckpointError(f"{src}: no such T5X checkpoint")
+    for directory in (src, src / "state"):
+        markers = _orbax_markers(directory) if directory.is_dir() else []
+        if markers:
+            raise CheckpointError(
+                f"{src} is an Orbax/OCDBT checkpoint (found {markers}); pali reads the T5X msgpack + zarr "
+                "format only. Restore it with T5X/Orbax and save it in the legacy format, or convert its "
+                "Hugging Face export instead."
+            )
+    for rel in ("checkpoint", "state/checkpoint"):
+        if (src / rel).is_file():
+            return src, src / rel
+    raise CheckpointError(f"{src}: no 'checkpoint' or 'state/checkpoint' msgpack file; point at checkpoint_<step>")
+
+
+def load_tree(file: Path) -> dict:
+    import msgpack
+
+    try:
+        tree = msgpack.unpackb(file.read_bytes(), ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException, TypeError) as e:  # ExtraData, incomplete input, ...
+        raise CheckpointError(f"{file}: not a valid msgpack checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"{file}: msgpack root is a {type(tree).__name__}, expected a map")
+    return tree
+
+
+def _target(tree: dict, file: Path) -> dict:
+    for node in (tree.get("optimizer"), tree):
+        if isinstance(node, dict) and isinstance(node.get("target"), dict):
+            return node["target"]
+    raise CheckpointError(f"{file}: no 'target' parameter tree (top-level keys {sorted(map(str, tree))})")
+
+
+def _zarr_path(spec: dict, name: str) -> str:
+    kvstore = spec.get("kvstore")
+    if isinstance(kvstore, dict):
+        if kvstore.get("driver", "file") != "file":
+            raise CheckpointError(f"{name}: kvstore driver {kvstore.get('driver')!r}; only local files are read")
+        path = kvstore.get("path")
+    else:
+        path = spec.get("path")
+    if not isinstance(path, str) or spec.get("driver") != "zarr":
+        raise CheckpointError(f"{name}: unsupported TensorStore spec {spec}")
+    return path
+
+
+def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict) and "__msgpack_chunked_array__" not in node and "driver" not in node:
+        for key, child in node.items():
+            yield from _leaves(child, f"{prefix}/{key}" if prefix else str(key))
+    elif node is not None:
+        yield prefix, node
+
+
+def _unchunk(node: dict, name: str) -> Source:
+    """flax's split form of an inline array over 2**30 bytes."""
+    try:
+        shape = tuple(node["shape"][str(i)] for i in range(len(node["shape"])))
+        chunks = [node["chunks"][str(i)] for i in range(len(node["chunks"]))]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{name}: malformed chunked inline array") from None
+    return Source(name, shape, lambda: torch.cat([c.load() for c in chunks]).reshape(shape))
+
+
+def _source(name: str, leaf: Any, root: Path, file: Path) -> Source:
+    if isinstance(leaf, InlineArray):
+        return Source(name, leaf.shape, leaf.load)
+    if isinstance(leaf, dict) and "__msgpack_chunked_array__" in leaf:
+        return _unchunk(leaf, name)
+    if isinstance(leaf, dict):
+        rel = _zarr_path(leaf, name)
+        bases = dict.fromkeys([file.parent, root])
+        base = next((b for b in bases if (b / rel.rstrip("/")).exists()), file.parent)
+        array = ZarrArray.open(base, rel)
+        return Source(name, array.shape, array.read)
+    if isinstance(leaf, (int, float, bool)):
+        return Source(name, (), lambda: torch.tensor(leaf))
+    raise CheckpointError(f"{name}: unsupported leaf of type {type(leaf).__name__}")
+
+
+def _infer_config(shapes: dict[str, tuple[int, ...]], file: Path) -> MT5Config:
+    def need(name: str) -> tuple[int, ...]:
+        if name not in shapes:
+            raise CheckpointError(f"{file}: cannot infer the mT5 config: tensor {name!r} is missing")
+        return shapes[name]
+
+    def count(stack: str) -> int:
+        return len({m[1] for n in shapes if (m := re.match(rf"{stack}/layers_(\d+)/", n))})
+
+    vocab, d_model = need("token_embedder/embedding")
+    heads, buckets = need("encoder/relpos_bias/rel_embedding")
+    inner = need("encoder/layers_0/attention/query/kernel")[1]
+    return MT5Config(
+        vocab_size=vocab, d_model=d_model, d_ff=need("encoder/layers_0/mlp/wi_0/kernel")[1], num_heads=heads,
+        d_kv=inner // heads, num_encoder_layers=count("encoder"), num_decoder_layers=count("decoder"),
+        num_buckets=buckets,
+    )
+
+
+def read_t5x(
+    src: str | Path, *, text_preset: str | None = None, dtype: str | torch.dtype | None = None
+) -> Conversion:
+    """Plan the conversion of a T5X checkpoint directory (``checkpoint_<step>``) or its msgpack file."""
+    root, file = find_checkpoint(src)
+    target = _target(load_tree(file), file)
+    sources = [_source(name, leaf, root, file) for name, leaf in _leaves(target, "")]
+    inferred = _infer_config({s.name: s.shape for s in sources}, file)
+    config, against = target_config(inferred, "text", text_preset)
+    items = map_sources(sources, T5X_MT5)
+    check_items(items, config, against)
+    return Conversion(config, items, {"pali.source_format": "t5x"}, parse_dtype(dtype))
