@@ -14,16 +14,21 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from ..checkpoint import CONFIG_NAME, INDEX_NAME, SINGLE_NAME, atomic_directory, read_safetensors, write_safetensors
+from ..checkpoint import CONFIG_NAME, INDEX_NAME, SINGLE_NAME, atomic_directory, write_safetensors
 from ..config import Config, PaliConfig
-from ..convert import hf as hf_maps
+from ..convert import read as read_checkpoint
+from ..convert.big_vision import split_selector
+from ..convert.hf_reader import BIN_INDEX, BIN_NAME
 from ..errors import CheckpointError, ConfigError
 from ..presets import get_config
 from ..registry import TEXT_STACKS, VISION_ENCODERS
@@ -69,18 +74,6 @@ _SHAPE_FIELDS = {
     "mt5": ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers", "num_decoder_layers"),
 }
 
-# transformers model_type -> (key map, config reader), per role.
-_HF_TOWERS = {
-    "vision": {
-        "siglip": (hf_maps.SIGLIP_VISION, hf_maps.siglip_vision_config),
-        "siglip_vision_model": (hf_maps.SIGLIP_VISION, hf_maps.siglip_vision_config),
-        "clip": (hf_maps.CLIP_VISION, hf_maps.clip_vision_config),
-        "clip_vision_model": (hf_maps.CLIP_VISION, hf_maps.clip_vision_config),
-    },
-    "text": {"mt5": (hf_maps.MT5, hf_maps.mt5_config), "t5": (hf_maps.MT5, hf_maps.mt5_config)},
-}
-_BIN_INDEX = "pytorch_model.bin.index.json"
-_BIN_SINGLE = "pytorch_model.bin"
 
 
 @dataclass(frozen=True)
@@ -132,9 +125,18 @@ def from_unimodal(
     entries = {}
     for role, tower in towers.items():
         tower_entries, _ = read_index(tower.folder)
+        # pali.convert's rule: a vision source that carries PaLI's projection stores it under
+        # its PaliModel name; it seeds the projection when its shape fits.
+        carried = {n: tower_entries.pop(n) for n in list(tower_entries) if n.startswith("projection.")}
         source = f"{role} tower from {tower.record['source']}"
         tower_entries = verify(tower_entries, getattr(model, role).state_dict(), source=source, strict=True)
         entries.update({f"{role}.{name}": e for name, e in tower_entries.items()})
+        if carried:
+            try:
+                entries.update(verify(carried, model.projection.state_dict(prefix="projection."),
+                                      source=f"projection carried by {tower.record['source']}", strict=True))
+            except CheckpointError as e:
+                warnings.warn(f"{e}; the projection is freshly initialised instead", stacklevel=3)
     materialize(model, entries, device=torch.device(device or "cpu"), dtype=dtype or common_dtype(entries))
     model.weight_sources = [t.record for t in towers.values()] + [
         {"tower": role, "source": "random init", "revision": None, "format": None, "license": None}
@@ -222,11 +224,12 @@ def converted_tower(
 
 
 def _fetch_source(source, revision, cache_dir, local_files_only, token) -> Snapshot:
-    path = Path(source).expanduser()
-    if path.is_file():  # a JAX checkpoint file (.npz)
+    file, selector = split_selector(Path(source).expanduser())
+    if file.is_file():  # a big_vision .npz, possibly with a ":img" selector
         if revision is not None:
-            raise CheckpointError(f"{path} is a local file: revision={revision!r} does not apply")
-        return Snapshot(path.resolve(), str(path.resolve()))
+            raise CheckpointError(f"{file} is a local file: revision={revision!r} does not apply")
+        resolved = f"{file.resolve()}:{selector}" if selector else str(file.resolve())
+        return Snapshot(Path(resolved), resolved)
     return fetch(source, _select_source, revision=revision, cache_dir=cache_dir,
                  local_files_only=local_files_only, token=token)
 
@@ -238,7 +241,7 @@ def _select_source(files: list[str]) -> list[str]:
     if CONFIG_NAME not in files:
         raise CheckpointError(f"no {CONFIG_NAME} among the files {files}: not a transformers checkpoint")
     for index, single, shard in ((INDEX_NAME, SINGLE_NAME, r"model-\d+-of-\d+\.safetensors"),
-                                 (_BIN_INDEX, _BIN_SINGLE, r"pytorch_model-\d+-of-\d+\.bin")):
+                                 (BIN_INDEX, BIN_NAME, r"pytorch_model-\d+-of-\d+\.bin")):
         if index in files:
             weights = [index] + [f for f in files if re.fullmatch(shard, f)]
             break
@@ -247,7 +250,7 @@ def _select_source(files: list[str]) -> list[str]:
             break
     else:
         raise CheckpointError(
-            f"no PyTorch weights ({SINGLE_NAME}, {INDEX_NAME}, {_BIN_SINGLE} or {_BIN_INDEX}) among {files}"
+            f"no PyTorch weights ({SINGLE_NAME}, {INDEX_NAME}, {BIN_NAME} or {BIN_INDEX}) among {files}"
         )
     return [CONFIG_NAME, *weights] + (["README.md"] if "README.md" in files else [])
 
@@ -255,7 +258,8 @@ def _select_source(files: list[str]) -> list[str]:
 def _cache_key(role: str, snapshot: Snapshot) -> str:
     """Hub: the commit hash. Local: every file's path, size and mtime (any edit reconverts)."""
     if snapshot.is_local:
-        paths = [snapshot.folder] if snapshot.folder.is_file() else sorted(
+        file, _ = split_selector(snapshot.folder)
+        paths = [file] if file.is_file() else sorted(
             p for p in snapshot.folder.rglob("*") if p.is_file()
         )
         identity = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
@@ -266,59 +270,53 @@ def _cache_key(role: str, snapshot: Snapshot) -> str:
 
 
 def convert_source(role: str, snapshot: Snapshot, out: Path) -> None:
-    """Write ``snapshot``'s ``role`` tower into ``out`` in our layout, plus its provenance."""
-    folder = snapshot.folder
-    if folder.is_dir() and (folder / CONFIG_NAME).is_file():
-        fmt, license = "hf", _card_license(folder)
-        _convert_hf(role, folder, out, snapshot.source)
-    else:
-        from .. import convert
+    """Write ``snapshot``'s ``role`` tower into ``out`` in our layout, plus its provenance.
 
-        fmt = "big_vision" if folder.suffix == ".npz" else "t5x"
-        converter = getattr(convert, f"convert_{fmt}", None)
-        if converter is None:
-            raise CheckpointError(f"{snapshot.source}: reading {fmt} checkpoints needs pali.convert.convert_{fmt}")
-        converter(folder, out)
-        license = None
-    record = {"tower": role, "source": snapshot.source, "revision": snapshot.commit, "format": fmt, "license": license}
+    :func:`pali.convert.read` detects the format and plans the conversion from metadata
+    (checked names and shapes); tensors then stream through one at a time.
+    """
+    from huggingface_hub.utils import tqdm
+
+    with _without_symlinks(snapshot, out.parent) as folder:
+        conversion = read_checkpoint(folder)
+        if conversion.tower != role:
+            raise CheckpointError(f"{snapshot.source} holds a {conversion.tower} tower, not a {role} tower")
+        (out / CONFIG_NAME).write_text(json.dumps(conversion.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        tensors = tqdm(conversion, total=len(conversion.items), unit="tensor", desc=f"Converting {snapshot.source}")
+        write_safetensors(tensors, out, metadata={"pali.tower": role, **conversion.metadata})
+    record = {
+        "tower": role, "source": snapshot.source, "revision": snapshot.commit,
+        "format": conversion.metadata.get("pali.source_format"),
+        "license": _card_license(snapshot.folder) if snapshot.folder.is_dir() else None,
+    }
     (out / SOURCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _convert_hf(role: str, folder: Path, out: Path, source: str) -> None:
-    from huggingface_hub.utils import tqdm
+@contextmanager
+def _without_symlinks(snapshot: Snapshot, scratch: Path) -> Iterator[Path]:
+    """The snapshot as a folder of plain files: hard links to the Hub cache's blobs.
 
-    hf_config = read_config_json(folder, source)
-    model_type = hf_config.get("model_type")
-    known = _HF_TOWERS[role]
-    if model_type not in known:
-        raise CheckpointError(
-            f"{source}: transformers model_type {model_type!r} cannot be a {role} tower; known: {sorted(known)}"
-        )
-    keymap, read_config = known[model_type]
-    tower_config = read_config(hf_config)
-    (out / CONFIG_NAME).write_text(json.dumps(tower_config.to_dict(), indent=2, sort_keys=True) + "\n")
-    tensors = tqdm(_hf_tensors(folder), desc=f"Converting {source}", unit=" tensors")
-    write_safetensors(keymap.convert(tensors), out)
-
-
-def _hf_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Tensors of a transformers checkpoint, one file at a time; ``.bin`` only via weights_only."""
-    if (folder / INDEX_NAME).is_file() or (folder / SINGLE_NAME).is_file():
-        yield from read_safetensors(folder)
+    Workaround: pali.convert's readers (via ``checkpoint.shard_files``) reject a weight file whose
+    resolved path leaves the folder, which every file of a Hub cache snapshot does (symlinks into
+    ``blobs/``). Hard links cost no disk; a copy is the fallback across file systems. Drop this
+    once the readers check names lexically.
+    """
+    if snapshot.is_local:
+        yield snapshot.folder
         return
-    if (folder / _BIN_INDEX).is_file():
-        weight_map = json.loads((folder / _BIN_INDEX).read_text())["weight_map"]
-        files = [folder / f for f in dict.fromkeys(weight_map.values())]
-    else:
-        files = [folder / _BIN_SINGLE]
-    for path in files:
-        try:
-            # weights_only: never unpickle arbitrary objects; mmap: one file's pages, not a copy.
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:  # torch raises several types for corrupt or hostile files
-            raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch checkpoint ({e})") from None
-        yield from state.items()
-        del state
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=scratch))
+    try:
+        for path in snapshot.folder.rglob("*"):
+            if path.is_file():
+                target = staging / path.relative_to(snapshot.folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(path.resolve(), target)
+                except OSError:
+                    shutil.copyfile(path, target)
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _card_license(folder: Path) -> str | None:
