@@ -6,11 +6,17 @@
 
 from . import text as _text  # noqa: F401  (registers the built-in towers)
 from . import vision as _vision  # noqa: F401
+from . import heads as _heads  # noqa: F401  (built-in heads, registered before any plugin is read)
 from .config import PaliConfig, TextConfig, VisionConfig
 from .errors import CheckpointError, ConfigError, InputError, PaliError, RegistryError
+from .image_processing import ImageProcessor
 from .model import PaliModel, PaliOutput
+from .pipeline import Pipeline, pipeline
 from .presets import get_config, list_presets
+from .processor import PaliProcessor, ProcessorConfig
+from .registry import list_heads, list_text_stacks, list_vision_encoders
 from .text.mt5 import MT5Config
+from .tokenizer import Tokenizer
 from .vision.vit import ViTConfig
 
 __version__ = "0.1.0"
@@ -19,4 +25,6 @@ __all__ = [
     "CheckpointError", "ConfigError", "InputError", "MT5Config", "PaliConfig", "PaliError",
     "PaliModel", "PaliOutput", "RegistryError", "TextConfig", "ViTConfig", "VisionConfig",
     "get_config", "list_presets",
+    "ImageProcessor", "PaliProcessor", "Pipeline", "ProcessorConfig", "Tokenizer", "list_heads",
+    "list_text_stacks", "list_vision_encoders", "pipeline",
 ]

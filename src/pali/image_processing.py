@@ -61,15 +61,15 @@ class ImageProcessor:
 
 def split_batch(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
     """One image, a list/tuple of images, or a 4-D array/tensor -> a non-empty list of images."""
-    if isinstance(images, (list, tuple)):
-        batch = list(images)
-    elif isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        batch = list(images)
-    else:
-        batch = [images]
+    batch = list(images) if is_batch(images) else [images]
     if not batch:
         raise InputError("no images given")
     return batch
+
+
+def is_batch(images: ImageLike | Sequence[ImageLike]) -> bool:
+    """A list/tuple of images or a 4-D array/tensor (rather than a single image)."""
+    return isinstance(images, (list, tuple)) or (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4)
 
 
 def to_rgb_tensor(image: ImageLike, *, index: int = 0) -> torch.Tensor:

@@ -50,10 +50,16 @@ class Registry(Generic[T]):
             return
         self._plugins_loaded = True
         for ep in entry_points(group=self.entry_point_group):
-            loaded = ep.load()
-            # An entry point may name the object itself (registered here under the entry point's
-            # name) or a module whose import already registered it.
-            if ep.name not in self._entries and not _is_module(loaded):
+            try:
+                loaded = ep.load()
+            except RegistryError:
+                raise  # a clash detected while the plugin module registered itself
+            except Exception as e:
+                raise RegistryError(f"{self.kind} plugin {ep.name!r} ({ep.value}) failed to load: {e!r}") from e
+            # An entry point may name a module whose import registered its entries, or the object
+            # itself, registered here under the entry point's name unless its import already did
+            # so. Any other entry under that name is a clash and raises.
+            if not _is_module(loaded) and self._entries.get(ep.name) is not loaded:
                 self.register(ep.name, loaded, origin=f"plugin {ep.value}")
 
     def get(self, name: str) -> T:
@@ -108,3 +114,18 @@ def register_preset(name: str, family: str, description: str = ""):
         return build
 
     return wrap
+
+
+def list_vision_encoders() -> list[str]:
+    """Names of the vision encoders: built-in and from installed plugins."""
+    return VISION_ENCODERS.names()
+
+
+def list_text_stacks() -> list[str]:
+    """Names of the text stacks: built-in and from installed plugins."""
+    return TEXT_STACKS.names()
+
+
+def list_heads() -> list[str]:
+    """Names of the task heads: built-in (registered by ``import pali``) and from plugins."""
+    return HEADS.names()

@@ -1,0 +1,79 @@
+"""What a task head is, and the one generation path the generating heads share.
+
+A head turns a task into a prompt (``build_prompt``), the model's output into typed results
+(``parse``), and does both around a model call for a batch of images (``run``). Heads sit on top
+of the model: they use only ``PaliModel``'s public API and a :class:`~pali.PaliProcessor`, so a
+head plugin needs nothing else either.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import InputError
+from ..image_processing import ImageLike, split_batch
+
+
+class Head(ABC):
+    """Base of every task head; subclasses set ``name`` (their registry key)."""
+
+    name: str = ""
+
+    @abstractmethod
+    def build_prompt(self, **kwargs: Any) -> str:
+        """The prompt for this task (keyword arguments are the task's: ``lang``, ``question``...)."""
+
+    @abstractmethod
+    def parse(self, output: Any, **context: Any) -> Any:
+        """A typed result from one image's model output (usually the generated text)."""
+
+    def run(
+        self,
+        model,
+        processor,
+        images: ImageLike | Sequence[ImageLike],
+        *,
+        generate_kwargs: dict[str, Any] | None = None,
+        **prompt_kwargs: Any,
+    ) -> list[Any]:
+        """One result per image: the same prompt for each, greedy generation unless
+        ``generate_kwargs`` (passed to :meth:`PaliModel.generate`) says otherwise."""
+        images = split_batch(images)
+        prompt = self.build_prompt(**prompt_kwargs)
+        texts = generate_texts(model, processor, images, [prompt] * len(images), generate_kwargs)
+        return [
+            self.parse(text, **self.parse_context(processor, image, prompt_kwargs))
+            for text, image in zip(texts, images)
+        ]
+
+    def parse_context(self, processor, image: ImageLike, prompt_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What ``parse`` needs beyond the text for ``image`` (e.g. its size); nothing by default."""
+        return {}
+
+
+def generate_texts(
+    model, processor, images: list[ImageLike], prompts: list[str], generate_kwargs: dict[str, Any] | None = None
+) -> list[str]:
+    """Generate for ``images`` with ``prompts`` and decode each row up to its eos."""
+    batch = model_inputs(model, processor, processor(images=images, text=prompts))
+    ids = model.generate(**batch, **(generate_kwargs or {}))
+    return processor.batch_decode(ids)
+
+
+def model_inputs(model, processor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Move a processor batch to the model's device, pixels in the model's dtype; check the
+    tokenizer's ids fit the model's embedding table (a mismatch would index out of range)."""
+    model_vocab = model.config.text.vocab_size
+    if processor.tokenizer.vocab_size > model_vocab:
+        raise InputError(
+            f"the tokenizer has {processor.tokenizer.vocab_size} ids but the model's vocabulary only "
+            f"{model_vocab}: they do not belong together"
+        )
+    param = next(model.parameters())
+    out = {k: v.to(param.device) for k, v in batch.items()}
+    if "pixel_values" in out:
+        out["pixel_values"] = out["pixel_values"].to(param.dtype)
+    return out

@@ -1,0 +1,123 @@
+"""Zero-shot classification by likelihood, PaLI's ImageNet method.
+
+No label is generated: each candidate class name is scored as the decoder's target text under the
+captioning prompt, and the classes are ranked by that score. The score of a label is the
+log-likelihood of its whole target, ``sum log p(token)`` over the label's tokens and the closing
+``</s>`` (the eos makes "cat" and "cat food" differ: a prefix is not a free win). Summed scores
+favour short names; ``length_normalize=True`` ranks by the mean per token instead.
+
+All candidates of all images go through the decoder in one batched pass; the vision tower and
+the encoder run once per image (not once per candidate). For a large label set with a 250k
+vocabulary the ``[images x labels, T, V]`` logits are big: ``batch_size`` splits the candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .. import prompts
+from ..errors import InputError
+from ..image_processing import ImageLike, split_batch
+from ..model import IGNORE_INDEX, shift_right
+from ..registry import HEADS
+from ..tokenizer import pad_rows
+from .base import Head, model_inputs
+
+
+@dataclass
+class Classification:
+    """``score`` is the label's log-likelihood (summed or per token, see the head)."""
+
+    label: str
+    score: float
+
+
+class ClassifyHead(Head):
+    """``run(model, processor, images, labels, lang="en")`` -> per image, labels best first.
+
+    ``template`` writes a label as target text (``"{label}"``; e.g. ``"a photo of a {label}"``).
+    """
+
+    name = "classify"
+
+    def __init__(self, template: str = "{label}", length_normalize: bool = False) -> None:
+        if "{label}" not in template:
+            raise InputError(f"template {template!r} must contain '{{label}}'")
+        self.template = template
+        self.length_normalize = length_normalize
+
+    def build_prompt(self, lang: str = "en") -> str:
+        return prompts.caption_prompt(lang)
+
+    def parse(self, output: Sequence[float] | torch.Tensor, labels: Sequence[str]) -> list[Classification]:
+        """Rank ``labels`` by their scores (one image's row of :meth:`score`)."""
+        scores = [float(s) for s in output]
+        ranked = sorted(zip(labels, scores), key=lambda pair: pair[1], reverse=True)
+        return [Classification(label, score) for label, score in ranked]
+
+    def run(
+        self,
+        model,
+        processor,
+        images: ImageLike | Sequence[ImageLike],
+        labels: Sequence[str],
+        *,
+        lang: str = "en",
+        batch_size: int | None = None,
+    ) -> list[list[Classification]]:
+        labels = _labels(labels)
+        scores = self.score(model, processor, images, labels, lang=lang, batch_size=batch_size)
+        return [self.parse(row, labels) for row in scores]
+
+    @torch.no_grad()
+    def score(
+        self,
+        model,
+        processor,
+        images: ImageLike | Sequence[ImageLike],
+        labels: Sequence[str],
+        *,
+        lang: str = "en",
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """``[images, labels]`` float32 scores."""
+        images, labels = split_batch(images), _labels(labels)
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        batch = model_inputs(model, processor, processor(images=images, text=[self.build_prompt(lang)] * len(images)))
+        hidden, mask = model.encode(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        rows = [processor.tokenizer.encode(self.template.format(label=label)) for label in labels]
+        targets = pad_rows(rows, IGNORE_INDEX)[0].to(hidden.device)
+        step = batch_size or len(labels)
+        chunks = [self._score(model, hidden, mask, targets[i : i + step]) for i in range(0, len(labels), step)]
+        return torch.cat(chunks, dim=1).cpu()
+
+    def _score(self, model, hidden: torch.Tensor, mask: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+        images, candidates = hidden.shape[0], targets.shape[0]
+        hidden = hidden.repeat_interleave(candidates, dim=0)
+        mask = None if mask is None else mask.repeat_interleave(candidates, dim=0)
+        targets = targets.repeat(images, 1)
+        cfg = model.config.text
+        logits = model.text.decode(shift_right(targets, cfg.decoder_start_token_id, cfg.pad_token_id), hidden, mask)
+        keep = targets != IGNORE_INDEX
+        log_probs = logits.float().log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        scores = log_probs.masked_fill(~keep, 0.0).sum(-1)
+        if self.length_normalize:
+            scores = scores / keep.sum(-1)
+        return scores.view(images, candidates)
+
+
+def _labels(labels: Any) -> list[str]:
+    values = [labels] if isinstance(labels, str) else list(labels)
+    if not values or not all(isinstance(v, str) and v.strip() for v in values):
+        raise InputError("classify needs a non-empty list of non-empty label strings")
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise InputError(f"duplicate labels {duplicates}")
+    return values
+
+
+HEADS.register(ClassifyHead.name, ClassifyHead, origin=__name__)

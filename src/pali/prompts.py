@@ -1,0 +1,112 @@
+"""PaLI's task prompts (the pretraining mixture of arXiv 2209.06794) and languages.
+
+Every task is "image + prompt -> text"; the prompt ends with the ``<extra_id_0>`` sentinel, as in
+mT5's span-corruption pretraining, and the model writes what the sentinel stands for:
+
+* captioning: ``Generate the alt_text in {lang} at {pos}: {prefix} <extra_id_0>`` (``prefix`` the
+  start of the caption, ``pos`` its length in words: the paper's split-captioning);
+* OCR: ``Generate the ocr_text in {lang}: <extra_id_0>``;
+* VQA: ``Answer in {lang}: {question} <extra_id_0>``;
+* VQG: ``Generate a question in {lang} for {answer}: <extra_id_0>``;
+* detection: ``Detect {labels} <extra_id_0>`` with labels joined by `` ; ``, target
+  ``ymin xmin ymax xmax label`` per object (see :mod:`pali.heads.detect`). The paper describes the
+  task and its target but we could not check its exact prompt wording offline; this one is ours.
+
+``{lang}`` is one of mT5's 101 language codes (:data:`LANGUAGES`; Hebrew is ``iw`` as in mC4,
+``he`` is accepted). Whitespace is collapsed, which changes no token: sentencepiece does the same.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Sequence
+
+from .errors import InputError
+
+CAPTION = "Generate the alt_text in {lang} at {pos}: {prefix} <extra_id_0>"
+OCR = "Generate the ocr_text in {lang}: <extra_id_0>"
+VQA = "Answer in {lang}: {question} <extra_id_0>"
+VQG = "Generate a question in {lang} for {answer}: <extra_id_0>"
+DETECT = "Detect {labels} <extra_id_0>"
+LABEL_SEPARATOR = " ; "
+
+# mT5's 101 languages (the mC4 corpus, Xue et al. 2021), by mC4 code.
+LANGUAGES: dict[str, str] = {
+    "af": "Afrikaans", "am": "Amharic", "ar": "Arabic", "az": "Azerbaijani", "be": "Belarusian",
+    "bg": "Bulgarian", "bn": "Bengali", "ca": "Catalan", "ceb": "Cebuano", "co": "Corsican",
+    "cs": "Czech", "cy": "Welsh", "da": "Danish", "de": "German", "el": "Greek", "en": "English",
+    "eo": "Esperanto", "es": "Spanish", "et": "Estonian", "eu": "Basque", "fa": "Persian",
+    "fi": "Finnish", "fil": "Filipino", "fr": "French", "fy": "Western Frisian", "ga": "Irish",
+    "gd": "Scottish Gaelic", "gl": "Galician", "gu": "Gujarati", "ha": "Hausa", "haw": "Hawaiian",
+    "hi": "Hindi", "hmn": "Hmong", "ht": "Haitian Creole", "hu": "Hungarian", "hy": "Armenian",
+    "id": "Indonesian", "ig": "Igbo", "is": "Icelandic", "it": "Italian", "iw": "Hebrew",
+    "ja": "Japanese", "jv": "Javanese", "ka": "Georgian", "kk": "Kazakh", "km": "Khmer",
+    "kn": "Kannada", "ko": "Korean", "ku": "Kurdish", "ky": "Kyrgyz", "la": "Latin",
+    "lb": "Luxembourgish", "lo": "Lao", "lt": "Lithuanian", "lv": "Latvian", "mg": "Malagasy",
+    "mi": "Maori", "mk": "Macedonian", "ml": "Malayalam", "mn": "Mongolian", "mr": "Marathi",
+    "ms": "Malay", "mt": "Maltese", "my": "Burmese", "ne": "Nepali", "nl": "Dutch",
+    "no": "Norwegian", "ny": "Chichewa", "pa": "Punjabi", "pl": "Polish", "ps": "Pashto",
+    "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sd": "Sindhi", "si": "Sinhala",
+    "sk": "Slovak", "sl": "Slovenian", "sm": "Samoan", "sn": "Shona", "so": "Somali",
+    "sq": "Albanian", "sr": "Serbian", "st": "Sotho", "su": "Sundanese", "sv": "Swedish",
+    "sw": "Swahili", "ta": "Tamil", "te": "Telugu", "tg": "Tajik", "th": "Thai", "tr": "Turkish",
+    "uk": "Ukrainian", "ur": "Urdu", "uz": "Uzbek", "vi": "Vietnamese", "xh": "Xhosa",
+    "yi": "Yiddish", "yo": "Yoruba", "zh": "Chinese", "zu": "Zulu",
+}
+ALIASES = {"he": "iw"}  # ISO 639-1 Hebrew; mC4 keeps the withdrawn code
+
+
+def language(code: str) -> str:
+    """The mC4 code for ``code`` (a code in any case, an alias, or an English language name)."""
+    if not isinstance(code, str):
+        raise InputError(f"language must be a str code such as 'en', got {type(code).__name__}")
+    key = code.strip().lower()
+    key = ALIASES.get(key, key)
+    if key in LANGUAGES:
+        return key
+    by_name = {name.lower(): c for c, name in LANGUAGES.items()}
+    if key in by_name:
+        return by_name[key]
+    near = difflib.get_close_matches(key, [*LANGUAGES, *by_name], n=5, cutoff=0.6)
+    near_codes = dict.fromkeys(by_name.get(n, n) for n in near)
+    hint = ", ".join(f"{c} ({LANGUAGES[c]})" for c in near_codes) or "none; see pali.prompts.LANGUAGES"
+    raise InputError(f"unknown language {code!r}; near matches: {hint}")
+
+
+def caption_prompt(lang: str = "en", prefix: str = "") -> str:
+    """Caption (continue ``prefix``, if any) in ``lang``."""
+    prefix = _text(prefix, "prefix", allow_empty=True)
+    return _clean(CAPTION.format(lang=language(lang), pos=len(prefix.split()), prefix=prefix))
+
+
+def ocr_prompt(lang: str = "en") -> str:
+    return _clean(OCR.format(lang=language(lang)))
+
+
+def vqa_prompt(question: str, lang: str = "en") -> str:
+    return _clean(VQA.format(lang=language(lang), question=_text(question, "question")))
+
+
+def vqg_prompt(answer: str, lang: str = "en") -> str:
+    return _clean(VQG.format(lang=language(lang), answer=_text(answer, "answer")))
+
+
+def detect_prompt(labels: str | Sequence[str]) -> str:
+    """Detect every object of the given class(es)."""
+    names = [labels] if isinstance(labels, str) else list(labels)
+    if not names:
+        raise InputError("detect needs at least one label")
+    names = [_text(n, "label") for n in names]
+    return _clean(DETECT.format(labels=LABEL_SEPARATOR.join(names)))
+
+
+def _text(value: str, what: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be a str, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise InputError(f"{what} is empty")
+    return value
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
