@@ -12,6 +12,7 @@ from pali.checkpoint import read_safetensors
 from pali.convert import convert_t5x, detect_format, load_config, read_t5x, verify
 from pali.errors import CheckpointError
 from pali.model import shift_right
+from pali.presets import get_config
 from pali.text.mt5 import MT5
 from t5x_fixture import spec, t5x_names, write_t5x, write_zarr
 
@@ -75,7 +76,7 @@ def test_round_trip_is_bit_exact_and_optimizer_state_skipped(hf_and_params, t5x_
 
 def test_bf16_inline_and_zarr_missing_chunks_and_state_layout(tmp_path):
     torch.manual_seed(0)
-    ours = MT5(load_config_tiny()).state_dict()
+    ours = MT5(get_config("mt5-tiny")).state_dict()
     ours = {k: v.to(torch.bfloat16) for k, v in ours.items()}
     ours["embed.weight"][:128] = 0  # whole chunks equal to fill_value: not written
     params = t5x_names(ours)
@@ -85,12 +86,6 @@ def test_bf16_inline_and_zarr_missing_chunks_and_state_layout(tmp_path):
     assert not (directory / "target.token_embedder.embedding" / "0.0").exists()
     converted = read_t5x(directory).state_dict()
     assert all(_same(converted[k], ours[k]) for k in ours)
-
-
-def load_config_tiny():
-    from pali.presets import get_config
-
-    return get_config("mt5-tiny")
 
 
 def test_dtype_cast_and_verify_cli_api(t5x_dir, tmp_path):
@@ -112,10 +107,9 @@ def test_dtype_cast_and_verify_cli_api(t5x_dir, tmp_path):
 
 def test_tensorstore_written_zarr_reads_identically(tmp_path):
     ts = pytest.importorskip("tensorstore")
-    np = pytest.importorskip("numpy")
     ml_dtypes = pytest.importorskip("ml_dtypes")
     torch.manual_seed(0)
-    ours = {k: v.to(torch.bfloat16) for k, v in MT5(load_config_tiny()).state_dict().items()}
+    ours = {k: v.to(torch.bfloat16) for k, v in MT5(get_config("mt5-tiny")).state_dict().items()}
     params = t5x_names(ours)
     directory = tmp_path / "checkpoint_7"
     directory.mkdir()
@@ -140,7 +134,6 @@ def test_tensorstore_written_zarr_reads_identically(tmp_path):
     (directory / "checkpoint").write_bytes(msgpack.packb({"version": 3, "optimizer": {"target": tree}}))
     converted = read_t5x(directory).state_dict()
     assert all(_same(converted[k], ours[k]) for k in ours)
-    del np
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -148,7 +141,7 @@ def test_tensorstore_written_zarr_reads_identically(tmp_path):
 
 def _small(tmp_path, **kw):
     torch.manual_seed(0)
-    params = t5x_names(MT5(load_config_tiny()).state_dict())
+    params = t5x_names(MT5(get_config("mt5-tiny")).state_dict())
     return write_t5x(tmp_path / "checkpoint_1", params, **kw), params
 
 
@@ -234,7 +227,7 @@ def test_orbax_checkpoint_is_refused(tmp_path):
 
 def test_missing_and_unknown_tensors_are_listed(tmp_path):
     torch.manual_seed(0)
-    params = t5x_names(MT5(load_config_tiny()).state_dict())
+    params = t5x_names(MT5(get_config("mt5-tiny")).state_dict())
     del params["decoder/logits_dense/kernel"]
     params["decoder/layers_0/mlp/wi/kernel"] = torch.zeros(2, 2)
     directory = write_t5x(tmp_path / "checkpoint_1", params)

@@ -123,7 +123,11 @@ def read_hf(
     preset, other = (vision_preset, text_preset) if family == "vision" else (text_preset, vision_preset)
     if other is not None:
         raise CheckpointError(f"{directory} holds a {family} tower; preset {other!r} was given for the other tower")
-    config, against = target_config(config_fn(hf_config), family, preset, image_size)
+    try:
+        inferred = config_fn(hf_config)
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{directory / 'config.json'}: missing or malformed field {e}") from None
+    config, against = target_config(inferred, family, preset, image_size)
     items = map_sources(hf_sources(directory), keymap)
     if family == "vision":
         items = fit_pos_embed(items, config)
