@@ -82,12 +82,19 @@ def attend(
     backend: str,
     scale: float,
     causal: bool = False,
-    bias: RelativeBias | None = None,
+    bias: RelativeBias | torch.Tensor | None = None,
     q_offset: int = 0,
     key_padding_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Attention on ``[B, H, L, D]`` tensors through the chosen backend."""
+    """Attention on ``[B, H, L, D]`` tensors through the chosen backend.
+
+    ``bias`` is a stack's :class:`RelativeBias`, or an already dense additive bias (static-shape
+    decoding folds its position mask into one); a dense bias is never sent to the fused kernels,
+    which compute the bias from the table.
+    """
     backend = resolve_backend(backend, q.device)
+    if backend == "triton" and isinstance(bias, torch.Tensor):
+        backend = "sdpa"
     if backend == "triton":
         extra = {}
         if bias is not None:
@@ -101,7 +108,7 @@ def attend(
             q, k, v, scale=scale, causal=causal, q_offset=q_offset,
             key_padding_mask=key_padding_mask, **extra,
         )
-    dense = None if bias is None else bias.dense(q.shape[-2], k.shape[-2], q_offset)
+    dense = bias.dense(q.shape[-2], k.shape[-2], q_offset) if isinstance(bias, RelativeBias) else bias
     if backend == "eager":
         return kernels.attention_reference(
             q, k, v, scale=scale, causal=causal, q_offset=q_offset,
@@ -126,7 +133,9 @@ def _sdpa(q, k, v, *, scale, causal, bias, q_offset, key_padding_mask):
             blocked = torch.arange(lk, device=q.device)[None, :] > q_pos[:, None]
             causal_bias = torch.zeros(lq, lk, dtype=q.dtype, device=q.device).masked_fill(blocked, neg)
             mask = causal_bias if mask is None else mask + causal_bias
-    if key_padding_mask is not None and not bool(key_padding_mask.all()):
+    # Skipping an all-True mask is an eager shortcut; a compiled graph keeps the (exact) feature
+    # rather than branching on data.
+    if key_padding_mask is not None and (torch.compiler.is_compiling() or not bool(key_padding_mask.all())):
         # SDPA takes one additive mask; adding [B,1,1,Lk] padding to a [1,H,Lq,Lk] bias would
         # materialize [B,H,Lq,Lk]. Instead append one feature to every head: 1 in the queries and
         # 0 (attend) or a huge negative (padded) in the keys, so q.k gains exactly the padding
@@ -188,7 +197,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         *,
-        bias: RelativeBias | None = None,
+        bias: RelativeBias | torch.Tensor | None = None,
         causal: bool = False,
         q_offset: int = 0,
         key_padding_mask: torch.Tensor | None = None,

@@ -83,6 +83,25 @@ class PaliModel(PretrainedMixin, nn.Module):
         self.vision.requires_grad_(not frozen)
         return self
 
+    def gradient_checkpointing(
+        self,
+        enabled: bool = True,
+        *,
+        vision: bool | None = None,
+        encoder: bool | None = None,
+        decoder: bool | None = None,
+    ) -> "PaliModel":
+        """Recompute each transformer block's activations in backward instead of storing them.
+
+        ``enabled`` sets every tower; ``vision``/``encoder``/``decoder`` override it per tower
+        (e.g. ``gradient_checkpointing(True, vision=False)`` when the vision tower is frozen and
+        keeps no activations anyway). Checkpointing is non-reentrant, so it gives gradients even
+        when a block's inputs do not require grad (frozen embeddings + LoRA).
+        """
+        for tower, flag in ((self.vision, vision), (self.text.encoder, encoder), (self.text.decoder, decoder)):
+            tower.gradient_checkpointing = enabled if flag is None else flag
+        return self
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
@@ -171,13 +190,18 @@ class PaliModel(PretrainedMixin, nn.Module):
         eos_token_id: int | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        compile: bool = False,
     ) -> torch.Tensor:
         """Generated token ids ``[B, T]`` (no start token; rows padded after their eos).
 
         The encoder runs once; cross-attention keys/values are projected once; the decoder's
         self-attention reads a preallocated KV cache (``use_cache=False`` recomputes the whole
-        prefix each step and gives the same tokens).
+        prefix each step and gives the same tokens). ``compile=True`` runs the decode step through
+        ``torch.compile`` over a static-shape cache: it compiles once per batch size and cache
+        length (the first call pays the compilation), never per token.
         """
+        if compile and not use_cache:
+            raise InputError("compile=True needs use_cache=True (the compiled step is the cached one)")
         text_cfg = self.config.text
         cfg = GenerationConfig(
             max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
@@ -193,17 +217,21 @@ class PaliModel(PretrainedMixin, nn.Module):
             index = torch.arange(batch, device=encoder_hidden.device).repeat_interleave(num_beams)
             encoder_hidden = encoder_hidden.index_select(0, index)
             mask = None if mask is None else mask.index_select(0, index)
-        step, reorder = self._decoder_step(encoder_hidden, mask, cfg.max_new_tokens, use_cache)
+        step, reorder = self._decoder_step(encoder_hidden, mask, cfg.max_new_tokens, use_cache, compile)
         start = text_cfg.decoder_start_token_id
         if num_beams > 1:
             return beam_search(step, reorder, batch, start, cfg, encoder_hidden.device)
         return greedy_or_sample(step, batch, start, cfg, encoder_hidden.device, generator)
 
-    def _decoder_step(self, encoder_hidden, mask, max_len, use_cache):
+    def _decoder_step(self, encoder_hidden, mask, max_len, use_cache, compile=False):
         """``step(tokens)`` -> logits for the last position, and ``reorder(index)`` for beams."""
         if use_cache:
-            state = self.text.start_decoding(encoder_hidden, mask, max_len)
-            return (lambda tokens: self.text.decode_step(tokens[:, -1:], state)), state.reorder
+            state = self.text.start_decoding(encoder_hidden, mask, max_len, static=compile)
+            decode_step = torch.compile(self.text.decode_step) if compile else self.text.decode_step
+            # Beams of one item share its encoder rows and beam search never moves a row to another
+            # item, so only the self-attention cache needs reordering, not the cross-attention K/V.
+            # contiguous: the newest column's strides would otherwise change every step (a recompile)
+            return (lambda tokens: decode_step(tokens[:, -1:].contiguous(), state)), state.cache.reorder
 
         held = {"hidden": encoder_hidden, "mask": mask}
 

@@ -81,7 +81,11 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)
         if h.dtype == torch.float16:
-            return F.linear(h.float(), self.wo.weight.float()).clamp(-_FP16_LIMIT, _FP16_LIMIT).half()
+            # Run ``wo`` as a module with fp32 copies of all its parameters, so a wrapper around it
+            # (a LoRA adapter) takes part instead of being bypassed by a bare ``F.linear``.
+            params = {name: p.float() for name, p in self.wo.named_parameters()}
+            out = torch.func.functional_call(self.wo, params, (h.float(),))
+            return out.clamp(-_FP16_LIMIT, _FP16_LIMIT).half()
         return self.wo(h.to(self.wo.weight.dtype))
 
 
@@ -124,7 +128,7 @@ class DecoderLayer(nn.Module):
             attn = self.self_attn(h, bias=bias, causal=True)
         else:
             kv = cache.update(layer, *self.self_attn.project_kv(h))
-            attn = self.self_attn(h, kv, bias=bias, causal=True, q_offset=cache.length)
+            attn = self.self_attn(h, kv, **cache.attention_args(bias))
         x = _clamp_fp16(x + self.dropout(attn))
         attn = self.cross_attn(self.cross_attn_norm(x), cross_kv, key_padding_mask=enc_mask)
         x = _clamp_fp16(x + self.dropout(attn))
@@ -151,11 +155,57 @@ class KVCache:
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def attention_args(self, bias: RelativeBias) -> dict:
+        """Self-attention arguments for the queries being written: causal from ``length`` on."""
+        return dict(bias=bias, causal=True, q_offset=self.length)
+
     def advance(self, steps: int) -> None:
         self.length += steps
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows ``index`` (beam search picks which hypotheses survive)."""
+        """Keep batch rows ``index`` (beam search picks which hypotheses survive).
+
+        Only the filled prefix is copied: the rest of the buffer holds nothing yet.
+        """
+        filled = slice(0, self.length)
+        self.k[:, :, :, filled] = self.k[:, :, :, filled].index_select(1, index)
+        self.v[:, :, :, filled] = self.v[:, :, :, filled].index_select(1, index)
+
+
+class StaticKVCache(KVCache):
+    """A :class:`KVCache` whose shapes never change from token to token, for ``torch.compile``.
+
+    Every step attends over all ``max_len`` slots; the write position is a tensor (not a Python
+    int the compiler would specialize on), and the slots not written yet are masked by a causal
+    mask folded into the stack's bias, precomputed once as ``[1, H, max_len, max_len]``. A
+    compiled decode step therefore compiles once for the whole generation.
+    """
+
+    def __init__(self, layers, batch, heads, max_len, d_kv, *, dtype, device, bias: RelativeBias) -> None:
+        super().__init__(layers, batch, heads, max_len, d_kv, dtype=dtype, device=device)
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        dense = bias.dense(max_len, max_len, 0).to(dtype)
+        future = torch.ones(max_len, max_len, dtype=torch.bool, device=device).triu(1)
+        self.masked_bias = dense.masked_fill(future, torch.finfo(dtype).min)
+
+        self.written = self.position[None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.written = self.position + torch.arange(k.shape[-2], device=self.position.device)
+        self.k[layer].index_copy_(2, self.written, k)
+        self.v[layer].index_copy_(2, self.written, v)
+        return self.k[layer], self.v[layer]
+
+    def attention_args(self, bias: RelativeBias) -> dict:
+        # The stack's table is already folded into ``masked_bias``: take the written queries' rows.
+        return dict(bias=self.masked_bias.index_select(2, self.written))
+
+    def advance(self, steps: int) -> None:
+        # Never touches the Python int ``length``: a compiled step would specialize on it.
+        self.position += steps
+
+    def reorder(self, index: torch.Tensor) -> None:
+        # Whole buffers: the compiled step's inputs keep their shapes.
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
 
@@ -272,15 +322,15 @@ class MT5(nn.Module):
         return self.decoder.run(x, lambda i: (bias, cross_kv[i], enc_mask, cache, i))
 
     def start_decoding(
-        self, encoder_hidden: torch.Tensor, enc_mask: torch.Tensor | None, max_len: int
+        self, encoder_hidden: torch.Tensor, enc_mask: torch.Tensor | None, max_len: int, *, static: bool = False
     ) -> DecoderState:
-        """Project the encoder output for every cross-attention once and allocate the cache."""
+        """Project the encoder output for every cross-attention once and allocate the cache
+        (a :class:`StaticKVCache` when ``static``, for a compiled :meth:`decode_step`)."""
         cfg = self.config
         cross_kv = [layer.cross_attn.project_kv(encoder_hidden) for layer in self.decoder.layers]
-        cache = KVCache(
-            cfg.num_decoder_layers, encoder_hidden.shape[0], cfg.num_heads, max_len, cfg.d_kv,
-            dtype=cross_kv[0][0].dtype, device=encoder_hidden.device,
-        )
+        shape = (cfg.num_decoder_layers, encoder_hidden.shape[0], cfg.num_heads, max_len, cfg.d_kv)
+        kwargs = dict(dtype=cross_kv[0][0].dtype, device=encoder_hidden.device)
+        cache = StaticKVCache(*shape, **kwargs, bias=self.decoder.bias()) if static else KVCache(*shape, **kwargs)
         return DecoderState(cross_kv, enc_mask, cache)
 
     def decode_step(self, ids: torch.Tensor, state: DecoderState) -> torch.Tensor:
