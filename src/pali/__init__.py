@@ -9,6 +9,7 @@ from . import vision as _vision  # noqa: F401
 from . import heads as _heads  # noqa: F401  (built-in heads, registered before any plugin is read)
 from .config import PaliConfig, TextConfig, VisionConfig
 from .errors import CheckpointError, ConfigError, InputError, PaliError, RegistryError
+from .hub import HubError, list_recipes
 from .image_processing import ImageProcessor
 from .model import PaliModel, PaliOutput
 from .pipeline import Pipeline, pipeline
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "ConfigError", "InputError", "MT5Config", "PaliConfig", "PaliError",
     "PaliModel", "PaliOutput", "RegistryError", "TextConfig", "ViTConfig", "VisionConfig",
-    "get_config", "list_presets",
+    "HubError", "get_config", "list_presets", "list_recipes",
     "ImageProcessor", "PaliProcessor", "Pipeline", "ProcessorConfig", "Tokenizer", "list_heads",
     "list_text_stacks", "list_vision_encoders", "pipeline",
 ]

@@ -25,7 +25,7 @@ CONFIG_NAME = "config.json"
 SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 
-_DTYPES = {
+SAFETENSORS_DTYPES = {  # torch dtype -> the safetensors header's name for it
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
     torch.uint8: "U8", torch.bool: "BOOL",
@@ -54,11 +54,11 @@ class _Shard:
         self.size = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        if tensor.dtype not in _DTYPES:
+        if tensor.dtype not in SAFETENSORS_DTYPES:
             raise CheckpointError(f"tensor {name!r}: dtype {tensor.dtype} cannot be stored in safetensors")
         data = tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
         self.header[name] = {
-            "dtype": _DTYPES[tensor.dtype],
+            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
             "shape": list(tensor.shape),
             "data_offsets": [self.size, self.size + len(data)],
         }
@@ -145,22 +145,25 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
 
 
 def shard_files(directory: Path) -> list[Path]:
-    """The safetensors files of a checkpoint directory, from its index when sharded."""
+    """The safetensors files of a checkpoint directory, from its index when sharded.
+
+    Shard names in the index must be plain file names: anything with a path separator or ``..``
+    could make us read outside the checkpoint. Names are checked as text, not resolved, because
+    in the Hub cache every file is (legitimately) a symlink into ``blobs/``.
+    """
     index = directory / INDEX_NAME
-    if index.exists():
+    if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            names = list(dict.fromkeys(weight_map.values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
-        files = []
-        for name in dict.fromkeys(weight_map.values()):
-            path = (directory / name).resolve()
-            if path.parent != directory.resolve():
-                raise CheckpointError(f"{index}: shard {name!r} points outside the checkpoint directory")
-            files.append(path)
-        return files
+        bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+        if bad:
+            raise CheckpointError(f"{index}: shard names {bad} point outside the checkpoint directory")
+        return [directory / name for name in names]
     single = directory / SINGLE_NAME
-    if single.exists():
+    if single.is_file():
         return [single]
     raise CheckpointError(f"{directory}: neither {SINGLE_NAME} nor {INDEX_NAME} found")
 

@@ -23,12 +23,12 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..checkpoint import _DTYPES, CONFIG_NAME, INDEX_NAME, SINGLE_NAME
+from ..checkpoint import CONFIG_NAME, INDEX_NAME, SAFETENSORS_DTYPES, SINGLE_NAME, shard_files
 from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-_BY_NAME = {name: dtype for dtype, name in _DTYPES.items()}
+_BY_NAME = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
 _MAX_HEADER = 100 << 20  # the format's own limit
 _CHUNK = 1 << 30  # a single read() returns at most ~2 GiB on Linux
 _LISTED = 20  # names shown in an error before "... and N more"
@@ -62,7 +62,7 @@ def read_index(folder: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
     """Every tensor of a checkpoint folder (single file or shards) and the first shard's metadata."""
     entries: dict[str, StoredTensor] = {}
     metadata: dict[str, str] | None = None
-    for path in _shard_paths(folder):
+    for path in shard_files(folder):
         if not path.is_file():
             raise CheckpointError(f"{folder}: shard {path.name} is named in the index but missing")
         header, data_start = _read_header(path)
@@ -74,27 +74,6 @@ def read_index(folder: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
                 raise CheckpointError(f"{folder}: tensor {name!r} is stored twice ({entries[name].file.name}, {path.name})")
             entries[name] = _entry(path, name, info, data_start, size)
     return entries, metadata or {}
-
-
-def _shard_paths(folder: Path) -> list[Path]:
-    """The shard files, from the index when there is one.
-
-    Unlike :func:`pali.checkpoint.shard_files` this checks shard names lexically instead of
-    resolving them: in the Hub cache every file is a symlink into ``blobs/``, which is fine.
-    """
-    index = folder / INDEX_NAME
-    if not index.is_file():
-        if not (folder / SINGLE_NAME).is_file():
-            raise CheckpointError(f"{folder}: neither {SINGLE_NAME} nor {INDEX_NAME} found")
-        return [folder / SINGLE_NAME]
-    try:
-        names = list(dict.fromkeys(json.loads(index.read_text())["weight_map"].values()))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
-    bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in (".", "..")]
-    if bad:
-        raise CheckpointError(f"{index}: shard names {bad} point outside the checkpoint directory")
-    return [folder / n for n in names]
 
 
 def _read_header(path: Path) -> tuple[dict, int]:
@@ -289,7 +268,6 @@ def load_pretrained(
 
 def select_pali_files(files: list[str]) -> list[str]:
     """Our layout: config.json, the safetensors file(s) and the index."""
-    from ..checkpoint import INDEX_NAME, SINGLE_NAME
 
     if CONFIG_NAME not in files:
         raise CheckpointError(f"no {CONFIG_NAME} among the checkpoint's files {files}")
