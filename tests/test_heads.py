@@ -6,19 +6,33 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from spm_fixture import train_spm
 from torch import nn
 
 import pali
 from pali import PaliModel, PaliProcessor, ProcessorConfig, Tokenizer
 from pali.errors import InputError, RegistryError
 from pali.heads import (
-    Answer, Caption, Classification, ClassifyHead, Detection, DetectHead, OcrText, TextLocationCodec,
-    TokenLocationCodec, get_head,
+    Answer,
+    Caption,
+    Classification,
+    ClassifyHead,
+    DetectHead,
+    Detection,
+    OcrText,
+    TextLocationCodec,
+    TokenLocationCodec,
+    get_head,
 )
 from pali.prompts import (
-    LANGUAGES, caption_prompt, detect_prompt, language, ocr_prompt, vqa_prompt, vqg_prompt,
+    LANGUAGES,
+    caption_prompt,
+    detect_prompt,
+    language,
+    ocr_prompt,
+    vqa_prompt,
+    vqg_prompt,
 )
-from spm_fixture import train_spm
 
 # -- prompts --------------------------------------------------------------------------------------
 

@@ -12,10 +12,10 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
+from spm_fixture import train_spm
 
 from pali import registry
 from pali.errors import RegistryError
-from spm_fixture import train_spm
 
 TOY_PYPROJECT = """
 [build-system]

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from spm_fixture import train_spm
 
 from pali import PaliModel
 from pali.errors import CheckpointError, ConfigError, InputError
 from pali.image_processing import ImageProcessor
 from pali.processor import PROCESSOR_CONFIG_NAME, PaliProcessor, ProcessorConfig
 from pali.tokenizer import Tokenizer
-from spm_fixture import train_spm
 
 
 def rgb_image(height: int, width: int, seed: int = 0) -> np.ndarray:

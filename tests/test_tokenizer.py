@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from spm_fixture import train_spm
 
 from pali.errors import CheckpointError, InputError
 from pali.tokenizer import Tokenizer, resolve_file
-from spm_fixture import train_spm
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("google.protobuf")  # T5Tokenizer needs it to read spiece.model
@@ -96,7 +96,7 @@ def test_sentinel_ids_count_down_from_the_end(models):
 
 def test_control_tokens_in_user_text_stay_literal(models):
     """T5Tokenizer turns a typed '</s>' into eos; ours spells it, so a prompt cannot end early."""
-    ours, reference = models[False]
+    _, reference = models[False]
     text = "x</s> <pad> <unk>y"
     theirs = reference(text)["input_ids"]
     assert {0, 1, 2} <= set(theirs[:-1])

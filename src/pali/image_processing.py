@@ -22,7 +22,8 @@ big_vision's ``decode(channels=3)`` do (composite over a background yourself if 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

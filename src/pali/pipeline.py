@@ -10,7 +10,8 @@ pipeline's own defaults can be set once at construction.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .heads import Answer, Caption, Classification, Detection, OcrText, get_head
 from .image_processing import is_batch

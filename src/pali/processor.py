@@ -15,9 +15,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -65,7 +66,7 @@ class PaliProcessor:
     # -- files ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, *, revision: str | None = None) -> "PaliProcessor":
+    def from_pretrained(cls, source: str | Path, *, revision: str | None = None) -> PaliProcessor:
         """From a directory or Hub repo holding ``spiece.model`` and ``processor_config.json``."""
         if Path(source).expanduser().is_file():
             raise CheckpointError(f"{source}: PaliProcessor.from_pretrained needs a directory or Hub repo id")

@@ -19,7 +19,7 @@ mT5's span-corruption pretraining, and the model writes what the sentinel stands
 from __future__ import annotations
 
 import difflib
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import InputError
 

@@ -18,8 +18,8 @@ in transformers 5) ignores byte fallback and yields ``<unk>`` there; everything 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import sentencepiece as spm
 import torch
@@ -85,7 +85,7 @@ class Tokenizer:
     @classmethod
     def from_pretrained(
         cls, source: str | Path, *, revision: str | None = None, extra_ids: int = 100
-    ) -> "Tokenizer":
+    ) -> Tokenizer:
         """From a ``spiece.model`` file, a directory holding one, or a Hub repo id (``google/mt5-small``)."""
         return cls(resolve_file(source, SPIECE_NAME, revision=revision), extra_ids=extra_ids)
 

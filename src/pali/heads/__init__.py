@@ -11,7 +11,13 @@ from typing import Any
 from ..registry import HEADS
 from .base import Head, generate_texts
 from .classify import Classification, ClassifyHead
-from .detect import Detection, DetectHead, LocationCodec, TextLocationCodec, TokenLocationCodec
+from .detect import (
+    DetectHead,
+    Detection,
+    LocationCodec,
+    TextLocationCodec,
+    TokenLocationCodec,
+)
 from .text import Answer, Caption, CaptionHead, OCRHead, OcrText, VQAHead
 
 

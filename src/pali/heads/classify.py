@@ -13,8 +13,9 @@ vocabulary the ``[images x labels, T, V]`` logits are big: ``batch_size`` splits
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -16,8 +16,9 @@ Parsing never raises on model output: a group that is cut short, out of range, u
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from .. import prompts
 from ..errors import InputError
@@ -56,7 +57,7 @@ class _QuantisedCodec:
         self.bins = bins
         quad = self.gap.join([self.coordinate] * 4)
         plain = re.sub(r"\((?!\?)", "(?:", quad)  # the same pattern without capture groups
-        self._object = re.compile(rf"{quad}\s*(.*?)\s*(?=;|{plain}|$)", re.S)
+        self._object = re.compile(rf"{quad}\s*(.*?)\s*(?=;|{plain}|$)", re.DOTALL)
 
     def format(self, q: int) -> str:
         raise NotImplementedError
