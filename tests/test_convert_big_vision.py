@@ -120,7 +120,8 @@ def test_bf16_void_arrays_round_trip_bit_exact(siglip, tmp_path):
         assert t.dtype == torch.bfloat16
         assert torch.equal(t.view(torch.int16), fp32[name].to(torch.bfloat16).view(torch.int16)), name
     out = tmp_path / "out"
-    convert_big_vision(_npz(tmp_path / "bf16scan.npz", scan({k: as_v2(v) for k, v in arrays.items()})), out, verify=True)
+    scanned_bf16 = scan({k: as_v2(v) for k, v in arrays.items()})
+    convert_big_vision(_npz(tmp_path / "bf16scan.npz", scanned_bf16), out, verify=True)
     written = dict(read_safetensors(out))
     assert all(torch.equal(written[k].view(torch.int16), bf16[k].view(torch.int16)) for k in bf16)
 
@@ -177,7 +178,8 @@ def test_unknown_tensors_listed_and_preset_mismatch(siglip, tmp_path):
     ok = _npz(tmp_path / "ok.npz", arrays)
     with pytest.raises(CheckpointError) as e:
         read_big_vision(ok, vision_preset="vit-b16")
-    assert "patch_embed.weight (from 'embedding/kernel'): checkpoint gives [32, 3, 8, 8], preset 'vit-b16' expects [768, 3, 16, 16]" in str(e.value)
+    assert ("patch_embed.weight (from 'embedding/kernel'): checkpoint gives [32, 3, 8, 8], "
+            "preset 'vit-b16' expects [768, 3, 16, 16]") in str(e.value)
     assert read_big_vision(ok, vision_preset="vit-tiny").config.image_size == 32
     with pytest.raises(CheckpointError, match="cannot infer"):
         read_big_vision(_npz(tmp_path / "e.npz", {"foo": np.zeros(2, np.float32)}))

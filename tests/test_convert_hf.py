@@ -65,7 +65,9 @@ def _vision(model_cls, config_cls, seed, **fields):
     return model
 
 
-TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+TINY = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+)
 
 
 def test_hf_vit_matches(tmp_path):

@@ -243,7 +243,8 @@ def test_shape_mismatch_against_preset_names_tensor_and_shapes(t5x_dir):
     with pytest.raises(CheckpointError) as e:
         read_t5x(t5x_dir, text_preset="mt5-small")
     msg = str(e.value)
-    assert "embed.weight (from 'token_embedder/embedding'): checkpoint gives [256, 32], preset 'mt5-small' expects [250112, 512]" in msg
+    assert ("embed.weight (from 'token_embedder/embedding'): checkpoint gives [256, 32], "
+            "preset 'mt5-small' expects [250112, 512]") in msg
     assert read_t5x(t5x_dir, text_preset="mt5-tiny").config.d_model == 32
     with pytest.raises(CheckpointError, match="vision preset"):
         read_t5x(t5x_dir, text_preset="vit-tiny")
