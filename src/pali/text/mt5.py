@@ -82,9 +82,11 @@ class GatedMLP(nn.Module):
         h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)
         if h.dtype == torch.float16:
             # Run ``wo`` as a module with fp32 copies of all its parameters, so a wrapper around it
-            # (a LoRA adapter) takes part instead of being bypassed by a bare ``F.linear``.
-            params = {name: p.float() for name, p in self.wo.named_parameters()}
-            out = torch.func.functional_call(self.wo, params, (h.float(),))
+            # (a LoRA adapter) takes part instead of being bypassed by a bare ``F.linear``; with
+            # autocast off, or fp16 autocast would cast it straight back.
+            with torch.autocast(h.device.type, enabled=False):
+                params = {name: p.float() for name, p in self.wo.named_parameters()}
+                out = torch.func.functional_call(self.wo, params, (h.float(),))
             return out.clamp(-_FP16_LIMIT, _FP16_LIMIT).half()
         return self.wo(h.to(self.wo.weight.dtype))
 
@@ -244,6 +246,13 @@ class Stack(nn.Module):
         """Apply every layer ``i`` as ``layer(x, *layer_args(i))``, then the final norm."""
         x = self.dropout(x)
         checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpoint:
+            # Build the shared dense bias before the checkpointed layers: if the first layer built
+            # (and memoized) it, its recomputation would find it cached and save fewer tensors
+            # than its forward did, which non-reentrant checkpointing rejects.
+            for arg in layer_args(0):
+                if isinstance(arg, RelativeBias):
+                    arg.dense(x.shape[1], x.shape[1], 0)
         for i, layer in enumerate(self.layers):
             if checkpoint:
                 x = torch.utils.checkpoint.checkpoint(layer, x, *layer_args(i), use_reentrant=False)
