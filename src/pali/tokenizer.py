@@ -24,6 +24,7 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
+from . import bundled
 from .errors import CheckpointError, InputError
 
 SPIECE_NAME = "spiece.model"
@@ -48,6 +49,7 @@ def resolve_file(source: str | Path, filename: str, *, revision: str | None = No
     A string that names no local file or directory and looks like ``owner/name`` (or ``name``) is
     taken as a repo id; anything else that does not exist is an error naming the path.
     """
+    source = bundled.resolve(source)
     path = Path(source).expanduser()
     if path.is_dir():
         found = path / filename

@@ -1,6 +1,6 @@
-"""The ``pali`` command. Each subcommand is a module here exposing ``add_parser(subparsers)``.
+"""The ``pali`` command. Each module named in ``COMMANDS`` exposes ``add_parser(subparsers)``.
 
-``add_parser`` registers the subcommand's arguments and sets ``func`` (taking the parsed
+``add_parser`` registers its subcommand(s) and their arguments and sets ``func`` (taking the parsed
 namespace, returning an exit code). Errors derived from :class:`pali.PaliError`, missing files
 and unreadable inputs become a one-line message and exit code 2, not a traceback.
 """
@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["demo", "presets", "convert"]
+COMMANDS = ["demo", "tasks", "presets", "convert"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .. import bundled
 from ..checkpoint import CONFIG_NAME
 from ..errors import CheckpointError
 from .errors import HubError
@@ -61,6 +62,7 @@ def fetch(
     files to fetch; it raises if what it needs is not there. Offline (``HF_HUB_OFFLINE=1`` or
     ``local_files_only``) only the cache is read.
     """
+    name_or_path = bundled.resolve(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if revision is not None:
@@ -133,3 +135,12 @@ def hub_errors(repo_id: str, revision: str | None, offline: bool = False) -> Ite
         ) from None
     except HfHubHTTPError as e:
         raise HubError(f"Hub request for {repo_id!r} (revision {rev!r}) failed: {e}") from None
+    except Exception as e:
+        # The Hub client's HTTP library (httpx, or httpx2 in newer releases) raises its own
+        # transport errors when the network is down; name the cause and the offline switch.
+        if type(e).__module__.split(".")[0] not in ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"):
+            raise
+        raise HubError(
+            f"cannot reach the Hub for {repo_id!r} ({type(e).__name__}: {e}); check the network, "
+            "or set HF_HUB_OFFLINE=1 to use the local cache"
+        ) from None

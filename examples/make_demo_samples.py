@@ -1,0 +1,38 @@
+"""Write the sample images ``pali demo`` runs on (held-out seed, never seen in training).
+
+    python examples/make_demo_samples.py src/pali/bundled/samples
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import synthetic  # noqa: E402
+
+
+def main(out: Path, seed: int = 2026) -> None:
+    rng = random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = []
+    scenes = 0
+    while scenes < 3:  # two two-shape scenes and one single-shape scene
+        image, shapes = synthetic.random_scene(rng)
+        if len(shapes) != (1 if scenes == 2 else 2):
+            continue
+        name = f"shapes{scenes + 1}.png"
+        image.save(out / name)
+        samples.append({"file": name, "shapes": [{"kind": s.kind, "color": s.color, "box": list(s.box)} for s in shapes]})
+        scenes += 1
+    for i, word in enumerate(("pali", "lait")):
+        name = f"word{i + 1}.png"
+        synthetic.word_image(rng, word).save(out / name)
+        samples.append({"file": name, "word": word})
+    (out / "samples.json").write_text(json.dumps(samples, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

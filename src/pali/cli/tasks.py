@@ -1,0 +1,79 @@
+"""``pali caption|vqa|ocr|detect|classify IMAGE ...``: one head on one image."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_argument, draw_detections, load_pipeline, open_image, save_png
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("caption", help="describe an image", description="Caption an image.")
+    p.add_argument("image")
+    p.add_argument("--lang", default="en", help="language code (default: en)")
+    p.set_defaults(func=caption)
+
+    p = sub.add_parser("vqa", help="answer a question about an image", description="Answer a question.")
+    p.add_argument("image")
+    p.add_argument("question")
+    p.add_argument("--lang", default="en", help="language of the question and answer (default: en)")
+    p.set_defaults(func=vqa)
+
+    p = sub.add_parser("ocr", help="read the text in an image", description="Read the text in an image.")
+    p.add_argument("image")
+    p.set_defaults(func=ocr)
+
+    p = sub.add_parser("detect", help="find objects of a class", description="Detect objects of a class.")
+    p.add_argument("image")
+    p.add_argument("label", help="what to look for")
+    p.add_argument("--draw", metavar="PNG", help="also write the image with the boxes drawn")
+    p.set_defaults(func=detect)
+
+    p = sub.add_parser("classify", help="rank candidate labels", description="Zero-shot classification.")
+    p.add_argument("image")
+    p.add_argument("--labels", required=True, help="comma-separated candidates, e.g. cat,dog")
+    p.add_argument("--template", default="{label}", help="target text for each label (default: {label})")
+    p.set_defaults(func=classify)
+
+    for parser in sub.choices.values():
+        if parser.get_default("func") in (caption, vqa, ocr, detect, classify):
+            add_model_argument(parser)
+
+
+def caption(args: argparse.Namespace) -> int:
+    image = open_image(args.image)
+    print(load_pipeline(args).caption(image, lang=args.lang).text)
+    return 0
+
+
+def vqa(args: argparse.Namespace) -> int:
+    image = open_image(args.image)
+    print(load_pipeline(args).answer(image, args.question, lang=args.lang).text)
+    return 0
+
+
+def ocr(args: argparse.Namespace) -> int:
+    image = open_image(args.image)
+    print(load_pipeline(args).ocr(image).text)
+    return 0
+
+
+def detect(args: argparse.Namespace) -> int:
+    image = open_image(args.image)
+    detections = load_pipeline(args).detect(image, args.label)
+    for det in detections:
+        x0, y0, x1, y1 = det.box
+        print(f"{det.label}\t{x0:.0f} {y0:.0f} {x1:.0f} {y1:.0f}")
+    if not detections:
+        print(f"no {args.label} found")
+    if args.draw:
+        save_png(draw_detections(image, detections), args.draw)
+    return 0
+
+
+def classify(args: argparse.Namespace) -> int:
+    image = open_image(args.image)
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    for result in load_pipeline(args).classify(image, labels, template=args.template):
+        print(f"{result.score:10.4f}  {result.label}")
+    return 0
