@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-seed", type=int, default=12345)
     parser.add_argument("--eval-size", type=int, default=100, help="held-out examples per metric")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false",
+                        help="train in fp32 instead of bf16 autocast (weights stay fp32 either way)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
 
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        loss = model(**batch_of(rng, processor, args.batch_size)).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(**batch_of(rng, processor, args.batch_size)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     training = {
         "command": command, "seed": args.seed, "eval_seed": args.eval_seed, "steps": args.steps,
         "batch_size": args.batch_size, "train_seconds": round(train_seconds, 1),
-        "threads": args.threads, "torch": torch.__version__, "final_loss": log[-1]["loss"],
+        "threads": args.threads, "bf16_autocast": args.bf16, "torch": torch.__version__,
+        "final_loss": log[-1]["loss"],
     }
     card = (
         "\n## How it was made\n\nTrained from scratch by `examples/train_synthetic.py` on a synthetic "

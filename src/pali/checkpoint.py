@@ -56,14 +56,15 @@ class _Shard:
     def add(self, name: str, tensor: torch.Tensor) -> None:
         if tensor.dtype not in SAFETENSORS_DTYPES:
             raise CheckpointError(f"tensor {name!r}: dtype {tensor.dtype} cannot be stored in safetensors")
-        data = tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        # The tensor's own buffer goes to disk: no intermediate bytes copy.
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
         self.header[name] = {
             "dtype": SAFETENSORS_DTYPES[tensor.dtype],
             "shape": list(tensor.shape),
-            "data_offsets": [self.size, self.size + len(data)],
+            "data_offsets": [self.size, self.size + data.nbytes],
         }
-        self.file.write(data)
-        self.size += len(data)
+        self.file.write(data.data)
+        self.size += data.nbytes
 
     def finish(self, path: Path, metadata: dict[str, str]) -> None:
         self.file.close()  # idempotent
@@ -144,24 +145,28 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
         raise
 
 
-def shard_files(directory: Path) -> list[Path]:
-    """The safetensors files of a checkpoint directory, from its index when sharded.
+def index_shards(index: Path) -> list[str]:
+    """The shard file names an index (``*.index.json``, safetensors or pytorch) points to.
 
-    Shard names in the index must be plain file names: anything with a path separator or ``..``
-    could make us read outside the checkpoint. Names are checked as text, not resolved, because
-    in the Hub cache every file is (legitimately) a symlink into ``blobs/``.
+    They must be plain file names: anything with a path separator or ``..`` could make us read
+    outside the checkpoint. Names are checked as text, not resolved, because in the Hub cache
+    every file is (legitimately) a symlink into ``blobs/``.
     """
+    try:
+        names = list(dict.fromkeys(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a valid checkpoint index ({e})") from None
+    bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+    if bad:
+        raise CheckpointError(f"{index}: shard names {bad} point outside the checkpoint directory")
+    return names
+
+
+def shard_files(directory: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory, from its index when sharded."""
     index = directory / INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            names = list(dict.fromkeys(weight_map.values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
-        bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
-        if bad:
-            raise CheckpointError(f"{index}: shard names {bad} point outside the checkpoint directory")
-        return [directory / name for name in names]
+        return [directory / name for name in index_shards(index)]
     single = directory / SINGLE_NAME
     if single.is_file():
         return [single]

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..checkpoint import shard_files
+from ..checkpoint import index_shards, shard_files
 from ..errors import CheckpointError
 from . import hf
 from .keymap import KeyMap
@@ -61,18 +61,10 @@ def _safetensors_sources(directory: Path) -> list[Source]:
 
 def _bin_sources(directory: Path) -> list[Source]:
     index = directory / BIN_INDEX
-    if index.exists():
-        try:
-            files = list(dict.fromkeys(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index}: not a valid index ({e})") from None
-    else:
-        files = [BIN_NAME]
+    files = index_shards(index) if index.exists() else [BIN_NAME]
     sources = []
     for name in files:
-        path = (directory / name).resolve()
-        if path.parent != directory.resolve():
-            raise CheckpointError(f"{index}: shard {name!r} points outside the checkpoint directory")
+        path = directory / name
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # pickle/zip errors of a corrupt or non-zip (pre-1.6) file

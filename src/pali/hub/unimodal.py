@@ -14,13 +14,10 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -277,46 +274,18 @@ def convert_source(role: str, snapshot: Snapshot, out: Path) -> None:
     """
     from huggingface_hub.utils import tqdm
 
-    with _without_symlinks(snapshot, out.parent) as folder:
-        conversion = read_checkpoint(folder)
-        if conversion.tower != role:
-            raise CheckpointError(f"{snapshot.source} holds a {conversion.tower} tower, not a {role} tower")
-        (out / CONFIG_NAME).write_text(json.dumps(conversion.config.to_dict(), indent=2, sort_keys=True) + "\n")
-        tensors = tqdm(conversion, total=len(conversion.items), unit="tensor", desc=f"Converting {snapshot.source}")
-        write_safetensors(tensors, out, metadata={"pali.tower": role, **conversion.metadata})
+    conversion = read_checkpoint(snapshot.folder)
+    if conversion.tower != role:
+        raise CheckpointError(f"{snapshot.source} holds a {conversion.tower} tower, not a {role} tower")
+    (out / CONFIG_NAME).write_text(json.dumps(conversion.config.to_dict(), indent=2, sort_keys=True) + "\n")
+    tensors = tqdm(conversion, total=len(conversion.items), unit="tensor", desc=f"Converting {snapshot.source}")
+    write_safetensors(tensors, out, metadata={"pali.tower": role, **conversion.metadata})
     record = {
         "tower": role, "source": snapshot.source, "revision": snapshot.commit,
         "format": conversion.metadata.get("pali.source_format"),
         "license": _card_license(snapshot.folder) if snapshot.folder.is_dir() else None,
     }
     (out / SOURCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
-
-
-@contextmanager
-def _without_symlinks(snapshot: Snapshot, scratch: Path) -> Iterator[Path]:
-    """The snapshot as a folder of plain files: hard links to the Hub cache's blobs.
-
-    Workaround: pali.convert's readers (via ``checkpoint.shard_files``) reject a weight file whose
-    resolved path leaves the folder, which every file of a Hub cache snapshot does (symlinks into
-    ``blobs/``). Hard links cost no disk; a copy is the fallback across file systems. Drop this
-    once the readers check names lexically.
-    """
-    if snapshot.is_local:
-        yield snapshot.folder
-        return
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=scratch))
-    try:
-        for path in snapshot.folder.rglob("*"):
-            if path.is_file():
-                target = staging / path.relative_to(snapshot.folder)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(path.resolve(), target)
-                except OSError:
-                    shutil.copyfile(path, target)
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _card_license(folder: Path) -> str | None:
