@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-seed", type=int, default=12345)
     parser.add_argument("--eval-size", type=int, default=100, help="held-out examples per metric")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--log-every", type=int, default=10, help="keep every Nth step in loss_log.jsonl")
     parser.add_argument("--no-bf16", dest="bf16", action="store_false",
                         help="train in fp32 instead of bf16 autocast (weights stay fp32 either way)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         (staging / "evaluation.json").write_text(
             json.dumps({"training": training, "results": results}, indent=2) + "\n"
         )
-        (staging / "loss_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log[::10]))
+        (staging / "loss_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log[:: args.log_every]))
     print(f"saved to {args.out} after {train_seconds / 60:.1f} min of training")
     return 0
 

@@ -37,10 +37,7 @@ _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*
 
 # Pages owned by others whose examples cannot run yet. strict: once fixed, the xfail itself fails,
 # so the entry must be deleted rather than left to hide a future breakage.
-KNOWN_BROKEN = {
-    "kernels.md": "the `attention(q, k, v, ...)` signature block (line 8) needs a first line `# doc: skip`",
-    "hub.md": "the blocks at lines 9, 16, 25 and 47 need the Hub or real checkpoints: `# doc: skip` each",
-}
+KNOWN_BROKEN: dict[str, str] = {}
 
 # Pages whose examples take more than a few seconds on a loaded CPU (the tutorial trains a model).
 SLOW_PAGES = {"getting-started.md"}
