@@ -1,0 +1,75 @@
+"""Data-parallel sharding (FSDP2) of a :class:`pali.PaliModel`, applied from outside the model.
+
+Each transformer block of both towers (ViT blocks, mT5 encoder and decoder layers, and each
+decoder layer's cross-attention) becomes its own ``fully_shard`` unit, so only one block's full weights live on a device at a time. The vision
+tower's remaining parameters (patch embedding, position embedding, norms) form one more unit. The
+root unit holds the rest: the
+projection, the stacks' bias tables and final norms, and the token embedding ``text.embed`` (used
+by both the encoder and the decoder) with the untied ``lm_head``; they are gathered once per step.
+
+Run with ``torchrun --nproc-per-node N``; see ``docs/distributed.md``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    return [*model.vision.blocks, *model.text.encoder.layers, *model.text.decoder.layers]
+
+
+def apply_fsdp(
+    model: nn.Module,
+    mesh=None,
+    mixed_precision=None,
+    reshard_after_forward: bool = True,
+) -> nn.Module:
+    """Shard ``model`` in place with ``torch.distributed.fsdp.fully_shard`` and return it.
+
+    ``mesh``: a 1-D ``DeviceMesh`` (default: all ranks of the default process group).
+    ``mixed_precision``: a ``torch.distributed.fsdp.MixedPrecisionPolicy``, e.g.
+    ``MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)``.
+    ``reshard_after_forward``: free each block's gathered weights after its forward (less memory,
+    one more all-gather in backward); the root unit always stays gathered until the step ends.
+
+    Freeze parameters (:func:`pali.training.freeze`) before sharding, and build the optimizer
+    after. Units may mix frozen and trainable parameters (FSDP2 in torch 2.13 reduces only the
+    gradients that exist; tests/test_fsdp.py trains with half a block frozen).
+    """
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    if not dist.is_initialized():
+        raise InputError("apply_fsdp needs torch.distributed initialised (run under torchrun)")
+    if mixed_precision is not None and not isinstance(mixed_precision, MixedPrecisionPolicy):
+        raise InputError(f"mixed_precision must be a MixedPrecisionPolicy, got {type(mixed_precision).__name__}")
+    kwargs = dict(mesh=mesh, mp_policy=mixed_precision or MixedPrecisionPolicy(),
+                  reshard_after_forward=reshard_after_forward)
+    for layer in model.text.decoder.layers:
+        # The decoder projects the encoder output through every layer's cross-attention k/v
+        # before the layers run (once, for all steps): that attention is a unit of its own
+        # whose ``project_kv`` gathers its weights like a forward does.
+        fully_shard(layer.cross_attn, **kwargs)
+        register_fsdp_forward_method(layer.cross_attn, "project_kv")
+    for block in _blocks(model):
+        fully_shard(block, **kwargs)
+    fully_shard(model.vision, **kwargs)
+    # The root is used again right after the forward (the loss, then backward): keep it gathered.
+    fully_shard(model, **{**kwargs, "reshard_after_forward": False})
+    return model
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict on CPU on rank 0, empty on the other ranks.
+
+    Gathers one tensor at a time, so rank 0 needs host memory for the whole model but no device
+    holds more than its shard plus one tensor. Load it into an unsharded ``PaliModel`` and call
+    ``save_pretrained`` on rank 0.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
