@@ -4,18 +4,26 @@ Writing streams: each tensor's bytes go to a scratch file as they arrive, and a 
 written when the shard closes, so peak memory is one tensor, not one shard. Everything is written
 into a temporary directory that is renamed into place only when complete: an exception, Ctrl-C
 or a killed process leaves no half-written checkpoint and any previous one intact.
+
+Reading is defensive, because checkpoints come from strangers: :func:`check_shape` bounds every
+shape a file claims before anything is allocated, :func:`read_json` turns every way JSON can be
+bad into a :class:`CheckpointError`, and :func:`checked_file` keeps names found inside a checkpoint
+from reaching files outside it. See ``docs/reliability.md``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import math
 import os
 import shutil
+import socket
 import struct
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -30,6 +38,84 @@ SAFETENSORS_DTYPES = {  # torch dtype -> the safetensors header's name for it
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
     torch.uint8: "U8", torch.bool: "BOOL",
 }
+
+
+# Bounds on what a checkpoint may claim, checked before allocating. Module attributes so that a
+# caller (or a fuzzing harness) can lower them.
+MAX_TENSOR_BYTES = 1 << 36  # 64 GiB: 32x mT5-XXL's largest tensor (its 2 GB bf16 embedding)
+MAX_DIM = 1 << 31  # any one dimension, so that even zero-size tensors have sane shapes
+MAX_PARAMETERS = 10**12  # a whole model: ~60x PaLI-17B
+
+
+def check_shape(shape: Any, itemsize: int, what: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints if it is one a tensor of ``itemsize``-byte elements may have.
+
+    Rejects non-integers, negative or oversized dimensions and shapes over ``MAX_TENSOR_BYTES``,
+    so a header claiming 10**12 elements fails here, before any allocation.
+    """
+    if not isinstance(shape, (list, tuple)) or len(shape) > 32:
+        raise CheckpointError(f"{what}: shape {shape!r} is not a list of at most 32 dimensions")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < MAX_DIM for d in shape):
+        raise CheckpointError(f"{what}: shape {list(shape)} must hold integers in [0, {MAX_DIM})")
+    nbytes = math.prod(shape) * itemsize
+    if nbytes > MAX_TENSOR_BYTES:
+        raise CheckpointError(
+            f"{what}: shape {list(shape)} claims {nbytes:,} bytes, over the limit of {MAX_TENSOR_BYTES:,} "
+            "(pali.checkpoint.MAX_TENSOR_BYTES)"
+        )
+    return tuple(shape)
+
+
+def check_num_parameters(module: torch.nn.Module, what: str) -> int:
+    """The parameter count of a (meta-built) ``module``; CheckpointError past ``MAX_PARAMETERS``."""
+    count = sum(t.numel() for t in module.state_dict().values())
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"{what} describes {count:,} parameters, over the limit of {MAX_PARAMETERS:,} "
+            "(pali.checkpoint.MAX_PARAMETERS)"
+        )
+    return count
+
+
+def read_json(path: Path, what: str | None = None) -> Any:
+    """The JSON value in ``path``; every way it can be bad is a CheckpointError naming the file.
+
+    Covers missing files, non-UTF-8 bytes, syntax errors, nesting deep enough to exhaust the
+    parser's recursion and integers too long to convert (both ``ValueError``/``RecursionError``
+    in the standard library, not ``JSONDecodeError``).
+    """
+    what = what or str(path)
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"{what}: no such file") from None
+    except (ValueError, RecursionError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{what}: not valid JSON ({type(e).__name__}: {e})") from None
+
+
+def checked_file(directory: Path, name: str, what: str) -> Path:
+    """``directory / name`` for a file ``name`` found inside a checkpoint (an index, a spec).
+
+    ``name`` must be a plain relative path without ``..``, and the file must resolve inside
+    ``directory``, except for the Hugging Face cache layout, where ``snapshots/<rev>/<file>`` is a
+    symlink into the repo's ``blobs/``: those may resolve there. A symlink leading anywhere else
+    is refused, so a crafted checkpoint cannot make pali read (and copy into a converted
+    checkpoint) a file of the user's that it does not contain.
+    """
+    if not isinstance(name, str) or not name or "\0" in name or "\\" in name or os.path.isabs(name) \
+            or ".." in Path(name).parts or name in (".",):
+        raise CheckpointError(f"{what}: file name {name!r} points outside the checkpoint directory {directory}")
+    path = directory / name
+    resolved, root = path.resolve(), directory.resolve()
+    allowed = [root]
+    if directory.parent.name == "snapshots":  # Hub cache: models--org--name/snapshots/<rev>/
+        allowed.append(directory.parent.parent.resolve() / "blobs")
+    if not any(resolved.is_relative_to(a) for a in allowed):
+        raise CheckpointError(
+            f"{what}: {path} is a link to {resolved}, outside the checkpoint directory {directory}; "
+            "copy the file in (or link the whole directory)"
+        )
+    return path
 
 
 def parse_size(size: int | str) -> int:
@@ -124,25 +210,73 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
     """Yield a temporary sibling of ``target``; on success it replaces ``target`` in one rename.
 
     On any exception (KeyboardInterrupt included) the temporary directory is removed and
-    ``target`` is untouched. An existing ``target`` is refused unless ``overwrite``.
+    ``target`` is untouched. An existing ``target`` is refused unless ``overwrite``; it is then
+    swapped with the new one atomically (``renameat2(RENAME_EXCHANGE)`` where the OS has it), so
+    even a killed process leaves the old or the new directory in place, never neither.
+
+    A process killed outright (SIGKILL, power loss) cannot clean up: it leaves a hidden sibling
+    ``.<name>.<host>-<pid>.<random>.tmp``. The next write to ``target`` from this host removes
+    such siblings whose process is gone.
     """
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite/--force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _remove_stale_siblings(target)
+    tag = f"{socket.gethostname()}-{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{tag}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         if target.exists():
-            old = target.with_name(f".{target.name}.old.{os.getpid()}")
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            _exchange(tmp, target)  # tmp now holds the old directory
         else:
             os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two paths atomically (Linux ``renameat2``); elsewhere two renames, with a brief window."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # the process's libc
+    if renameat2 is not None and renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return
+    old = a.with_name(a.name + ".old")
+    os.rename(b, old)
+    os.rename(a, b)
+    os.rename(old, a)
+
+
+def _remove_stale_siblings(target: Path) -> None:
+    """Delete temporary siblings of ``target`` left by dead processes of this host.
+
+    One exception: a process killed inside the two-rename fallback of :func:`_exchange` leaves
+    the previous ``target`` as ``<tmp>.old`` and no ``target``; it is put back, not deleted.
+    """
+    host = socket.gethostname()
+    for sibling in sorted(target.parent.glob(f".{target.name}.{host}-*.tmp*")):
+        pid = sibling.name[len(f".{target.name}.{host}-"):].split(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        if sibling.name.endswith(".old") and not target.exists():
+            os.rename(sibling, target)
+        else:
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def index_shards(index: Path) -> list[str]:
@@ -152,11 +286,12 @@ def index_shards(index: Path) -> list[str]:
     outside the checkpoint. Names are checked as text, not resolved, because in the Hub cache
     every file is (legitimately) a symlink into ``blobs/``.
     """
+    data = read_json(index)
     try:
-        names = list(dict.fromkeys(json.loads(index.read_text())["weight_map"].values()))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{index}: not a valid checkpoint index ({e})") from None
-    bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+        names = list(dict.fromkeys(data["weight_map"].values()))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a valid checkpoint index (no weight_map object: {e!r})") from None
+    bad = [n for n in names if not isinstance(n, str) or "\0" in n or Path(n).name != n or n in ("", ".", "..")]
     if bad:
         raise CheckpointError(f"{index}: shard names {bad} point outside the checkpoint directory")
     return names
@@ -166,10 +301,11 @@ def shard_files(directory: Path) -> list[Path]:
     """The safetensors files of a checkpoint directory, from its index when sharded."""
     index = directory / INDEX_NAME
     if index.is_file():
-        return [directory / name for name in index_shards(index)]
+        checked_file(directory, INDEX_NAME, str(index))
+        return [checked_file(directory, name, str(index)) for name in index_shards(index)]
     single = directory / SINGLE_NAME
     if single.is_file():
-        return [single]
+        return [checked_file(directory, SINGLE_NAME, str(directory))]
     raise CheckpointError(f"{directory}: neither {SINGLE_NAME} nor {INDEX_NAME} found")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -17,6 +18,20 @@ from typing import Any, ClassVar, TypeVar
 from .errors import ConfigError, RegistryError
 
 C = TypeVar("C", bound="Config")
+
+# Caps on size fields, by field name (first match wins), checked by ``require_positive``: every
+# config is validated on construction, so an untrusted config.json claiming 10**6 layers or a
+# 10**12-element embedding fails before anything is built (building even on the meta device costs
+# time per layer). Each is over 10x what any PaLI tower uses (56 layers, 250112 tokens, 15360 wide).
+SIZE_LIMITS: tuple[tuple[str, int], ...] = (
+    ("layers", 512), ("depth", 512), ("heads", 1024), ("vocab", 1 << 22), ("image_size", 16384), ("", 1 << 16),
+)
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "str | None": (str, type(None))}
+
+
+def size_limit(name: str) -> int:
+    """The largest value size field ``name`` may take (see ``SIZE_LIMITS``)."""
+    return next(limit for part, limit in SIZE_LIMITS if part in name)
 
 
 @dataclass
@@ -39,16 +54,38 @@ class Config:
         if unknown:
             raise ConfigError(f"{cls.__name__}: unknown fields {unknown}")
         try:
-            return cls(**{k: v for k, v in data.items() if k in names})
+            config = cls(**{k: v for k, v in data.items() if k in names})
         except TypeError as e:
             raise ConfigError(f"{cls.__name__}: {e}") from None
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Check what construction does not: each field's type (JSON may say ``"depth": "12"``).
+
+        Called by :meth:`from_dict`, i.e. on every config read from a file.
+        """
+        hints = {f.name: f.type for f in dataclasses.fields(self)}
+        for name, hint in hints.items():
+            hint = hint if isinstance(hint, str) else getattr(hint, "__name__", "")
+            value, allowed = getattr(self, name), _TYPES.get(hint)
+            if allowed is None:
+                continue
+            wrong = not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+            if wrong or (isinstance(value, float) and not math.isfinite(value)):
+                raise ConfigError(f"{type(self).__name__}.{name} must be a finite {hint}, got {value!r}")
 
     def require_positive(self, *names: str) -> None:
-        """Reject non-integer or non-positive sizes before they become tensors."""
+        """Reject non-integer, non-positive or absurdly large sizes before they become tensors."""
         for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{type(self).__name__}.{name} must be a positive integer, got {value!r}")
+            if value > size_limit(name):
+                raise ConfigError(
+                    f"{type(self).__name__}.{name} = {value} exceeds the limit {size_limit(name)} "
+                    "(pali.config.SIZE_LIMITS); a corrupt or hostile config?"
+                )
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
@@ -88,6 +125,14 @@ class TextConfig(Config):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **super().to_dict()}
+
+    def validate(self) -> None:
+        """Types, and special token ids that index the vocabulary."""
+        super().validate()
+        for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            if not 0 <= value < self.vocab_size:
+                raise ConfigError(f"{type(self).__name__}.{name} = {value} is outside the vocabulary [0, {self.vocab_size})")
 
 
 def _tower_from_dict(data: Any, registry_getter, what: str) -> Config:
@@ -131,8 +176,8 @@ class PaliConfig(Config):
     def from_json(cls, text: str) -> "PaliConfig":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config is not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, 5000-digit ints, deep nesting
+            raise ConfigError(f"config is not valid JSON: {type(e).__name__}: {e}") from None
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:

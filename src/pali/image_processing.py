@@ -40,7 +40,7 @@ class ImageProcessor:
     """Resize + scale images for a vision tower of square resolution ``image_size``."""
 
     def __init__(self, image_size: int = 224) -> None:
-        if not isinstance(image_size, int) or image_size <= 0:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
             raise InputError(f"image_size must be a positive int, got {image_size!r}")
         self.image_size = image_size
 

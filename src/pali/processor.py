@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_directory
+from .checkpoint import atomic_directory, read_json
 from .config import Config
 from .errors import CheckpointError, ConfigError, InputError
 from .image_processing import ImageLike, ImageProcessor, split_batch
@@ -35,19 +35,18 @@ PROCESSOR_CONFIG_NAME = "processor_config.json"
 @dataclass
 class ProcessorConfig(Config):
     """``max_length`` bounds prompt tokens and ``max_target_length`` suffix tokens (eos included);
-    longer text is truncated, keeping the eos."""
+    longer text is truncated, keeping the eos, or with ``truncation=False`` an :class:`InputError`
+    (when a cut prompt would silently change the question)."""
 
     image_size: int = 224
     max_length: int = 64
     max_target_length: int = 64
     extra_ids: int = 100
+    truncation: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "max_length", "max_target_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"ProcessorConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.extra_ids, int) or self.extra_ids < 0:
+        self.require_positive("image_size", "max_length", "max_target_length")
+        if isinstance(self.extra_ids, bool) or not isinstance(self.extra_ids, int) or self.extra_ids < 0:
             raise ConfigError(f"ProcessorConfig.extra_ids must be an integer >= 0, got {self.extra_ids!r}")
 
 
@@ -71,10 +70,7 @@ class PaliProcessor:
         if Path(source).expanduser().is_file():
             raise CheckpointError(f"{source}: PaliProcessor.from_pretrained needs a directory or Hub repo id")
         path = resolve_file(source, PROCESSOR_CONFIG_NAME, revision=revision)
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path)
         try:
             config = ProcessorConfig.from_dict(data)
         except ConfigError as e:
@@ -120,10 +116,16 @@ class PaliProcessor:
         suffix: str | Sequence[str] | None = None,
         *,
         padding: bool | str = "longest",
+        truncation: bool | None = None,
     ) -> dict[str, torch.Tensor]:
         """``pixel_values`` ``[B, 3, S, S]``, ``input_ids``/``attention_mask`` ``[B, T]`` and, with
         ``suffix``, ``labels`` ``[B, T']`` (eos appended, padding -100). Give images, text or
-        both; every given list must have the same length B."""
+        both; every given list must have the same length B.
+
+        Prompts must hold some non-blank text (a suffix may be empty: an empty answer is a
+        target). Text longer than ``max_length``/``max_target_length`` tokens is truncated, or
+        rejected with ``truncation=False`` (default: ``config.truncation``)."""
+        truncation = self.config.truncation if truncation is None else truncation
         batch: dict[str, torch.Tensor] = {}
         sizes: dict[str, int] = {}
         if images is not None:
@@ -132,13 +134,24 @@ class PaliProcessor:
             batch["pixel_values"] = self.image_processor(images)
         if text is not None:
             texts = _as_list(text, "text")
+            blank = [i for i, t in enumerate(texts) if not t.strip()]
+            if blank:
+                raise InputError(f"text {blank[0]} is empty: PaLI needs a prompt (e.g. 'caption en')")
             sizes["text"] = len(texts)
-            batch.update(self.tokenizer(texts, padding=padding, max_length=self.config.max_length))
+            batch.update(
+                self.tokenizer(texts, padding=padding, max_length=self.config.max_length, truncation=truncation)
+            )
         if suffix is not None:
             targets = _as_list(suffix, "suffix")
             sizes["suffix"] = len(targets)
-            rows = [self.tokenizer.encode(t, max_length=self.config.max_target_length) for t in targets]
-            labels, _ = pad_rows(rows, IGNORE_INDEX, padding=padding, max_length=self.config.max_target_length)
+            limit = self.config.max_target_length
+            rows = [self.tokenizer.encode(t, max_length=limit if truncation else None) for t in targets]
+            long = [i for i, row in enumerate(rows) if len(row) > limit]
+            if long:
+                raise InputError(
+                    f"suffix {long[0]} has {len(rows[long[0]])} tokens > max_target_length {limit} and truncation=False"
+                )
+            labels, _ = pad_rows(rows, IGNORE_INDEX, padding=padding, max_length=limit)
             batch["labels"] = labels
         if not batch or set(sizes) == {"suffix"}:
             raise InputError("give images, text or both (a suffix alone has nothing to condition on)")

@@ -17,6 +17,7 @@ in transformers 5) ignores byte fallback and yields ``<unk>`` there; everything 
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -121,6 +122,10 @@ class Tokenizer:
         """Ids of ``text`` (``</s>`` appended); ``max_length`` truncates the text, keeping the eos."""
         if not isinstance(text, str):
             raise InputError(f"text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate: sentencepiece would fail obscurely
+            raise InputError(f"text is not valid Unicode: {e.reason} at position {e.start}") from None
         ids: list[int] = []
         start = 0
         for match in SENTINEL.finditer(text):
@@ -168,7 +173,7 @@ class Tokenizer:
     def decode(self, ids: Iterable[int] | torch.Tensor, *, skip_special_tokens: bool = True) -> str:
         """Text of one row: stops at the first ``</s>`` and drops ``<pad>``; sentinels are dropped
         too unless ``skip_special_tokens=False``, which writes them as ``<extra_id_N>``."""
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else [int(i) for i in ids]
+        ids = _id_list(ids)
         parts: list[str] = []
         run: list[int] = []
         for token in ids:
@@ -191,6 +196,20 @@ class Tokenizer:
         self, ids: torch.Tensor | Sequence[Sequence[int]], *, skip_special_tokens: bool = True
     ) -> list[str]:
         return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in ids]
+
+
+def _id_list(ids: Iterable[int] | torch.Tensor) -> list[int]:
+    """One row of token ids as ints; anything else (floats, strings, a 2-D tensor) is an InputError."""
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() != 1 or ids.is_floating_point() or ids.is_complex():
+            raise InputError(f"ids must be a 1-D integer tensor, got {ids.dtype} {list(ids.shape)}")
+        return ids.tolist()
+    try:
+        if isinstance(ids, (str, bytes)):
+            raise TypeError
+        return [operator.index(v) for v in ids]  # ints, numpy and 0-d torch integers
+    except TypeError:
+        raise InputError(f"ids must be a sequence of ints, got {str(ids)[:80]}") from None
 
 
 def pad_rows(

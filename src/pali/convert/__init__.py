@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CONFIG_NAME, atomic_directory, shard_files, write_safetensors
+from ..checkpoint import CONFIG_NAME, atomic_directory, read_json, shard_files, write_safetensors
 from ..config import Config, PaliConfig, VisionConfig
 from ..errors import CheckpointError, RegistryError
 from ..registry import TEXT_STACKS, VISION_ENCODERS
@@ -152,16 +152,13 @@ def convert_hf(src: str | Path, out: str | Path, **options) -> Conversion:
 def load_config(directory: str | Path) -> Config:
     """The config of a pali checkpoint directory: a PaliConfig or a tower config (by ``kind``)."""
     path = Path(directory) / CONFIG_NAME
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory}: no {CONFIG_NAME}") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {CONFIG_NAME}")
+    data = read_json(path)
     if isinstance(data, dict) and "vision" in data and "text" in data:
         return PaliConfig.from_dict(data)
     kind = data.get("kind") if isinstance(data, dict) else None
-    for registry in (VISION_ENCODERS, TEXT_STACKS):
+    for registry in (VISION_ENCODERS, TEXT_STACKS) if isinstance(kind, str) else ():
         try:
             return registry.get(kind).config_class.from_dict(data)
         except RegistryError:

@@ -13,18 +13,24 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..checkpoint import check_shape
+from ..config import size_limit
+from ..errors import CheckpointError, ConfigError
 from ..vision.vit import ViTConfig
 from .keymap import KeyMap, Rule
 from .plan import Conversion, Source, check_items, fit_pos_embed, map_sources, parse_dtype, target_config
 
 _BLOCK = r"Transformer/encoderblock_(\d+)/"
+WEIGHT_DTYPES = frozenset("f2 f4 f8 i1 i2 i4 i8 u1 b1 V2".split())  # npy dtype codes torch can hold (V2: bf16)
+MAX_RATIO = 1100  # deflate cannot expand more than ~1032x: a bigger claim is a lie (or a bomb)
 _ATTN = _BLOCK + r"MultiHeadDotProductAttention_0/"
 
 
@@ -92,29 +98,51 @@ def _to_torch(array: np.ndarray) -> torch.Tensor:
 class NpzFile:
     """Lazy access to an ``.npz``: shapes from the npy headers, one member read at a time.
 
-    Reads go through ``zipfile``, so a truncated or corrupted member fails its CRC check.
+    Reads go through ``zipfile``, so a truncated or corrupted member fails its CRC check. Every
+    header is checked before any array is read: a numeric dtype (or bf16's ``V2``), a bounded
+    shape (:func:`pali.checkpoint.check_shape`) whose bytes are exactly what the member holds,
+    and a member size the archive's compressed bytes can account for. numpy allocates the
+    header's shape before reading, so these checks are what bound memory.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
             self.zip = zipfile.ZipFile(path)
-            self.shapes = {info.filename[:-4]: self._header(info)[0] for info in self.zip.infolist()
+            archive = path.stat().st_size
+            self.shapes = {info.filename[:-4]: self._header(info, archive) for info in self.zip.infolist()
                            if info.filename.endswith(".npy")}
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-            raise CheckpointError(f"{path}: not a readable .npz file ({e})") from None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError,
+                RuntimeError, UnicodeDecodeError, struct.error, zlib.error) as e:
+            raise CheckpointError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
 
-    def _header(self, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], bool, np.dtype]:
+    def _header(self, info: zipfile.ZipInfo, archive: int) -> tuple[int, ...]:
+        what = f"{self.path}: {info.filename}"
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CheckpointError(f"{what}: zip compression {info.compress_type} (np.savez writes stored or deflate)")
+        if info.compress_size > archive or info.file_size > max(info.compress_size, 1) * MAX_RATIO:
+            raise CheckpointError(
+                f"{what}: claims {info.file_size} bytes from {info.compress_size} compressed in a {archive}-byte file"
+            )
         with self.zip.open(info) as f:
             version = np.lib.format.read_magic(f)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            return read(f)
+            shape, _, dtype = read(f)
+            offset = f.tell()
+        if dtype.hasobject or dtype.shape or dtype.str[1:] not in WEIGHT_DTYPES:
+            raise CheckpointError(f"{what}: dtype {dtype} is not a weight (numeric, or V2 for bfloat16)")
+        shape = check_shape(shape, dtype.itemsize, what)
+        if offset + math.prod(shape) * dtype.itemsize != info.file_size:
+            raise CheckpointError(
+                f"{what}: header says {list(shape)} {dtype}, but the member holds {info.file_size - offset} data bytes"
+            )
+        return shape
 
     def load(self, name: str) -> torch.Tensor:
         try:
             with self.zip.open(name + ".npy") as f:
                 array = np.lib.format.read_array(f, allow_pickle=False)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, struct.error, zlib.error) as e:
             raise CheckpointError(f"{self.path}: array {name!r} is truncated or corrupt ({e})") from None
         try:
             return _to_torch(array)
@@ -159,6 +187,9 @@ def _sources(npz: NpzFile, selector: str | None) -> list[Source]:
         shape = tuple(npz.shapes[full])
         scanned = re.fullmatch(r"Transformer/encoderblock/(.*)", name)
         if scanned:
+            if not shape or shape[0] > size_limit("depth"):
+                raise CheckpointError(f"{npz.path}: scanned array {full!r} of shape {list(shape)}: "
+                                      f"expected a leading depth axis of at most {size_limit('depth')}")
             for i in range(shape[0]):
                 sources.append(Source(f"Transformer/encoderblock_{i}/{scanned[1]}", shape[1:],
                                       lambda full=full, i=i: stacked.slice(full, i)))
@@ -173,23 +204,34 @@ def _infer_config(shapes: dict[str, tuple[int, ...]], path: Path) -> ViTConfig:
             raise CheckpointError(f"{path}: cannot infer the ViT config: tensor {name!r} is missing")
         return shapes[name]
 
-    p, _, _, width = need("embedding/kernel")
-    tokens = need("pos_embedding")[1]
+    def dims(name: str, rank: int) -> tuple[int, ...]:
+        shape = need(name)
+        if len(shape) != rank:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {list(shape)}, expected {rank} dimensions")
+        return shape
+
+    p, _, _, width = dims("embedding/kernel", 4)
+    tokens = dims("pos_embedding", 3)[1]
     depth = len({m[1] for n in shapes if (m := re.match(r"Transformer/encoderblock_(\d+)/", n))})
+    if depth > size_limit("depth"):
+        raise CheckpointError(f"{path}: {depth} encoder blocks, over the limit of {size_limit('depth')}")
     grid = math.isqrt(tokens)
     if grid * grid != tokens:
         raise CheckpointError(f"{path}: pos_embedding holds {tokens} tokens, not a square grid")
-    return ViTConfig(
-        image_size=grid * p,
-        patch_size=p,
-        hidden_size=width,
-        depth=depth,
-        mlp_dim=need("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel")[1],
-        num_heads=need("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel")[1],
-        patch_bias="embedding/bias" in shapes,
-        qkv_bias="Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/bias" in shapes,
-        final_norm="Transformer/encoder_norm/scale" in shapes,
-    )
+    try:
+        return ViTConfig(
+            image_size=grid * p,
+            patch_size=p,
+            hidden_size=width,
+            depth=depth,
+            mlp_dim=dims("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel", 2)[1],
+            num_heads=dims("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel", 3)[1],
+            patch_bias="embedding/bias" in shapes,
+            qkv_bias="Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/bias" in shapes,
+            final_norm="Transformer/encoder_norm/scale" in shapes,
+        )
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: tensor shapes give an invalid ViT config: {e}") from None
 
 
 def read_big_vision(

@@ -10,14 +10,13 @@ key map: mT5/T5 v1.1, SigLIP, CLIP (vision towers, also out of two-tower checkpo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..checkpoint import index_shards, shard_files
-from ..errors import CheckpointError
+from ..checkpoint import check_shape, checked_file, index_shards, read_json, shard_files
+from ..errors import CheckpointError, ConfigError
 from . import hf
 from .keymap import KeyMap
 from .plan import Conversion, Source, check_items, fit_pos_embed, map_sources, parse_dtype, target_config
@@ -44,15 +43,15 @@ def _safetensors_sources(directory: Path) -> list[Source]:
     for path in shard_files(directory):
         try:
             with safe_open(str(path), framework="pt") as f:
-                shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path}: cannot read safetensors ({e})") from None
+                shapes = {name: check_shape(f.get_slice(name).get_shape(), 1, f"{path}: {name}") for name in f.keys()}
+        except (SafetensorError, OSError, TypeError, ValueError) as e:  # TypeError: a dtype torch lacks
+            raise CheckpointError(f"{path}: cannot read safetensors ({type(e).__name__}: {e})") from None
 
         def load(name: str, path: Path = path) -> torch.Tensor:
             try:
                 with safe_open(str(path), framework="pt") as f:
                     return f.get_tensor(name)
-            except (SafetensorError, OSError) as e:
+            except (SafetensorError, OSError, TypeError, ValueError) as e:
                 raise CheckpointError(f"{path}: cannot read tensor {name!r} ({e})") from None
 
         sources += [Source(name, shape, lambda name=name, load=load: load(name)) for name, shape in shapes.items()]
@@ -61,16 +60,21 @@ def _safetensors_sources(directory: Path) -> list[Source]:
 
 def _bin_sources(directory: Path) -> list[Source]:
     index = directory / BIN_INDEX
-    files = index_shards(index) if index.exists() else [BIN_NAME]
+    files = index_shards(checked_file(directory, BIN_INDEX, str(directory))) if index.exists() else [BIN_NAME]
     sources = []
     for name in files:
-        path = directory / name
+        path = checked_file(directory, name, str(index if index.exists() else directory))
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # pickle/zip errors of a corrupt or non-zip (pre-1.6) file
             raise CheckpointError(f"{path}: cannot load ({type(e).__name__}: {e})") from None
         if not isinstance(state, dict):
             raise CheckpointError(f"{path}: holds a {type(state).__name__}, expected a state dict")
+        bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(f"{path}: entries {bad[:5]!r} are not named tensors")
+        for k, v in state.items():
+            check_shape(list(v.shape), v.element_size(), f"{path}: {k}")
         sources += [Source(k, tuple(v.shape), lambda v=v: v) for k, v in state.items()]
     return sources
 
@@ -86,13 +90,11 @@ def hf_sources(directory: Path) -> list[Source]:
 
 def read_hf_config(directory: Path) -> dict:
     path = directory / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory}: no config.json (needed to know the model type)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("model_type") not in MODEL_TYPES:
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no config.json (needed to know the model type)")
+    config = read_json(checked_file(directory, "config.json", str(directory)))
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str) \
+            or config["model_type"] not in MODEL_TYPES:
         found = config.get("model_type") if isinstance(config, dict) else None
         raise CheckpointError(f"{path}: model_type {found!r} is not supported; known: {sorted(MODEL_TYPES)}")
     return config
@@ -117,8 +119,11 @@ def read_hf(
         raise CheckpointError(f"{directory} holds a {family} tower; preset {other!r} was given for the other tower")
     try:
         inferred = config_fn(hf_config)
-    except (KeyError, TypeError) as e:
+        inferred.validate()
+    except (KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{directory / 'config.json'}: missing or malformed field {e}") from None
+    except ConfigError as e:
+        raise CheckpointError(f"{directory / 'config.json'}: {e}") from None
     config, against = target_config(inferred, family, preset, image_size)
     items = map_sources(hf_sources(directory), keymap)
     if family == "vision":

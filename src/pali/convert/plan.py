@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from ..checkpoint import check_num_parameters
 from ..config import Config, VisionConfig
 from ..errors import CheckpointError
 from ..registry import TEXT_STACKS, VISION_ENCODERS
@@ -47,8 +48,18 @@ class Item:
 
     def then(self, transform: Transform) -> "Item":
         """This item with ``transform`` applied after its own."""
-        shape = tuple(transform(torch.empty(self.shape, device="meta")).shape)
+        shape = _shape_after(transform, self.shape, self.source)
         return replace(self, shape=shape, load=lambda: transform(self.load()))
+
+
+def _shape_after(transform: Transform | None, shape: tuple[int, ...], source: str) -> tuple[int, ...]:
+    """The shape ``transform`` makes of ``shape``, found on the meta device (no memory)."""
+    if transform is None:
+        return shape
+    try:
+        return tuple(transform(torch.empty(shape, device="meta")).shape)
+    except (RuntimeError, IndexError, ValueError) as e:  # a kernel of the wrong rank, say
+        raise CheckpointError(f"tensor {source!r} of shape {list(shape)} does not have the expected layout ({e})") from None
 
 
 def _loader(source: Source, transform: Transform | None) -> Callable[[], torch.Tensor]:
@@ -69,8 +80,7 @@ def map_sources(sources: Sequence[Source], keymap: KeyMap) -> list[Item]:
         if target in seen:
             raise CheckpointError(f"{keymap.name}: {seen[target]!r} and {source.name!r} both map to {target!r}")
         seen[target] = source.name
-        meta = torch.empty(source.shape, device="meta")
-        shape = tuple(meta.shape if transform is None else transform(meta).shape)
+        shape = _shape_after(transform, source.shape, source.name)
         items.append(Item(target, source.name, shape, _loader(source, transform)))
     if unknown:
         raise CheckpointError(f"{keymap.name}: {len(unknown)} unexpected tensors: {sorted(unknown)}")
@@ -106,6 +116,7 @@ def check_items(items: Sequence[Item], config: Config, against: str) -> None:
     registry = VISION_ENCODERS if isinstance(config, VisionConfig) else TEXT_STACKS
     with torch.device("meta"):
         module = registry.get(config.kind)(config)
+    check_num_parameters(module, against)
     expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
     problems = []
     planned = {item.target for item in items}
@@ -151,6 +162,10 @@ class Conversion:
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for item in self.items:
             tensor = item.load()
+            if tuple(tensor.shape) != item.shape:  # the plan was made from headers: hold the data to them
+                raise CheckpointError(
+                    f"{item.source}: read {list(tensor.shape)}, its header said {list(item.shape)}: corrupt checkpoint"
+                )
             if self.dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(self.dtype)
             yield item.target, tensor

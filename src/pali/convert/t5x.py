@@ -23,13 +23,17 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..checkpoint import check_shape
+from ..config import size_limit
+from ..errors import CheckpointError, ConfigError
 from ..text.mt5 import MT5Config
 from .keymap import KeyMap, Rule
 from .plan import Conversion, Source, check_items, map_sources, parse_dtype, target_config
-from .zarr import ZarrArray
+from .zarr import ZarrArray, safe_join
 
 ORBAX_MARKERS = ("manifest.ocdbt", "_METADATA", "_CHECKPOINT_METADATA", "_sharding", "ocdbt.process_*")
+INLINE_DTYPES = frozenset("bfloat16 float16 float32 float64 int8 int16 int32 int64 uint8 bool".split())
+MAX_DEPTH = 64  # nesting of the parameter tree (T5X's is 5 deep)
 
 
 def _kernel(t: torch.Tensor) -> torch.Tensor:  # [in, out] -> Linear [out, in]
@@ -72,12 +76,13 @@ class InlineArray:
     dtype: str
     buffer: bytes
 
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype("<u2" if self.dtype == "bfloat16" else self.dtype).newbyteorder("<")
+
     def load(self) -> torch.Tensor:
         bf16 = self.dtype == "bfloat16"
-        try:
-            dtype = np.dtype("<u2" if bf16 else self.dtype)
-        except TypeError:
-            raise CheckpointError(f"inline array of unknown dtype {self.dtype!r}") from None
+        dtype = self.numpy_dtype
         if len(self.buffer) != math.prod(self.shape) * dtype.itemsize:
             raise CheckpointError(
                 f"inline array {list(self.shape)} {self.dtype}: {len(self.buffer)} bytes, "
@@ -89,14 +94,26 @@ class InlineArray:
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
+    """flax's ext types; anything malformed is a CheckpointError (msgpack re-raises it as is)."""
     import msgpack
 
     if code in (1, 3):  # ndarray, numpy scalar
-        shape, dtype, buffer = msgpack.unpackb(data, raw=True)
-        return InlineArray(tuple(shape), dtype.decode(), buffer)
+        try:
+            shape, dtype, buffer = msgpack.unpackb(data, raw=True)
+            dtype = dtype.decode()
+        except (ValueError, TypeError, AttributeError, msgpack.UnpackException) as e:
+            raise CheckpointError(f"malformed inline array ({type(e).__name__}: {e})") from None
+        if dtype not in INLINE_DTYPES or not isinstance(buffer, bytes):
+            raise CheckpointError(f"inline array of unsupported dtype {dtype!r} (one of {sorted(INLINE_DTYPES)})")
+        array = InlineArray(check_shape(shape, 1, "inline array"), dtype, buffer)
+        check_shape(array.shape, array.numpy_dtype.itemsize, "inline array")
+        return array
     if code == 2:
-        real, imag = msgpack.unpackb(data)
-        return complex(real, imag)
+        try:
+            real, imag = msgpack.unpackb(data)
+            return complex(real, imag)
+        except (ValueError, TypeError, msgpack.UnpackException) as e:
+            raise CheckpointError(f"malformed inline complex number ({e})") from None
     return msgpack.ExtType(code, data)
 
 
@@ -131,7 +148,10 @@ def load_tree(file: Path) -> dict:
 
     try:
         tree = msgpack.unpackb(file.read_bytes(), ext_hook=_ext_hook, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException, TypeError) as e:  # ExtraData, incomplete input, ...
+    except CheckpointError as e:
+        raise CheckpointError(f"{file}: {e}") from None
+    # ExtraData, StackError (nesting), incomplete input, invalid UTF-8, unhashable map keys, ...
+    except (ValueError, msgpack.UnpackException, TypeError) as e:
         raise CheckpointError(f"{file}: not a valid msgpack checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(tree, dict):
         raise CheckpointError(f"{file}: msgpack root is a {type(tree).__name__}, expected a map")
@@ -154,14 +174,16 @@ def _zarr_path(spec: dict, name: str) -> str:
     else:
         path = spec.get("path")
     if not isinstance(path, str) or spec.get("driver") != "zarr":
-        raise CheckpointError(f"{name}: unsupported TensorStore spec {spec}")
+        raise CheckpointError(f"{name}: unsupported TensorStore spec {str(spec)[:200]}")
     return path
 
 
-def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+def _leaves(node: Any, prefix: str, depth: int = 0) -> Iterator[tuple[str, Any]]:
     if isinstance(node, dict) and "__msgpack_chunked_array__" not in node and "driver" not in node:
+        if depth > MAX_DEPTH:
+            raise CheckpointError(f"{prefix}: parameter tree nested deeper than {MAX_DEPTH} levels")
         for key, child in node.items():
-            yield from _leaves(child, f"{prefix}/{key}" if prefix else str(key))
+            yield from _leaves(child, f"{prefix}/{key}" if prefix else str(key), depth + 1)
     elif node is not None:
         yield prefix, node
 
@@ -173,7 +195,14 @@ def _unchunk(node: dict, name: str) -> Source:
         chunks = [node["chunks"][str(i)] for i in range(len(node["chunks"]))]
     except (KeyError, TypeError):
         raise CheckpointError(f"{name}: malformed chunked inline array") from None
-    return Source(name, shape, lambda: torch.cat([c.load() for c in chunks]).reshape(shape))
+    shape = check_shape(shape, 1, name)
+    fits = bool(shape) and bool(chunks) and all(
+        isinstance(c, InlineArray) and c.shape[:1] and c.shape[1:] == shape[1:] and c.dtype == chunks[0].dtype
+        for c in chunks
+    )
+    if not fits or sum(c.shape[0] for c in chunks) != shape[0]:
+        raise CheckpointError(f"{name}: chunks of the split inline array do not add up to its shape {list(shape)}")
+    return Source(name, shape, lambda: torch.cat([c.load() for c in chunks]))
 
 
 def _source(name: str, leaf: Any, root: Path, file: Path) -> Source:
@@ -184,11 +213,15 @@ def _source(name: str, leaf: Any, root: Path, file: Path) -> Source:
     if isinstance(leaf, dict):
         rel = _zarr_path(leaf, name)
         bases = dict.fromkeys([file.parent, root])
-        base = next((b for b in bases if (b / rel.rstrip("/")).exists()), file.parent)
+        base = next((b for b in bases if safe_join(b, rel.rstrip("/"), name).exists()), file.parent)
         array = ZarrArray.open(base, rel)
         return Source(name, array.shape, array.read)
     if isinstance(leaf, (int, float, bool)):
-        return Source(name, (), lambda: torch.tensor(leaf))
+        try:
+            value = torch.tensor(leaf)
+        except (RuntimeError, OverflowError):  # an int beyond int64
+            raise CheckpointError(f"{name}: scalar {leaf!r} does not fit a tensor") from None
+        return Source(name, (), lambda: value)
     raise CheckpointError(f"{name}: unsupported leaf of type {type(leaf).__name__}")
 
 
@@ -198,17 +231,29 @@ def _infer_config(shapes: dict[str, tuple[int, ...]], file: Path) -> MT5Config:
             raise CheckpointError(f"{file}: cannot infer the mT5 config: tensor {name!r} is missing")
         return shapes[name]
 
-    def count(stack: str) -> int:
-        return len({m[1] for n in shapes if (m := re.match(rf"{stack}/layers_(\d+)/", n))})
+    def matrix(name: str) -> tuple[int, int]:
+        shape = need(name)
+        if len(shape) != 2:
+            raise CheckpointError(f"{file}: tensor {name!r} has shape {list(shape)}, expected a matrix")
+        return shape
 
-    vocab, d_model = need("token_embedder/embedding")
-    heads, buckets = need("encoder/relpos_bias/rel_embedding")
-    inner = need("encoder/layers_0/attention/query/kernel")[1]
-    return MT5Config(
-        vocab_size=vocab, d_model=d_model, d_ff=need("encoder/layers_0/mlp/wi_0/kernel")[1], num_heads=heads,
-        d_kv=inner // heads, num_encoder_layers=count("encoder"), num_decoder_layers=count("decoder"),
-        num_buckets=buckets,
-    )
+    def count(stack: str) -> int:
+        layers = len({m[1] for n in shapes if (m := re.match(rf"{stack}/layers_(\d+)/", n))})
+        if layers > size_limit("layers"):
+            raise CheckpointError(f"{file}: {layers} {stack} layers, over the limit of {size_limit('layers')}")
+        return layers
+
+    vocab, d_model = matrix("token_embedder/embedding")
+    heads, buckets = matrix("encoder/relpos_bias/rel_embedding")
+    inner = matrix("encoder/layers_0/attention/query/kernel")[1]
+    try:
+        return MT5Config(
+            vocab_size=vocab, d_model=d_model, d_ff=matrix("encoder/layers_0/mlp/wi_0/kernel")[1],
+            num_heads=heads, d_kv=inner // heads if heads else 0, num_encoder_layers=count("encoder"),
+            num_decoder_layers=count("decoder"), num_buckets=buckets,
+        )
+    except ConfigError as e:
+        raise CheckpointError(f"{file}: tensor shapes give an invalid mT5 config: {e}") from None
 
 
 def read_t5x(

@@ -23,7 +23,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..checkpoint import CONFIG_NAME, INDEX_NAME, SAFETENSORS_DTYPES, SINGLE_NAME, shard_files
+from ..checkpoint import (
+    CONFIG_NAME, INDEX_NAME, SAFETENSORS_DTYPES, SINGLE_NAME, check_num_parameters, check_shape, checked_file,
+    read_json, shard_files,
+)
 from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -67,6 +70,8 @@ def read_index(folder: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
             raise CheckpointError(f"{folder}: shard {path.name} is named in the index but missing")
         header, data_start = _read_header(path)
         file_meta = header.pop("__metadata__", None) or {}
+        if not isinstance(file_meta, dict) or not all(isinstance(v, str) for v in file_meta.values()):
+            raise CheckpointError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
         metadata = file_meta if metadata is None else metadata
         size = path.stat().st_size
         for name, info in header.items():
@@ -87,8 +92,8 @@ def _read_header(path: Path) -> tuple[dict, int]:
             raise CheckpointError(f"{path}: not a safetensors file (header length {n} exceeds the file)")
         try:
             header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+        except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, deep nesting, 5000-digit numbers
+            raise CheckpointError(f"{path}: corrupt safetensors header ({type(e).__name__}: {e})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     return header, 8 + n
@@ -97,10 +102,14 @@ def _read_header(path: Path) -> tuple[dict, int]:
 def _entry(path: Path, name: str, info: object, data_start: int, file_size: int) -> StoredTensor:
     try:
         dtype = _BY_NAME[info["dtype"]]
-        shape = tuple(int(d) for d in info["shape"])
-        begin, end = (int(o) for o in info["data_offsets"])
+        begin, end = info["data_offsets"]
+        if not all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end)):
+            raise TypeError
     except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{path}: tensor {name!r} has an unsupported or corrupt header entry {info!r}") from None
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has an unsupported or corrupt header entry {str(info)[:200]}"
+        ) from None
+    shape = check_shape(info.get("shape"), dtype.itemsize, f"{path}: tensor {name!r}")
     nbytes = prod(shape) * dtype.itemsize
     if end - begin != nbytes or begin < 0 or data_start + end > file_size:
         raise CheckpointError(
@@ -213,10 +222,7 @@ def read_config_json(folder: Path, source: str) -> dict:
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{source}: no {CONFIG_NAME}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{source}: {CONFIG_NAME} is not valid JSON ({e})") from None
+    data = read_json(checked_file(folder, CONFIG_NAME, source), f"{source}/{CONFIG_NAME}")
     if not isinstance(data, dict):
         raise CheckpointError(f"{source}: {CONFIG_NAME} is not a JSON object")
     return data
@@ -257,6 +263,7 @@ def load_pretrained(
     entries, metadata = read_index(snapshot.folder)
     with torch.device("meta"):
         model = cls(config)
+    check_num_parameters(model, f"{source}/{CONFIG_NAME}")
     entries = verify(entries, model.state_dict(), source=source, strict=strict)
     model = materialize(
         model, entries, device=torch.device(device or "cpu"), dtype=dtype or common_dtype(entries)
@@ -283,6 +290,6 @@ def sources_from_metadata(metadata: Mapping[str, str]) -> list[dict]:
     """Provenance saved by :func:`pali.hub.save.save_pretrained` (safetensors metadata)."""
     try:
         sources = json.loads(metadata.get(SOURCES_KEY, "[]"))
-    except json.JSONDecodeError:
+    except (ValueError, TypeError, RecursionError):  # provenance is informative only: drop it when corrupt
         return []
     return sources if isinstance(sources, list) else []
