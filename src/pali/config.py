@@ -138,6 +138,8 @@ class TextConfig(Config):
 def _tower_from_dict(data: Any, registry_getter, what: str) -> Config:
     if not isinstance(data, dict) or "kind" not in data:
         raise ConfigError(f"PaliConfig.{what} must be an object with a 'kind' field")
+    if not isinstance(data["kind"], str):
+        raise ConfigError(f"PaliConfig.{what}.kind must be a string, got {data['kind']!r}")
     try:
         module_cls = registry_getter(data["kind"])
     except RegistryError as e:

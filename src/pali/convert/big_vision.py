@@ -112,6 +112,8 @@ class NpzFile:
             archive = path.stat().st_size
             self.shapes = {info.filename[:-4]: self._header(info, archive) for info in self.zip.infolist()
                            if info.filename.endswith(".npy")}
+        except CheckpointError:
+            raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError,
                 RuntimeError, UnicodeDecodeError, struct.error, zlib.error) as e:
             raise CheckpointError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
@@ -125,9 +127,14 @@ class NpzFile:
                 f"{what}: claims {info.file_size} bytes from {info.compress_size} compressed in a {archive}-byte file"
             )
         with self.zip.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(f)
+            try:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error):
+                raise
+            except Exception as e:  # numpy parses the header with tokenize + ast: any error means corrupt
+                raise CheckpointError(f"{what}: corrupt npy header ({type(e).__name__}: {e})") from None
             offset = f.tell()
         if dtype.hasobject or dtype.shape or dtype.str[1:] not in WEIGHT_DTYPES:
             raise CheckpointError(f"{what}: dtype {dtype} is not a weight (numeric, or V2 for bfloat16)")
