@@ -4,6 +4,7 @@
 >>> model = PaliModel.from_preset("pali-tiny")
 """
 
+from . import bundled  # noqa: F401  (bundled models and sample images: pali.bundled.SAMPLES)
 from . import text as _text  # noqa: F401  (registers the built-in towers)
 from . import vision as _vision  # noqa: F401
 from . import heads as _heads  # noqa: F401  (built-in heads, registered before any plugin is read)

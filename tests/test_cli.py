@@ -1,0 +1,89 @@
+"""The ``pali`` command: every subcommand on the bundled model, and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pali import bundled
+from pali.cli import main
+
+SCENE = bundled.SAMPLES / "shapes3.png"
+WORD = bundled.SAMPLES / "word1.png"
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_presets(capsys):
+    code, out, _ = run(capsys, "presets", "--family", "pali")
+    assert code == 0 and "pali-3b" in out and "3,074,058,624" in out
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_caption(capsys, lang):
+    code, out, _ = run(capsys, "caption", SCENE, "--lang", lang)
+    sample = json.loads((bundled.SAMPLES / "samples.json").read_text())[2]["shapes"][0]
+    assert code == 0
+    if lang == "en":
+        assert out.strip() == f"a {sample['color']} {sample['kind']}"
+    else:
+        assert out.strip()
+
+
+def test_vqa_ocr_detect_classify(capsys, tmp_path):
+    code, out, _ = run(capsys, "vqa", SCENE, "how many shapes are there?")
+    assert code == 0 and out.strip() == "1"
+    code, out, _ = run(capsys, "ocr", WORD)
+    assert code == 0 and out.strip() == "pali"
+    drawing = tmp_path / "boxes.png"
+    code, out, _ = run(capsys, "detect", SCENE, "triangle", "--draw", drawing)
+    assert code == 0 and out.startswith("triangle\t")
+    assert Image.open(drawing).size == (256, 256)
+    code, out, _ = run(capsys, "classify", SCENE, "--labels", "blue triangle,red circle,green square",
+                       "--template", "a {label}")
+    assert code == 0 and out.splitlines()[0].endswith("blue triangle")
+
+
+def test_errors_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch):
+    code, _, err = run(capsys, "caption", tmp_path / "missing.png")
+    assert code == 2 and "missing.png: no such image file" in err
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    code, _, err = run(capsys, "caption", bad)
+    assert code == 2 and "not a readable image" in err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run(capsys, "caption", SCENE, "--model", "nobody/no-such-model")
+    assert code == 2 and "no-such-model" in err and "Traceback" not in err
+    code, _, err = run(capsys, "caption", SCENE, "--model", tmp_path)
+    assert code == 2 and "config.json" in err
+
+
+@pytest.mark.parametrize("command", ["demo", "caption", "vqa", "ocr", "detect", "classify", "presets", "convert"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0 and "usage: pali" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """The README's main job, as a user runs it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "pali.cli", "demo", "--out", "demo.png"], cwd=tmp_path,
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in ("caption [en]", "caption [zh]", "caption [hi]", "vqa [fr]", "detect", "ocr", "classify",
+                     "wrote demo.png"):
+        assert expected in out
+    image = Image.open(Path(tmp_path) / "demo.png")
+    image.load()
+    assert image.width > image.height > 0
