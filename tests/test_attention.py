@@ -44,7 +44,7 @@ def test_sdpa_matches_reference_with_grads(causal, bidirectional, q_offset, lq, 
 
 
 def test_padding_never_builds_a_batch_by_heads_mask(monkeypatch):
-    """SDPA must receive at most a [1, H, Lq, Lk] bias, whatever the padding."""
+    """SDPA receives at most a [1, H, Lq, Lk] bias, or [B, 1, 1, Lk] padding when there is no bias."""
     import torch.nn.functional as F
 
     seen = []
@@ -59,7 +59,8 @@ def test_padding_never_builds_a_batch_by_heads_mask(monkeypatch):
     mask = torch.ones(4, 9, dtype=torch.bool)
     mask[2, 4:] = False
     attend(q, k, v, backend="sdpa", scale=1.0, bias=RelativeBias(table, True), key_padding_mask=mask)
-    assert seen == [(1, 3, 9, 9)]
+    attend(q[:, :, :1], k, v, backend="sdpa", scale=1.0, key_padding_mask=mask)  # cross-attention step
+    assert seen == [(1, 3, 9, 9), (4, 1, 1, 9)]
 
 
 def test_bucket_function_matches_transformers():

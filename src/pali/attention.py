@@ -136,11 +136,18 @@ def _sdpa(q, k, v, *, scale, causal, bias, q_offset, key_padding_mask):
     # Skipping an all-True mask is an eager shortcut; a compiled graph keeps the (exact) feature
     # rather than branching on data.
     if key_padding_mask is not None and (torch.compiler.is_compiling() or not bool(key_padding_mask.all())):
-        # SDPA takes one additive mask; adding [B,1,1,Lk] padding to a [1,H,Lq,Lk] bias would
-        # materialize [B,H,Lq,Lk]. Instead append one feature to every head: 1 in the queries and
-        # 0 (attend) or a huge negative (padded) in the keys, so q.k gains exactly the padding
-        # term. This costs one extra (aligned) feature column, O(B*H*L*D), not O(B*H*L^2).
-        q, k = _append_padding_feature(q, k, key_padding_mask, neg)
+        if mask is None:
+            # Nothing to keep apart (cross-attention, ViT): the padding alone is a [B,1,1,Lk]
+            # additive mask, O(B*Lk).
+            mask = torch.zeros(q.shape[0], 1, 1, lk, dtype=q.dtype, device=q.device).masked_fill(
+                ~key_padding_mask.bool()[:, None, None, :], neg
+            )
+        else:
+            # SDPA takes one additive mask; adding [B,1,1,Lk] padding to a [1,H,Lq,Lk] bias would
+            # materialize [B,H,Lq,Lk]. Instead append one feature to every head: 1 in the queries
+            # and 0 (attend) or a huge negative (padded) in the keys, so q.k gains exactly the
+            # padding term. This costs one extra (aligned) feature column, O(B*H*L*D), not O(B*H*L^2).
+            q, k = _append_padding_feature(q, k, key_padding_mask, neg)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
 
 
