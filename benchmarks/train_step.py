@@ -3,8 +3,8 @@
 One step = forward + backward + AdamW update, PaLI's default recipe (vision tower frozen; the
 projection and mT5 train), fp32 on CPU, for a SigLIP-B/14 + mT5-small shape (vocab 250112) at
 224 px (256 visual tokens) and 588 px (1764 visual tokens). Each (implementation, resolution)
-runs in its own subprocess so its peak memory is its own: reported as the growth of the process's
-max RSS from the built model to the end of the steps (activations, gradients, AdamW states).
+runs in its own subprocess so its peak memory is its own: reported as the process's peak RSS
+minus its RSS once the model is built (activations, gradients, AdamW states).
 Subprocesses alternate ours / transformers, round after round, and medians are reported.
 
     python benchmarks/train_step.py            # full size
@@ -14,6 +14,7 @@ Subprocesses alternate ours / transformers, round after round, and medians are r
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import statistics
@@ -39,8 +40,18 @@ def _sizes(quick: bool, image_size: int) -> dict:
     return dict(base, vision=vision)
 
 
-def _rss_mb() -> float:
+def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _current_rss_mb() -> float:
+    """Resident memory now: the baseline. (The max RSS at that point would include the build's
+    freed temporaries, e.g. transformers' replaced lm_head, and hide part of the training peak.)"""
+    gc.collect()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit("needs Linux /proc/self/status")
 
 
 def _batch(sizes: dict, batch: int):
@@ -78,7 +89,7 @@ def child(impl: str, quick: bool, image_size: int, steps: int) -> dict:
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = _batch(sizes, BATCH[image_size])
-    rss_built = _rss_mb()
+    rss_built = _current_rss_mb()
     times = []
     for i in range(steps + 1):  # step 0 warms up (allocates the AdamW states)
         start = time.perf_counter()
@@ -88,7 +99,7 @@ def child(impl: str, quick: bool, image_size: int, steps: int) -> dict:
         opt.step()
         if i:
             times.append(time.perf_counter() - start)
-    return dict(step_s=statistics.median(times), peak_mb=_rss_mb() - rss_built, loss=loss.item())
+    return dict(step_s=statistics.median(times), peak_mb=_max_rss_mb() - rss_built, loss=loss.item())
 
 
 def main(argv=None) -> None:
@@ -104,7 +115,7 @@ def main(argv=None) -> None:
         return
     rounds = args.rounds or (1 if args.quick else 2)
     print(f"torch {torch.__version__}, fp32 CPU, vision frozen, AdamW; medians over {rounds} round(s) x {steps} "
-          f"step(s); memory = max-RSS growth after the model is built")
+          f"step(s); memory = peak RSS minus RSS of the built model")
     print(f"{'image':>6}{'batch':>6}{'ours s/step':>13}{'hf s/step':>11}{'speed':>8}{'ours MB':>10}{'hf MB':>9}"
           f"{'mem ratio':>11}")
     for size in RESOLUTIONS["quick" if args.quick else "full"]:
