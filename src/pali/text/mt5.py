@@ -220,11 +220,6 @@ class DecoderState:
     enc_mask: torch.Tensor | None
     cache: KVCache
 
-    def reorder(self, index: torch.Tensor) -> None:
-        self.cross_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross_kv]
-        self.enc_mask = None if self.enc_mask is None else self.enc_mask.index_select(0, index)
-        self.cache.reorder(index)
-
 
 class Stack(nn.Module):
     """The layers of the encoder or decoder with their shared bias table and final norm."""
