@@ -31,9 +31,12 @@ from pali.text.mt5 import MT5
 
 _CONVERT = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
     import pali.checkpoint
+
+    # A worker of pytest-xdist ignores SIGINT and its children inherit that: restore Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pali.convert import convert_t5x
 
     add = pali.checkpoint._Shard.add
