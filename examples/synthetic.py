@@ -132,7 +132,7 @@ def random_scene(rng: random.Random, size: int = IMAGE_SIZE) -> tuple[Image.Imag
     kinds = rng.sample(SHAPES, count)
     shapes: list[Shape] = []
     while len(shapes) < count:
-        side = rng.randint(size // 4, size // 2 - 4)
+        side = rng.randint(size // 5, size // 2 - 4)
         x0, y0 = rng.randint(0, size - side), rng.randint(0, size - side)
         box = (x0, y0, x0 + side, y0 + side)
         # Keep shapes apart horizontally so "left" and "right" are unambiguous.
