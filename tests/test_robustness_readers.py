@@ -381,3 +381,42 @@ def test_oversize_claims_fail_under_an_address_space_limit(tmp_path):
     assert result.stdout.split("\n")[:4] == [
         "zarr ok CheckpointError", "npz ok CheckpointError", "safetensors ok CheckpointError", "config ok ConfigError",
     ]
+
+
+@pytest.mark.parametrize("compressor", ["gzip", "zstd"])
+def test_decompression_bomb_chunk_stops_at_the_chunk_size(tmp_path, compressor):
+    import gzip
+
+    import zstandard
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".zarray").write_text(json.dumps(
+        {"zarr_format": 2, "shape": [1 << 18], "chunks": [1 << 18], "dtype": "<f4", "compressor": {"id": compressor},
+         "fill_value": 0, "order": "C", "filters": None}))
+    zeros = bytes(256 << 20)  # 256 MiB of zeros compresses to a few hundred KB
+    bomb = gzip.compress(zeros, 9) if compressor == "gzip" else zstandard.ZstdCompressor(level=19).compress(zeros)
+    del zeros
+    (tmp_path / "a" / "0").write_bytes(bomb)
+    # The bomb passes the file-size check (a 1 MiB chunk); decompression must stop at 1 MiB.
+    with pytest.raises(PaliError, match=r"chunk holds 1048577 bytes, expected 1048576"):
+        _bounded_raise(lambda: ZarrArray.open(tmp_path, "a").read())
+
+
+def _bounded_raise(run) -> None:
+    tracemalloc.start()
+    try:
+        run()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < MEMORY_BOUND, f"peak {peak} bytes"
+
+
+def test_bin_file_entries_must_be_named_tensors(tmp_path):
+    from pali.convert import read_hf
+
+    model = hf_siglip()
+    (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))
+    torch.save({"vision_model.post_layernorm.weight": 1, 3: torch.zeros(2)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(PaliError, match="are not named tensors"):
+        read_hf(tmp_path)
