@@ -197,12 +197,20 @@ def test_float16_survives_t5_overflow():
         (dict(input_ids=torch.ones(1, 3)), "integer"),
         (dict(input_ids=torch.ones(1, 3, dtype=torch.long), attention_mask=torch.ones(1, 4)), "attention_mask"),
         (dict(), "pixel_values, input_ids or both"),
+        (dict(pixel_values=torch.full((1, 3, 32, 32), float("nan"))), "NaN"),
+        (dict(input_ids=torch.ones(1, 3, dtype=torch.long), attention_mask=torch.full((1, 3), 0.5)), "0/1"),
     ],
 )
 def test_bad_inputs_are_named(kwargs, message):
     model = PaliModel.from_preset("pali-tiny")
     with pytest.raises(InputError, match=message):
         model(**kwargs, labels=torch.tensor([[1]]))
+
+
+def test_out_of_vocabulary_labels_are_named():
+    model = PaliModel.from_preset("pali-tiny")
+    with pytest.raises(InputError, match="labels must be ids"):
+        model(input_ids=torch.ones(1, 3, dtype=torch.long), labels=torch.tensor([[5, 999]]))
 
 
 def test_bad_generation_arguments():

@@ -132,6 +132,8 @@ class PaliModel(PretrainedMixin, nn.Module):
             parts.append(self.text.embed_tokens(input_ids))
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+            elif not torch.compiler.is_compiling() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+                raise InputError("attention_mask must hold only 0/1 (or False/True)")
             masks.append(attention_mask.bool())
         dtype = self.text.embed.weight.dtype
         embeds = torch.cat([p.to(dtype) for p in parts], dim=1)
@@ -154,6 +156,9 @@ class PaliModel(PretrainedMixin, nn.Module):
         if decoder_input_ids is None:
             if labels is None:
                 raise InputError("forward needs labels or decoder_input_ids")
+            valid = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < cfg.vocab_size))
+            if not torch.compiler.is_compiling() and not bool(valid.all()):
+                raise InputError(f"labels must be ids in [0, {cfg.vocab_size}) or {IGNORE_INDEX} (ignored)")
             decoder_input_ids = shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id)
         encoder_hidden, mask = self.encode(pixel_values, input_ids, attention_mask)
         if decoder_input_ids.shape[0] != encoder_hidden.shape[0]:

@@ -137,6 +137,8 @@ class ViT(nn.Module):
             )
         if not pixel_values.is_floating_point():
             raise InputError(f"pixel_values must be a float tensor scaled to [-1, 1], got {pixel_values.dtype}")
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(pixel_values).all()):
+            raise InputError("pixel_values holds NaN or infinite values")
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.check_input(pixel_values)
