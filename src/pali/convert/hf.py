@@ -126,26 +126,29 @@ def _vision_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return config.get("vision_config") or config
 
 
-def _activation(config: Mapping[str, Any]) -> str:
-    act = config.get("hidden_act", "gelu_pytorch_tanh")
+def _activation(act: str) -> str:
     if act not in _ACTIVATIONS:
         raise CheckpointError(f"unsupported vision activation {act!r}; known: {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[act]
 
 
-def siglip_vision_config(config: Mapping[str, Any]) -> ViTConfig:
-    """Our ViTConfig for a HF ``SiglipVisionConfig`` (or two-tower ``SiglipConfig``) dict."""
-    c = _vision_section(config)
-    return ViTConfig(
+def _vit_fields(c: Mapping[str, Any], *, patch: int, act: str, eps: float) -> dict[str, Any]:
+    """The ViTConfig fields every HF vision config spells the same way (with its own defaults)."""
+    return dict(
         image_size=c.get("image_size", 224),
-        patch_size=c.get("patch_size", 16),
+        patch_size=c.get("patch_size", patch),
         hidden_size=c.get("hidden_size", 768),
         depth=c.get("num_hidden_layers", 12),
         mlp_dim=c.get("intermediate_size", 3072),
         num_heads=c.get("num_attention_heads", 12),
-        act=_activation(c),
-        norm_eps=c.get("layer_norm_eps", 1e-6),
+        act=_activation(c.get("hidden_act", act)),
+        norm_eps=c.get("layer_norm_eps", eps),
     )
+
+
+def siglip_vision_config(config: Mapping[str, Any]) -> ViTConfig:
+    """Our ViTConfig for a HF ``SiglipVisionConfig`` (or two-tower ``SiglipConfig``) dict."""
+    return ViTConfig(**_vit_fields(_vision_section(config), patch=16, act="gelu_pytorch_tanh", eps=1e-6))
 
 
 def clip_vision_config(config: Mapping[str, Any]) -> ViTConfig:
@@ -154,20 +157,8 @@ def clip_vision_config(config: Mapping[str, Any]) -> ViTConfig:
     HF's ``last_hidden_state`` is taken before ``post_layernorm``; OpenCLIP applies that norm to
     every token before pooling, and so do we (``final_norm``), which is what PaLI-style use wants.
     """
-    c = _vision_section(config)
-    return ViTConfig(
-        image_size=c.get("image_size", 224),
-        patch_size=c.get("patch_size", 32),
-        hidden_size=c.get("hidden_size", 768),
-        depth=c.get("num_hidden_layers", 12),
-        mlp_dim=c.get("intermediate_size", 3072),
-        num_heads=c.get("num_attention_heads", 12),
-        act=_activation({"hidden_act": c.get("hidden_act", "quick_gelu")}),
-        norm_eps=c.get("layer_norm_eps", 1e-5),
-        patch_bias=False,
-        class_token=True,
-        pre_norm=True,
-    )
+    fields = _vit_fields(_vision_section(config), patch=32, act="quick_gelu", eps=1e-5)
+    return ViTConfig(**fields, patch_bias=False, class_token=True, pre_norm=True)
 
 
 def hf_vit_config(config: Mapping[str, Any]) -> ViTConfig:
@@ -178,18 +169,8 @@ def hf_vit_config(config: Mapping[str, Any]) -> ViTConfig:
     """
     if config.get("num_channels", 3) != 3:
         raise CheckpointError(f"HF ViT with num_channels={config['num_channels']}: only RGB (3) is supported")
-    return ViTConfig(
-        image_size=config.get("image_size", 224),
-        patch_size=config.get("patch_size", 16),
-        hidden_size=config.get("hidden_size", 768),
-        depth=config.get("num_hidden_layers", 12),
-        mlp_dim=config.get("intermediate_size", 3072),
-        num_heads=config.get("num_attention_heads", 12),
-        act=_activation({"hidden_act": config.get("hidden_act", "gelu")}),
-        norm_eps=config.get("layer_norm_eps", 1e-12),
-        qkv_bias=config.get("qkv_bias", True),
-        class_token=True,
-    )
+    fields = _vit_fields(config, patch=16, act="gelu", eps=1e-12)
+    return ViTConfig(**fields, qkv_bias=config.get("qkv_bias", True), class_token=True)
 
 
 def mt5_config(config: Mapping[str, Any]) -> MT5Config:
