@@ -225,6 +225,7 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
     _remove_stale_siblings(target)
     tag = f"{socket.gethostname()}-{os.getpid()}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{tag}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 is for the scratch phase only
     try:
         yield tmp
         if target.exists():
@@ -235,6 +236,13 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it; set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 _RENAME_EXCHANGE = 2

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..checkpoint import current_umask
 from ..errors import InputError
 
 DEFAULT_MODEL = "pali-demo"
@@ -50,6 +51,7 @@ def save_png(image, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG")
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 is for the scratch file only
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
