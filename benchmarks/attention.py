@@ -280,10 +280,10 @@ def bench_peer(build: Callable[[Shape, dict], Runner], shape: Shape, dtype: torc
         torch.cuda.empty_cache()
 
 
-def report(shape: Shape, dtype: torch.dtype, reps: int) -> None:
+def report(shape: Shape, dtype: torch.dtype, reps: int, peers: list[str]) -> None:
     print(f"\n== {shape.name}: B={shape.batch} H={shape.heads} Lq={shape.lq} Lk={shape.lk} "
           f"D={shape.head_dim} bias={shape.bias} causal={shape.causal} padded={shape.padded} {dtype}")
-    results = {name: bench_peer(build, shape, dtype, reps) for name, build in PEERS.items()}
+    results = {name: bench_peer(PEERS[name], shape, dtype, reps) for name in peers}
     base = results["triton"]
     print(f"  {'peer':<11} {'fwd ms':>9} {'TFLOP/s':>8} {'fwd+bwd ms':>11} {'TFLOP/s':>8} "
           f"{'fwd x':>7} {'f+b x':>7}   (x = peer time / triton time)")
@@ -302,7 +302,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="correctness checks only")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--reps", type=int, default=10, help="timed runs per measurement")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help="comma-separated peers to time (triton always runs: ratios are against it)")
+    parser.add_argument("--no-check", dest="run_checks", action="store_false",
+                        help="skip the correctness checks (when an earlier run did them)")
     args = parser.parse_args(argv)
+    peers = ["triton"] + [p for p in args.peers.split(",") if p and p != "triton"]
+    unknown = set(peers) - set(PEERS)
+    if unknown:
+        parser.error(f"unknown peers {sorted(unknown)}; choose from {list(PEERS)}")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
 
     on_gpu = torch.cuda.is_available()
@@ -313,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         # The interpreter's 16-bit arithmetic is unreliable and slow: check fp32 and fp16 tiny.
         print("no CUDA: correctness checks only, Triton interpreter, tiny shapes")
     checked = set()
-    for shape in SHAPES:
+    for shape in SHAPES if args.run_checks else ():
         shape = shape if on_gpu else shape.tiny()
         if replace(shape, name="") in checked:  # the tiny versions of the encoder shapes coincide
             continue
@@ -322,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             errors = check(shape, check_dtype, device)
             print(f"check ok  {shape.name:<24} {str(check_dtype):<15} "
                   + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
-    print("all checks passed")
+    print("all checks passed" if args.run_checks else "checks skipped (--no-check)")
     if args.check or not on_gpu:
         return 0
 
@@ -331,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"triton {triton.__version__}; TFLOP/s count fwd as 4*B*H*Lq*Lk*D (halved when causal), "
           "fwd+bwd as 3.5x that")
     for shape in SHAPES:
-        report(shape, dtype, args.reps)
+        report(shape, dtype, args.reps, peers)
     return 0
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One-shot GPU validation of the fused attention kernels, for a session that has a CUDA device:
-# installs the package, runs the GPU-marked kernel tests, then the attention benchmark.
-# Output goes to $OUT/ when OUT is set (else ./gpu_check_out/). Exit status: first failure.
+# One-shot GPU validation for a session that has a CUDA device: installs the package, runs the
+# GPU-marked tests (kernels alone and the whole model on them), the attention benchmark (Triton
+# vs SDPA first, FlexAttention's compile-heavy pass last) and the generation benchmark on CUDA.
+# Each stage has its own time limit so a slow one cannot starve the rest; output goes to $OUT/
+# when OUT is set (else ./gpu_check_out/). Exit status: 1 if any stage failed or timed out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-gpu_check_out}"
@@ -9,19 +11,27 @@ mkdir -p "$out_dir"
 unset TRITON_INTERPRET  # the real compiler, not the CPU interpreter
 
 status=0
+stage() {  # stage NAME SECONDS COMMAND...: run with a limit, tee to $out_dir/NAME.txt
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit}s): $*" | tee "$out_dir/$name.txt"
+  timeout "$limit" "$@" 2>&1 | tee -a "$out_dir/$name.txt"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name exit $rc" | tee -a "$out_dir/$name.txt"
+  [ "$rc" -eq 0 ] || status=1
+}
+
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
-  python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  python -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+  pip install --no-deps -e . 2>&1 | tail -n 1
 } 2>&1 | tee "$out_dir/env.txt"
 
-pip install --no-deps -e . 2>&1 | tail -n 2 | tee "$out_dir/install.txt"
-
-python -m pytest -m gpu tests/test_kernels.py -q -rs 2>&1 | tee "$out_dir/pytest_gpu.txt"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-
-python benchmarks/attention.py --dtype bf16 2>&1 | tee "$out_dir/bench_attention_bf16.txt"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+stage pytest_gpu "${PYTEST_LIMIT:-180}" python -m pytest -m gpu tests/test_kernels.py tests/test_attention.py -q -rs -p no:cacheprovider
+stage bench_attention "${ATTN_LIMIT:-120}" python benchmarks/attention.py --dtype bf16 --peers sdpa_mem,sdpa_math,sdpa_flash
+stage bench_generate "${GEN_LIMIT:-90}" python benchmarks/generate.py --device cuda --reps 5
+stage bench_attention_flex "${FLEX_LIMIT:-90}" python benchmarks/attention.py --dtype bf16 --no-check --peers flex
 
 echo "gpu_check status: $status" | tee "$out_dir/status.txt"
 exit "$status"

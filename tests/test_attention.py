@@ -102,3 +102,39 @@ def test_model_runs_on_the_fused_kernels():
         assert (results["triton"][1][name] - grad).abs().max() < 1e-4, name
     tokens = model.set_attention_backend("triton").generate(px, ids, mask, max_new_tokens=4, num_beams=2)
     assert torch.equal(tokens, model.set_attention_backend("eager").generate(px, ids, mask, max_new_tokens=4, num_beams=2))
+
+
+@pytest.mark.gpu
+def test_model_on_gpu_kernels_matches_sdpa():
+    """On CUDA, the whole model on the compiled kernels gives SDPA's logits, gradients and beams."""
+    from pali import MT5Config, PaliConfig, PaliModel, ViTConfig
+
+    torch.manual_seed(0)
+    config = PaliConfig(
+        vision=ViTConfig(image_size=112, patch_size=14, hidden_size=256, depth=2, mlp_dim=512, num_heads=4),
+        text=MT5Config(vocab_size=512, d_model=256, d_ff=512, num_heads=4, d_kv=64,
+                       num_encoder_layers=2, num_decoder_layers=2),
+    )
+    model = PaliModel(config).cuda().eval()
+    px = torch.randn(3, 3, 112, 112, device="cuda")
+    ids = torch.randint(2, 512, (3, 40), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1, 25:] = 0
+    mask[2, 7:] = 0
+    labels = torch.randint(2, 512, (3, 20), device="cuda")
+    results = {}
+    for backend in ("sdpa", "triton"):
+        model.zero_grad()
+        out = model.set_attention_backend(backend)(px, ids, mask, labels=labels)
+        out.loss.backward()
+        results[backend] = (out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert (results["triton"][0] - results["sdpa"][0]).abs().max() < 1e-3
+    for name, grad in results["sdpa"][1].items():
+        assert (results["triton"][1][name] - grad).abs().max() <= 1e-3 * max(1.0, grad.abs().max().item()), name
+    kwargs = dict(max_new_tokens=12, num_beams=3)
+    with torch.no_grad():
+        beams = model.set_attention_backend("triton").generate(px, ids, mask, **kwargs)
+        assert torch.equal(beams, model.set_attention_backend("sdpa").generate(px, ids, mask, **kwargs))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            fast = model.set_attention_backend("triton")(px, ids, mask, labels=labels).logits.float()
+    assert (fast - results["sdpa"][0]).abs().max() < 0.1 * results["sdpa"][0].abs().max()
