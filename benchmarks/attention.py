@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=10, help="timed runs per measurement")
     parser.add_argument("--peers", default=",".join(PEERS),
                         help="comma-separated peers to time (triton always runs: ratios are against it)")
+    parser.add_argument("--shapes", default="", help="comma-separated shape names to run (default: all)")
     parser.add_argument("--no-check", dest="run_checks", action="store_false",
                         help="skip the correctness checks (when an earlier run did them)")
     args = parser.parse_args(argv)
@@ -311,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(peers) - set(PEERS)
     if unknown:
         parser.error(f"unknown peers {sorted(unknown)}; choose from {list(PEERS)}")
+    wanted = [n for n in args.shapes.split(",") if n]
+    unknown = set(wanted) - {s.name for s in SHAPES}
+    if unknown:
+        parser.error(f"unknown shapes {sorted(unknown)}; choose from {[s.name for s in SHAPES]}")
+    shapes = [s for s in SHAPES if not wanted or s.name in wanted]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
 
     on_gpu = torch.cuda.is_available()
@@ -321,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         # The interpreter's 16-bit arithmetic is unreliable and slow: check fp32 and fp16 tiny.
         print("no CUDA: correctness checks only, Triton interpreter, tiny shapes")
     checked = set()
-    for shape in SHAPES if args.run_checks else ():
+    for shape in shapes if args.run_checks else ():
         shape = shape if on_gpu else shape.tiny()
         if replace(shape, name="") in checked:  # the tiny versions of the encoder shapes coincide
             continue
@@ -338,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"triton {triton.__version__}; TFLOP/s count fwd as 4*B*H*Lq*Lk*D (halved when causal), "
           "fwd+bwd as 3.5x that")
-    for shape in SHAPES:
+    for shape in shapes:
         report(shape, dtype, args.reps, peers)
     return 0
 

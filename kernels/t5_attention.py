@@ -110,15 +110,39 @@ def _store_tile(base, bh, tile, offs_l, L, offs_d, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def _scores(q, k, offs_m, offs_n, b, h, LQ, LK, Q_OFFSET, scale, log_ratio, TABLE, KPM, stride_kpm,
+def _far_bucket(rel_lo, rel_hi, BIDIRECTIONAL: tl.constexpr, NUM_BUCKETS: tl.constexpr,
+                N_DIR: tl.constexpr, MAX_DISTANCE: tl.constexpr):
+    """The one bucket of a tile whose relative positions all lie in ``[rel_lo, rel_hi]``, or -1.
+
+    From ``max_distance`` on the T5 bucket saturates (the log term reaches its cap, and a rounding
+    of one ulp still truncates to the cap minus one, which ``min`` lifts back), and a
+    unidirectional table maps every non-negative position to bucket 0. Most tiles of a long
+    sequence lie entirely in such a region; they skip the per-entry log and table gather.
+    """
+    bucket = -1
+    if rel_hi <= -MAX_DISTANCE:
+        bucket = N_DIR - 1
+    if BIDIRECTIONAL:
+        if rel_lo >= MAX_DISTANCE:
+            bucket = NUM_BUCKETS - 1
+    else:
+        if rel_lo >= 0:
+            bucket = 0
+    return bucket
+
+
+@triton.jit
+def _scores(q, k, offs_m, offs_n, start_m, start_n, b, h, LQ, LK, Q_OFFSET, scale, log_ratio,
+            TABLE, KPM, stride_kpm,
             CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr,
             BIDIRECTIONAL: tl.constexpr, NUM_BUCKETS: tl.constexpr, N_DIR: tl.constexpr,
-            MAX_EXACT: tl.constexpr, PRECISION: tl.constexpr):
+            MAX_EXACT: tl.constexpr, MAX_DISTANCE: tl.constexpr, BLOCK_M: tl.constexpr,
+            BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Biased, masked scores ``q k^T * scale + bias`` in fp32 and the bucket of each entry.
 
-    Entries that may not be attended (out of range, causal, padded key) are ``-inf``; their
-    bucket is meaningless. Forward and both backward kernels go through here, so they agree on
-    every score.
+    ``offs_m``/``offs_n`` are ``start_m``/``start_n`` plus a block range. Entries that may not be
+    attended (out of range, causal, padded key) are ``-inf``; their bucket is meaningless. Forward
+    and both backward kernels go through here, so they agree on every score.
     """
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
     rel = offs_n[None, :] - (Q_OFFSET + offs_m)[:, None]
@@ -130,8 +154,15 @@ def _scores(q, k, offs_m, offs_n, b, h, LQ, LK, Q_OFFSET, scale, log_ratio, TABL
         valid = valid & (keep != 0)[None, :]
     bucket = rel
     if HAS_BIAS:
-        bucket = t5_bucket(rel, log_ratio, BIDIRECTIONAL, N_DIR, MAX_EXACT)
-        s += tl.load(TABLE + h * NUM_BUCKETS + bucket, mask=valid, other=0.0).to(tl.float32)
+        far = _far_bucket(start_n - (Q_OFFSET + start_m + BLOCK_M - 1),
+                          start_n + BLOCK_N - 1 - (Q_OFFSET + start_m),
+                          BIDIRECTIONAL, NUM_BUCKETS, N_DIR, MAX_DISTANCE)
+        if far >= 0:
+            bucket = tl.zeros_like(rel) + far
+            s += tl.load(TABLE + h * NUM_BUCKETS + far).to(tl.float32)
+        else:
+            bucket = t5_bucket(rel, log_ratio, BIDIRECTIONAL, N_DIR, MAX_EXACT)
+            s += tl.load(TABLE + h * NUM_BUCKETS + bucket, mask=valid, other=0.0).to(tl.float32)
     return tl.where(valid, s, float("-inf")), bucket
 
 
@@ -145,12 +176,13 @@ def _fwd_kernel(Q, K, V, O, LSE, TABLE, KPM,
                 stride_qb, stride_qh, stride_qm, stride_qd,
                 stride_kb, stride_kh, stride_kn, stride_kd,
                 stride_vb, stride_vh, stride_vn, stride_vd,
-                stride_kpm, H, LQ, LK, Q_OFFSET, scale, log_ratio,
+                stride_kpm, H, LQ, LK, Q_OFFSET, scale, log_ratio, LQ_KEY, LK_KEY,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr,
                 BIDIRECTIONAL: tl.constexpr, NUM_BUCKETS: tl.constexpr, N_DIR: tl.constexpr,
-                MAX_EXACT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+                MAX_EXACT: tl.constexpr, MAX_DISTANCE: tl.constexpr, UPCAST: tl.constexpr,
+                PRECISION: tl.constexpr):
     """One program: ``BLOCK_M`` queries of one (batch, head), streaming all visible keys."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -173,9 +205,9 @@ def _fwd_kernel(Q, K, V, O, LSE, TABLE, KPM,
                        HEAD_DIM, UPCAST)
         v = _load_tile(V, b, h, stride_vb, stride_vh, stride_vn, stride_vd, offs_n, LK, offs_d,
                        HEAD_DIM, UPCAST)
-        s, _ = _scores(q, k, offs_m, offs_n, b, h, LQ, LK, Q_OFFSET, scale, log_ratio, TABLE, KPM,
-                       stride_kpm, CAUSAL, HAS_BIAS, HAS_KPM, BIDIRECTIONAL, NUM_BUCKETS, N_DIR,
-                       MAX_EXACT, PRECISION)
+        s, _ = _scores(q, k, offs_m, offs_n, pid_m * BLOCK_M, start_n, b, h, LQ, LK, Q_OFFSET, scale,
+                       log_ratio, TABLE, KPM, stride_kpm, CAUSAL, HAS_BIAS, HAS_KPM, BIDIRECTIONAL,
+                       NUM_BUCKETS, N_DIR, MAX_EXACT, MAX_DISTANCE, BLOCK_M, BLOCK_N, PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # Rows that have seen only masked keys keep m = -inf; shift by 0 there to avoid inf - inf.
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -204,13 +236,13 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TABLE, KPM, DK, DV, DTAB,
                      stride_kb, stride_kh, stride_kn, stride_kd,
                      stride_vb, stride_vh, stride_vn, stride_vd,
                      stride_ob, stride_oh, stride_om, stride_od,
-                     stride_kpm, H, LQ, LK, Q_OFFSET, scale, log_ratio, DTAB_ROWS,
+                     stride_kpm, H, LQ, LK, Q_OFFSET, scale, log_ratio, LQ_KEY, LK_KEY, DTAB_ROWS,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr,
                      BIDIRECTIONAL: tl.constexpr, NUM_BUCKETS: tl.constexpr,
                      NUM_BUCKETS_POW2: tl.constexpr, N_DIR: tl.constexpr,
-                     MAX_EXACT: tl.constexpr, BIAS_GRAD: tl.constexpr,
+                     MAX_EXACT: tl.constexpr, MAX_DISTANCE: tl.constexpr, BIAS_GRAD: tl.constexpr,
                      UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """One program: ``BLOCK_N`` keys of one (batch, head), streaming the queries that see them.
 
@@ -245,9 +277,10 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TABLE, KPM, DK, DV, DTAB,
                         HEAD_DIM, UPCAST)
         lse = tl.load(LSE + bh.to(tl.int64) * LQ + offs_m, mask=offs_m < LQ, other=float("inf"))
         delta = tl.load(DELTA + bh.to(tl.int64) * LQ + offs_m, mask=offs_m < LQ, other=0.0)
-        s, bucket = _scores(q, k, offs_m, offs_n, b, h, LQ, LK, Q_OFFSET, scale, log_ratio, TABLE,
-                            KPM, stride_kpm, CAUSAL, HAS_BIAS, HAS_KPM, BIDIRECTIONAL, NUM_BUCKETS,
-                            N_DIR, MAX_EXACT, PRECISION)
+        s, bucket = _scores(q, k, offs_m, offs_n, start_m, pid_n * BLOCK_N, b, h, LQ, LK, Q_OFFSET,
+                            scale, log_ratio, TABLE, KPM, stride_kpm, CAUSAL, HAS_BIAS, HAS_KPM,
+                            BIDIRECTIONAL, NUM_BUCKETS, N_DIR, MAX_EXACT, MAX_DISTANCE, BLOCK_M,
+                            BLOCK_N, PRECISION)
         p = tl.exp(s - lse[:, None])
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -276,12 +309,13 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, TABLE, KPM, DQ,
                    stride_kb, stride_kh, stride_kn, stride_kd,
                    stride_vb, stride_vh, stride_vn, stride_vd,
                    stride_ob, stride_oh, stride_om, stride_od,
-                   stride_kpm, H, LQ, LK, Q_OFFSET, scale, log_ratio,
+                   stride_kpm, H, LQ, LK, Q_OFFSET, scale, log_ratio, LQ_KEY, LK_KEY,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr,
                    BIDIRECTIONAL: tl.constexpr, NUM_BUCKETS: tl.constexpr, N_DIR: tl.constexpr,
-                   MAX_EXACT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+                   MAX_EXACT: tl.constexpr, MAX_DISTANCE: tl.constexpr, UPCAST: tl.constexpr,
+                PRECISION: tl.constexpr):
     """One program: dQ for ``BLOCK_M`` queries of one (batch, head), streaming visible keys."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -305,9 +339,9 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, TABLE, KPM, DQ,
                        HEAD_DIM, UPCAST)
         v = _load_tile(V, b, h, stride_vb, stride_vh, stride_vn, stride_vd, offs_n, LK, offs_d,
                        HEAD_DIM, UPCAST)
-        s, _ = _scores(q, k, offs_m, offs_n, b, h, LQ, LK, Q_OFFSET, scale, log_ratio, TABLE, KPM,
-                       stride_kpm, CAUSAL, HAS_BIAS, HAS_KPM, BIDIRECTIONAL, NUM_BUCKETS, N_DIR,
-                       MAX_EXACT, PRECISION)
+        s, _ = _scores(q, k, offs_m, offs_n, pid_m * BLOCK_M, start_n, b, h, LQ, LK, Q_OFFSET, scale,
+                       log_ratio, TABLE, KPM, stride_kpm, CAUSAL, HAS_BIAS, HAS_KPM, BIDIRECTIONAL,
+                       NUM_BUCKETS, N_DIR, MAX_EXACT, MAX_DISTANCE, BLOCK_M, BLOCK_N, PRECISION)
         p = tl.exp(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
@@ -319,7 +353,10 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, TABLE, KPM, DQ,
 # Autotuning
 # --------------------------------------------------------------------------------------------
 
-_TUNE_KEY = ["LQ", "LK", "HEAD_DIM", "CAUSAL", "HAS_BIAS", "HAS_KPM"]
+# Lengths enter the key rounded up to a power of two (``LQ_KEY``/``LK_KEY``, unused by the kernel
+# bodies): keyed on exact lengths, every new padded batch length would re-run the benchmark of
+# every config, which in training with varied prompt lengths is a stall per batch.
+_TUNE_KEY = ["LQ_KEY", "LK_KEY", "HEAD_DIM", "CAUSAL", "HAS_BIAS", "HAS_KPM"]
 
 
 def _configs(gpu_choices: list[tuple[int, int, int, int]]) -> list[triton.Config]:
@@ -367,11 +404,13 @@ def _common_args(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor | None,
         "stride_kpm": key_mask.stride(0) if key_mask is not None else 0,
         "H": heads, "LQ": lq, "LK": k.shape[2], "Q_OFFSET": spec.q_offset,
         "scale": spec.scale, "log_ratio": consts.pop("log_ratio"),
+        "LQ_KEY": triton.next_power_of_2(lq), "LK_KEY": triton.next_power_of_2(k.shape[2]),
     }
     constexprs = {
         "HEAD_DIM": head_dim, "BLOCK_D": max(16, triton.next_power_of_2(head_dim)),
         "CAUSAL": spec.causal, "HAS_BIAS": table is not None, "HAS_KPM": key_mask is not None,
-        "BIDIRECTIONAL": spec.bidirectional, "NUM_BUCKETS": spec.num_buckets, **consts,
+        "BIDIRECTIONAL": spec.bidirectional, "NUM_BUCKETS": spec.num_buckets,
+        "MAX_DISTANCE": spec.max_distance, **consts,
         "UPCAST": _interpreting(), "PRECISION": _DOT_PRECISION[q.dtype],
     }
     return runtime, constexprs

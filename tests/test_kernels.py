@@ -87,6 +87,11 @@ CASES = {
     "padding_bool": dict(shape=(2, 2, 23, 41), bias=True, mask="bool"),
     "padding_lengths": dict(shape=(2, 2, 41, 41), bias=True, mask="lengths"),
     "far_positions": dict(shape=(1, 2, 20, 150), bias=True, q_offset=130, max_distance=64),
+    # Tiles wholly beyond max_distance take the one-bucket fast path; with the interpreter's 64x64
+    # blocks these put a tile edge exactly at +128 (q_offset=1) and -128 (q_offset=191).
+    "far_tiles_positive_edge": dict(shape=(1, 2, 64, 330), bias=True, q_offset=1),
+    "far_tiles_negative_edge": dict(shape=(1, 2, 30, 260), bias=True, q_offset=191, mask="lengths"),
+    "far_tiles_unidirectional": dict(shape=(1, 2, 40, 200), bias=True, bias_bidirectional=False),
     "decode": dict(shape=(2, 2, 1, 50), bias=True, causal=True, bias_bidirectional=False, q_offset=49),
     "decode_mid_cache": dict(shape=(1, 2, 1, 50), causal=True, bias=True, q_offset=30),
     "decode_batch_of_steps": dict(shape=(1, 2, 3, 40), causal=True, q_offset=37, mask="lengths"),
