@@ -38,10 +38,10 @@ if ! python -c "import pali.kernels" 2>/dev/null; then
   python -c "import pali.kernels" 2>&1 | tee -a "$out_dir/env.txt" || status=1
 fi
 
-stage pytest_gpu "${PYTEST_LIMIT:-180}" python -m pytest -m gpu tests/test_kernels.py tests/test_attention.py -q -rs -p no:cacheprovider
-stage bench_attention "${ATTN_LIMIT:-120}" python benchmarks/attention.py --dtype bf16 --peers sdpa_mem,sdpa_math,sdpa_flash
-stage bench_generate "${GEN_LIMIT:-90}" python benchmarks/generate.py --device cuda --reps 5
-stage bench_attention_flex "${FLEX_LIMIT:-90}" python benchmarks/attention.py --dtype bf16 --no-check --peers flex
+stage pytest_gpu "${PYTEST_LIMIT:-280}" python -m pytest -m gpu tests/test_kernels.py tests/test_attention.py -q -rs -p no:cacheprovider
+stage bench_attention "${ATTN_LIMIT:-140}" python benchmarks/attention.py --dtype bf16 --peers sdpa_mem,sdpa_math,sdpa_flash
+stage bench_generate "${GEN_LIMIT:-100}" python benchmarks/generate.py --device cuda --reps 5
+stage bench_attention_flex "${FLEX_LIMIT:-60}" python benchmarks/attention.py --dtype bf16 --no-check --peers flex
 
 echo "gpu_check status: $status" | tee "$out_dir/status.txt"
 exit "$status"
