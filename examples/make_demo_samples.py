@@ -1,4 +1,5 @@
-"""Write the sample images ``pali demo`` runs on (held-out seed, never seen in training).
+"""Write the sample images ``pali demo`` runs on (held-out seed, never seen in training), with
+the answers the synthetic world says are right, so the demo can score itself.
 
     python examples/make_demo_samples.py src/pali/bundled/samples
 """
@@ -14,6 +15,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synthetic  # noqa: E402
 
 
+def expected_answers(shapes: list[synthetic.Shape]) -> list[dict]:
+    """A caption per language, then colour questions about each shape and a count, in en and fr."""
+    answers = [{"task": "caption", "lang": lang, "answer": synthetic.caption(shapes, lang)} for lang in synthetic.LANGS]
+    for lang in ("en", "fr"):
+        for shape in shapes:
+            answers.append({"task": "vqa", "lang": lang, "question": synthetic.question("color", lang, shape),
+                            "answer": synthetic.COLOR_WORDS[lang][shape.color]})
+        answers.append({"task": "vqa", "lang": lang, "question": synthetic.question("count", lang),
+                        "answer": str(len(shapes))})
+    return answers
+
+
 def main(out: Path, seed: int = 2026) -> None:
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -25,7 +38,11 @@ def main(out: Path, seed: int = 2026) -> None:
             continue
         name = f"shapes{scenes + 1}.png"
         image.save(out / name)
-        samples.append({"file": name, "shapes": [{"kind": s.kind, "color": s.color, "box": list(s.box)} for s in shapes]})
+        samples.append({
+            "file": name,
+            "shapes": [{"kind": s.kind, "color": s.color, "box": list(s.box)} for s in shapes],
+            "answers": expected_answers(shapes),
+        })
         scenes += 1
     for i, word in enumerate(("pali", "lait")):
         name = f"word{i + 1}.png"

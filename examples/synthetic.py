@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 IMAGE_SIZE = 64
@@ -182,13 +183,48 @@ def make_example(rng: random.Random, task: str | None = None, lang: str | None =
     return Example(image, "vqa", lang, {"question": question(kind, lang)}, SHAPE_WORDS[lang][shape.kind], shapes)
 
 
+def patch_targets(example: Example, grid: int, size: int = IMAGE_SIZE) -> dict[str, np.ndarray]:
+    """Per-patch facts of a ``grid x grid`` patching, for pretraining the vision tower.
+
+    ``kind`` and ``color`` are 0 for background (or text) and 1 + the index into ``SHAPES`` /
+    ``COLORS`` where a shape covers more than a quarter of the patch; ``box`` holds that shape's
+    ``ymin xmin ymax xmax`` as fractions of the image side.
+    """
+    kind = np.zeros((grid, grid), np.int64)
+    color = np.zeros((grid, grid), np.int64)
+    box = np.zeros((grid, grid, 4), np.float32)
+    patch = size // grid
+    for shape in example.shapes:
+        canvas = Image.new("RGB", (size, size))
+        _draw_shape(ImageDraw.Draw(canvas), shape)
+        covered = (np.asarray(canvas).max(-1) > 0).reshape(grid, patch, grid, patch).mean((1, 3)) > 0.25
+        x0, y0, x1, y1 = shape.box
+        kind[covered] = 1 + SHAPES.index(shape.kind)
+        color[covered] = 1 + list(COLORS).index(shape.color)
+        box[covered] = np.array([y0, x0, y1, x1], np.float32) / size
+    return {"kind": kind, "color": color, "box": box}
+
+
+def scene_targets(example: Example, size: int = IMAGE_SIZE) -> dict[str, np.ndarray]:
+    """Whole-image facts per shape kind (present, colour, box), indexed like ``SHAPES``."""
+    present = np.zeros(len(SHAPES), np.float32)
+    color = np.zeros(len(SHAPES), np.int64)
+    box = np.zeros((len(SHAPES), 4), np.float32)
+    for shape in example.shapes:
+        i = SHAPES.index(shape.kind)
+        x0, y0, x1, y1 = shape.box
+        present[i], color[i] = 1.0, 1 + list(COLORS).index(shape.color)
+        box[i] = np.array([y0, x0, y1, x1], np.float32) / size
+    return {"present": present, "color": color, "box": box}
+
+
 def corpus() -> list[str]:
     """Every string the tasks can produce, for training the tokenizer's vocabulary."""
     texts = list(WORDS)
     for lang in LANGS:
         texts += COLOR_WORDS[lang].values()
         texts += SHAPE_WORDS[lang].values()
-        for kind, templates in _QUESTIONS.items():
+        for kind in _QUESTIONS:
             for shape in SHAPES:
                 texts.append(question(kind, lang, Shape(shape, "red", (0, 0, 1, 1))))
         for a in SHAPES:

@@ -19,17 +19,37 @@ sys.path.insert(0, str(EXAMPLES))
 def test_train_synthetic_smoke_run_learns(tmp_path):
     out = tmp_path / "model"
     subprocess.run(
-        [sys.executable, str(EXAMPLES / "train_synthetic.py"), "--steps", "40", "--batch-size", "16",
-         "--warmup", "5", "--eval-size", "2", "--log-every", "1", "--threads", "1", "--out", str(out)],
+        [sys.executable, str(EXAMPLES / "train_synthetic.py"), "--steps", "40", "--vision-steps", "5",
+         "--batch-size", "16", "--warmup", "5", "--eval-size", "2", "--log-every", "1", "--threads", "1", "--out", str(out)],
         check=True, capture_output=True, text=True, timeout=600,
     )
-    losses = [json.loads(line)["loss"] for line in (out / "loss_log.jsonl").read_text().splitlines()]
-    assert len(losses) == 40
+    log = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == ["vision"] * 5 + ["pali"] * 40
+    losses = [r["loss"] for r in log if r["stage"] == "pali"]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
     evaluation = json.loads((out / "evaluation.json").read_text())
-    assert evaluation["training"]["steps"] == 40 and "caption_zh" in evaluation["results"]
+    assert evaluation["training"]["steps"] == 40 and evaluation["training"]["vision_steps"] == 5
+    assert "caption_zh" in evaluation["results"]
     model = PaliModel.from_pretrained(out)  # saved with its processor, loadable as usual
     assert PaliProcessor.from_pretrained(out).tokenizer.vocab_size == model.config.text.vocab_size
+
+
+def test_vision_pretraining_targets():
+    """A square covering whole patches labels exactly those patches; the scene row carries its box."""
+    import synthetic
+
+    shape = synthetic.Shape("square", "blue", (16, 8, 32, 24))  # x 16..32, y 8..24: patches (1-2, 2-3)
+    example = synthetic.Example(None, "caption", "en", {}, "", [shape])
+    patch = synthetic.patch_targets(example, grid=8)
+    expected = {(1, 2), (1, 3), (2, 2), (2, 3)}
+    assert {tuple(ix) for ix in zip(*patch["kind"].nonzero())} == expected
+    assert (patch["kind"][1, 2], patch["color"][1, 2]) == (1 + synthetic.SHAPES.index("square"),
+                                                             1 + list(synthetic.COLORS).index("blue"))
+    assert patch["box"][2, 3].tolist() == [8 / 64, 16 / 64, 24 / 64, 32 / 64]
+    scene = synthetic.scene_targets(example)
+    row = synthetic.SHAPES.index("square")
+    assert scene["present"].tolist() == [float(i == row) for i in range(len(synthetic.SHAPES))]
+    assert scene["box"][row].tolist() == [8 / 64, 16 / 64, 24 / 64, 32 / 64]
 
 
 @pytest.mark.slow

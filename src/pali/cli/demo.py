@@ -1,7 +1,7 @@
 """``pali demo``: every head of the bundled model on the bundled sample images.
 
 The samples come from the same synthetic world the demo model was trained on (a held-out seed),
-so each answer is printed next to the truth.
+so each answer is printed next to the truth and a last line sums up how many were right.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ import argparse
 import json
 
 from .. import bundled
+from ..heads.detect import box_iou
 from .common import add_model_argument, draw_detections, load_pipeline, open_image, save_png
 
-CAPTION_LANGS = ("en", "fr", "de", "zh", "hi")
-QUESTIONS = {"en": "what color is the {shape}?", "fr": "de quelle couleur est le {shape} ?"}
-SHAPE_FR = {"circle": "cercle", "square": "carré", "triangle": "triangle"}
 COLORS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
 
@@ -35,34 +33,32 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
     samples = json.loads((bundled.SAMPLES / "samples.json").read_text())
     print(f"model {args.model}: {pipe.model.num_parameters():,} parameters\n")
+    score = Score()
     drawn = []
     for sample in samples:
         image = open_image(bundled.SAMPLES / sample["file"])
         print(f"{sample['file']}")
         if "word" in sample:
-            _show("ocr", pipe.ocr(image).text, sample["word"])
+            score.show("ocr", pipe.ocr(image).text, sample["word"])
             continue
+        for item in sample["answers"]:
+            if item["task"] == "caption":
+                score.show(f"caption [{item['lang']}]", pipe.caption(image, lang=item["lang"]).text, item["answer"])
+            else:
+                got = pipe.answer(image, item["question"], lang=item["lang"]).text
+                score.show(f"vqa [{item['lang']}] {item['question']}", got, item["answer"])
         shapes = sample["shapes"]
-        for lang in CAPTION_LANGS:
-            _show(f"caption [{lang}]", pipe.caption(image, lang=lang).text)
-        for shape in shapes:
-            _show(f"vqa [en] what color is the {shape['kind']}?",
-                  pipe.answer(image, QUESTIONS["en"].format(shape=shape["kind"]), lang="en").text, shape["color"])
-            question = QUESTIONS["fr"].format(shape=SHAPE_FR[shape["kind"]])
-            _show(f"vqa [fr] {question}", pipe.answer(image, question, lang="fr").text)
-        _show("vqa [en] how many shapes are there?",
-              pipe.answer(image, "how many shapes are there?", lang="en").text, str(len(shapes)))
         detections = []
         for shape in shapes:
             found = pipe.detect(image, shape["kind"])
             detections += found
-            boxes = "; ".join(f"({d.box[0]:.0f}, {d.box[1]:.0f}, {d.box[2]:.0f}, {d.box[3]:.0f})" for d in found)
-            _show(f"detect {shape['kind']}", boxes or "nothing", "({}, {}, {}, {})".format(*shape["box"]))
+            score.show_box(f"detect {shape['kind']}", [d.box for d in found], shape["box"])
         if len(shapes) == 1:
             labels = [f"{c} {s}" for c in COLORS for s in SHAPES]
             ranked = pipe.classify(image, labels, template="a {label}")
             top = ", ".join(f"{r.label} ({r.score:.2f})" for r in ranked[:3])
-            _show("classify (12 colour-shape labels)", top, f"{shapes[0]['color']} {shapes[0]['kind']}")
+            score.show("classify (12 colour-shape labels)", ranked[0].label, f"{shapes[0]['color']} {shapes[0]['kind']}",
+                       shown=top)
         drawn.append(draw_detections(image, detections))
         print()
     sheet = Image.new("RGB", (sum(d.width for d in drawn), max(d.height for d in drawn)))
@@ -71,10 +67,31 @@ def run(args: argparse.Namespace) -> int:
         sheet.paste(picture, (x, 0))
         x += picture.width
     save_png(sheet, args.out)
+    print(score.summary())
     print(f"wrote {args.out} (detections drawn)")
     return 0
 
 
-def _show(what: str, got: str, truth: str | None = None) -> None:
-    suffix = "" if truth is None else f"   (truth: {truth})"
-    print(f"  {what:<42} {got}{suffix}")
+class Score:
+    """Prints each answer next to the truth and keeps the tally for the closing summary line."""
+
+    def __init__(self) -> None:
+        self.right = self.asked = 0
+        self.ious: list[float] = []
+
+    def show(self, what: str, got: str, truth: str, shown: str | None = None) -> None:
+        ok = got.strip() == truth
+        self.right += ok
+        self.asked += 1
+        print(f"  {what:<42} {shown or got}   {'ok' if ok else f'(truth: {truth})'}")
+
+    def show_box(self, what: str, found: list[tuple[float, ...]], truth: list[int]) -> None:
+        iou = box_iou(found[0], truth) if found else 0.0
+        self.ious.append(iou)
+        boxes = "; ".join("({:.0f}, {:.0f}, {:.0f}, {:.0f})".format(*box) for box in found) or "nothing"
+        print(f"  {what:<42} {boxes}   (truth: ({', '.join(map(str, truth))}), IoU {iou:.2f})")
+
+    def summary(self) -> str:
+        mean_iou = sum(self.ious) / max(1, len(self.ious))
+        return (f"answers matching the truth: {self.right}/{self.asked}; "
+                f"detection mean IoU {mean_iou:.2f} over {len(self.ious)} boxes")

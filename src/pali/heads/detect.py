@@ -36,6 +36,13 @@ class Detection:
     label: str
 
 
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes; 0 when both are empty."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 class LocationCodec(Protocol):
     def encode(self, objects: Sequence[tuple[NormBox, str]]) -> str:
         """Target text for objects given as (normalised ``ymin, xmin, ymax, xmax``, label)."""
