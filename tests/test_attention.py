@@ -81,6 +81,14 @@ def test_backend_resolution():
         resolve_backend("xformers", torch.device("cpu"))
 
 
+def _logits_and_grads(model, backend, px, ids, mask, labels):
+    """Teacher-forced logits and every parameter's gradient with ``backend`` attention."""
+    model.zero_grad()
+    out = model.set_attention_backend(backend)(px, ids, mask, labels=labels)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
 def test_model_runs_on_the_fused_kernels():
     """Forcing the Triton backend (interpreted on CPU) gives the eager model's logits and grads."""
     pytest.importorskip("triton")
@@ -91,12 +99,7 @@ def test_model_runs_on_the_fused_kernels():
     px, ids = torch.randn(2, 3, 32, 32), torch.randint(2, 256, (2, 6))
     mask = torch.tensor([[1] * 6, [1, 1, 0, 0, 0, 0]])
     labels = torch.tensor([[5, 6, 1], [7, 1, -100]])
-    results = {}
-    for backend in ("eager", "triton"):
-        model.zero_grad()
-        out = model.set_attention_backend(backend)(px, ids, mask, labels=labels)
-        out.loss.backward()
-        results[backend] = (out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    results = {backend: _logits_and_grads(model, backend, px, ids, mask, labels) for backend in ("eager", "triton")}
     assert (results["triton"][0] - results["eager"][0]).abs().max() < 1e-5
     for name, grad in results["eager"][1].items():
         assert (results["triton"][1][name] - grad).abs().max() < 1e-4, name
@@ -122,12 +125,7 @@ def test_model_on_gpu_kernels_matches_sdpa():
     mask[1, 25:] = 0
     mask[2, 7:] = 0
     labels = torch.randint(2, 512, (3, 20), device="cuda")
-    results = {}
-    for backend in ("sdpa", "triton"):
-        model.zero_grad()
-        out = model.set_attention_backend(backend)(px, ids, mask, labels=labels)
-        out.loss.backward()
-        results[backend] = (out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    results = {backend: _logits_and_grads(model, backend, px, ids, mask, labels) for backend in ("sdpa", "triton")}
     assert (results["triton"][0] - results["sdpa"][0]).abs().max() < 1e-3
     for name, grad in results["sdpa"][1].items():
         assert (results["triton"][1][name] - grad).abs().max() <= 1e-3 * max(1.0, grad.abs().max().item()), name
