@@ -57,6 +57,11 @@ DECODE_MAX_LQ = 16
 
 LOG2E = math.log2(math.e)
 
+# Integer arguments that vary from call to call (sequence lengths, offsets): Triton would otherwise
+# compile one variant per divisibility-by-16 pattern of them, multiplying compile time (which
+# dominates a short GPU run) for no measurable gain in these kernels' address arithmetic.
+_DYNAMIC_ARGS = ["LQ", "LK", "Q_OFFSET", "ROW_LEN", "LQ_KEY", "LK_KEY"]
+
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -251,7 +256,7 @@ def _scores(q, k, offs_m, offs_n, start_m, start_n, b, h, LQ, lk_b, Q_OFFSET, qk
 # --------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_DYNAMIC_ARGS)
 def _fwd_kernel(Q, K, V, O, LSE, TABLE, ROW, BROW, KPM, KLEN,
                 stride_qb, stride_qh, stride_qm, stride_qd,
                 stride_kb, stride_kh, stride_kn, stride_kd,
@@ -315,7 +320,7 @@ def _fwd_kernel(Q, K, V, O, LSE, TABLE, ROW, BROW, KPM, KLEN,
 # --------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_DYNAMIC_ARGS)
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TABLE, ROW, BROW, KPM, KLEN, DK, DV, DTAB,
                      stride_qb, stride_qh, stride_qm, stride_qd,
                      stride_kb, stride_kh, stride_kn, stride_kd,
@@ -396,7 +401,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TABLE, ROW, BROW, KPM, KLEN, DK, D
         tl.store(DTAB + row + offs_bucket, dtab, mask=offs_bucket < NUM_BUCKETS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_DYNAMIC_ARGS)
 def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, TABLE, ROW, BROW, KPM, KLEN, DQ,
                    stride_qb, stride_qh, stride_qm, stride_qd,
                    stride_kb, stride_kh, stride_kn, stride_kd,
@@ -474,10 +479,13 @@ def _configs(gpu_choices: list[tuple[int, int, int, int]]) -> list[triton.Config
     """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` choices, or one block when interpreting.
 
     The interpreter cannot benchmark several configs, and large blocks keep its program count
-    (and so the CPU test time) small.
+    (and so the CPU test time) small. ``PALI_KERNELS_AUTOTUNE=0`` keeps only the last (smallest)
+    choice on a GPU, for test runs where compiling every config would dominate.
     """
     if _interpreting():
         gpu_choices = [(64, 64, 4, 1)]
+    elif os.environ.get("PALI_KERNELS_AUTOTUNE", "1") == "0":
+        gpu_choices = gpu_choices[-1:]  # the 64x64 fallback: correctness runs compile one config
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s,
                           pre_hook=_set_descriptor_blocks)
             for m, n, w, s in gpu_choices]
