@@ -256,6 +256,13 @@ def _batch_size(pixel_values, input_ids, attention_mask) -> int:
         if t is not None:
             if not isinstance(t, torch.Tensor):
                 raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            want = 4 if name == "pixel_values" else 2
+            if t.dim() == want - 1:
+                layout = "[B, 3, H, W]" if want == 4 else "[B, T]"
+                raise InputError(
+                    f"{name} has shape {list(t.shape)}: the batch dimension is missing (expected {layout}); "
+                    f"add it with {name}[None] or {name}.unsqueeze(0), or let PaliProcessor build the batch"
+                )
             sizes[name] = t.shape[0] if t.dim() else -1
     if not sizes or ("attention_mask" in sizes and len(sizes) == 1):
         raise InputError("give pixel_values, input_ids or both")
