@@ -90,6 +90,20 @@ class Config:
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
 
+    def num_parameters(self) -> int:
+        """Parameters of the module this config builds, counted from the config alone (no torch).
+
+        Towers count arithmetically; a config that does not (a plugin's) is built once on the
+        meta device and counted.
+        """
+        from .meta import meta_device
+        from .registry import TEXT_STACKS, VISION_ENCODERS
+
+        registry = VISION_ENCODERS if isinstance(self, VisionConfig) else TEXT_STACKS
+        with meta_device():
+            module = registry.get(self.kind)(self)
+        return sum(t.numel() for t in module.state_dict().values())
+
 
 @dataclass
 class VisionConfig(Config):
@@ -159,6 +173,11 @@ class PaliConfig(Config):
     def __post_init__(self) -> None:
         if not isinstance(self.vision, VisionConfig) or not isinstance(self.text, TextConfig):
             raise ConfigError("PaliConfig needs a VisionConfig and a TextConfig")
+
+    def num_parameters(self) -> int:
+        """Vision tower + projection + text stack, as :meth:`PaliModel.num_parameters` counts them."""
+        projection = self.vision.width * self.text.d_model + (self.text.d_model if self.projection_bias else 0)
+        return self.vision.num_parameters() + projection + self.text.num_parameters()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PaliConfig":

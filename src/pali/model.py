@@ -122,7 +122,8 @@ class PaliModel(PretrainedMixin, nn.Module):
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run vision + text encoder; returns the encoder output and its ``[B, L]`` key mask."""
-        batch = _batch_size(pixel_values, input_ids, attention_mask)
+        size = self.config.vision.image_size
+        batch = _batch_size(pixel_values, input_ids, attention_mask, pixels=f"[B, 3, {size}, {size}]")
         parts, masks = [], []
         if pixel_values is not None:
             visual = self.projection(self.vision(pixel_values))
@@ -250,12 +251,19 @@ class PaliModel(PretrainedMixin, nn.Module):
         return step, reorder
 
 
-def _batch_size(pixel_values, input_ids, attention_mask) -> int:
+def _batch_size(pixel_values, input_ids, attention_mask, pixels: str = "[B, 3, H, W]") -> int:
     sizes: dict[str, int] = {}
     for name, t in (("pixel_values", pixel_values), ("input_ids", input_ids), ("attention_mask", attention_mask)):
         if t is not None:
             if not isinstance(t, torch.Tensor):
                 raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            want = 4 if name == "pixel_values" else 2
+            if t.dim() == want - 1:
+                layout = pixels if want == 4 else "[B, T]"
+                raise InputError(
+                    f"{name} has shape {list(t.shape)}: the batch dimension is missing (expected {layout}); "
+                    f"add it with {name}[None] or {name}.unsqueeze(0), or let PaliProcessor build the batch"
+                )
             sizes[name] = t.shape[0] if t.dim() else -1
     if not sizes or ("attention_mask" in sizes and len(sizes) == 1):
         raise InputError("give pixel_values, input_ids or both")

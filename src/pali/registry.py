@@ -5,10 +5,14 @@ registry it belongs to. Third-party packages add their own through Python entry 
 ``pali.vision_encoders``, ``pali.text_stacks``, ``pali.heads``, ...): each entry point names a
 module (or object) whose import performs the registration. Entry points are loaded lazily, the first
 time a registry is read, so ``import pali`` stays cheap and a broken plugin only fails when used.
+Each registry names its built-in modules too, imported on that same first read just before the
+plugins: a plugin can never take a built-in's name, however pali was imported (``import pali``
+itself imports no torch, so the ``pali`` command can print its help at once).
 """
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import entry_points
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar
@@ -24,12 +28,13 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A mapping from names to entries with lazy entry-point discovery."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None, builtins: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.builtins = builtins
         self._entries: dict[str, T] = {}
         self._origins: dict[str, str] = {}
-        self._plugins_loaded = entry_point_group is None
+        self._plugins_loaded = entry_point_group is None and not builtins
 
     def register(self, name: str, entry: T, *, origin: str = "pali") -> T:
         """Add ``entry`` under ``name``; a second registration of the same name raises."""
@@ -49,7 +54,9 @@ class Registry(Generic[T]):
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        for ep in entry_points(group=self.entry_point_group):
+        for module in self.builtins:  # their import registers them; a re-import is a no-op
+            importlib.import_module(module)
+        for ep in (entry_points(group=self.entry_point_group) if self.entry_point_group else ()):
             try:
                 loaded = ep.load()
             except RegistryError:
@@ -100,10 +107,10 @@ class Preset:
     description: str = ""
 
 
-VISION_ENCODERS: Registry[Any] = Registry("vision encoder", "pali.vision_encoders")
-TEXT_STACKS: Registry[Any] = Registry("text stack", "pali.text_stacks")
-PRESETS: Registry[Preset] = Registry("preset", "pali.presets")
-HEADS: Registry[Any] = Registry("head", "pali.heads")
+VISION_ENCODERS: Registry[Any] = Registry("vision encoder", "pali.vision_encoders", ("pali.vision",))
+TEXT_STACKS: Registry[Any] = Registry("text stack", "pali.text_stacks", ("pali.text",))
+PRESETS: Registry[Preset] = Registry("preset", "pali.presets", ("pali.vision", "pali.text", "pali.presets"))
+HEADS: Registry[Any] = Registry("head", "pali.heads", ("pali.heads",))
 
 
 def register_preset(name: str, family: str, description: str = ""):
@@ -127,5 +134,5 @@ def list_text_stacks() -> list[str]:
 
 
 def list_heads() -> list[str]:
-    """Names of the task heads: built-in (registered by ``import pali``) and from plugins."""
+    """Names of the task heads: built-in and from plugins."""
     return HEADS.names()

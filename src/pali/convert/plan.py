@@ -19,6 +19,7 @@ import torch
 from ..checkpoint import check_num_parameters
 from ..config import Config, VisionConfig
 from ..errors import CheckpointError
+from ..meta import meta_device
 from ..registry import TEXT_STACKS, VISION_ENCODERS
 from ..vision.vit import resample_pos_embed
 from .keymap import KeyMap, Transform
@@ -114,7 +115,7 @@ def check_items(items: Sequence[Item], config: Config, against: str) -> None:
     ``against`` names the reference in messages ("preset 'vit-b16'", "the inferred config").
     """
     registry = VISION_ENCODERS if isinstance(config, VisionConfig) else TEXT_STACKS
-    with torch.device("meta"):
+    with meta_device():
         module = registry.get(config.kind)(config)
     check_num_parameters(module, against)
     expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}

@@ -25,7 +25,7 @@ from ..image_processing import ImageLike, split_batch
 from ..model import IGNORE_INDEX, shift_right
 from ..registry import HEADS
 from ..tokenizer import pad_rows
-from .base import Head, model_inputs
+from .base import Head, check_language, model_inputs
 
 
 @dataclass
@@ -39,13 +39,15 @@ class Classification:
 class ClassifyHead(Head):
     """``run(model, processor, images, labels, lang="en")`` -> per image, labels best first.
 
-    ``template`` writes a label as target text (``"{label}"``; e.g. ``"a photo of a {label}"``).
+    ``template`` writes a label as target text (e.g. ``"a photo of a {label}"``); by default the
+    model's own, from its processor config (``ProcessorConfig.classify_template``: what it was
+    trained on), so every caller scores the same targets.
     """
 
     name = "classify"
 
-    def __init__(self, template: str = "{label}", length_normalize: bool = False) -> None:
-        if "{label}" not in template:
+    def __init__(self, template: str | None = None, length_normalize: bool = False) -> None:
+        if template is not None and "{label}" not in template:
             raise InputError(f"template {template!r} must contain '{{label}}'")
         self.template = template
         self.length_normalize = length_normalize
@@ -88,9 +90,11 @@ class ClassifyHead(Head):
         images, labels = split_batch(images), _labels(labels)
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        check_language(processor, lang)
         batch = model_inputs(model, processor, processor(images=images, text=[self.build_prompt(lang)] * len(images)))
         hidden, mask = model.encode(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
-        rows = [processor.tokenizer.encode(self.template.format(label=label)) for label in labels]
+        template = self.template or getattr(processor.config, "classify_template", "{label}")
+        rows = [processor.tokenizer.encode(template.format(label=label)) for label in labels]
         targets = pad_rows(rows, IGNORE_INDEX)[0].to(hidden.device)
         step = batch_size or len(labels)
         chunks = [self._score(model, hidden, mask, targets[i : i + step]) for i in range(0, len(labels), step)]
