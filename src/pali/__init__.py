@@ -4,6 +4,10 @@
 >>> model = PaliModel.from_preset("pali-tiny")
 """
 
+from ._kernels_path import bind_kernels as _bind_kernels
+
+_bind_kernels()  # pali.kernels from this tree's kernels/, whatever else is installed
+
 from . import bundled  # noqa: F401  (bundled models and sample images: pali.bundled.SAMPLES)
 from . import text as _text  # noqa: F401  (registers the built-in towers)
 from . import vision as _vision  # noqa: F401
