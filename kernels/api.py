@@ -76,6 +76,7 @@ def attention(
 
     A query that may attend to no key returns zeros (and passes no gradient), not NaN.
     """
+    _require_triton()
     _check_tensors(q, k, v)
     head_dim = q.shape[-1]
     if bias_table is not None:
@@ -96,6 +97,17 @@ def attention(
         q_offset=q_offset,
     )
     return _FusedAttention.apply(q, k, v, bias_table, key_mask, spec)
+
+
+def _require_triton() -> None:
+    """Triton is an optional dependency: name the install that brings it, not a bare import error."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "pali.kernels.attention needs Triton, which is not installed: "
+            "pip install 'pali-vlm[triton]' (CUDA builds of torch already include it)"
+        ) from err
 
 
 def _check_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
