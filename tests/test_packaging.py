@@ -95,6 +95,17 @@ def test_ci_runs_the_readme_test_command():
     assert install_and_test in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_python_blocks_run():
-    for block in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
-        exec(compile(block, "README.md", "exec"), {})
+def test_readme_quick_start_prints_a_caption_an_answer_and_boxes():
+    """The quick start runs and prints what its comments promise: two non-empty texts, then a
+    list of detections with boxes inside the image."""
+    (block,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    printed: list = []
+    scope = {"print": lambda *values: printed.extend(values)}
+    exec(compile(block, "README.md", "exec"), scope)
+    caption, answer, boxes = printed
+    assert isinstance(caption, str) and caption.strip() and isinstance(answer, str) and answer.strip()
+    width, height = scope["image"].size
+    assert isinstance(boxes, list)
+    for found in boxes:
+        x0, y0, x1, y1 = found.box
+        assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height, found
