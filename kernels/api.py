@@ -125,6 +125,7 @@ def attention(
     tiles past a row's last valid key are skipped. The speed levers (bias strategy, exp2, TMA)
     are set with :func:`use_kernel_options`.
     """
+    _require_triton()
     _check_tensors(q, k, v)
     head_dim = q.shape[-1]
     if bias_table is not None:
@@ -149,6 +150,17 @@ def attention(
         tma=options.tma,
     )
     return _FusedAttention.apply(q, k, v, bias_table, key_mask, key_len, spec)
+
+
+def _require_triton() -> None:
+    """Triton is an optional dependency: name the install that brings it, not a bare import error."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "pali.kernels.attention needs Triton, which is not installed: "
+            "pip install 'pali-vlm[triton]' (CUDA builds of torch already include it)"
+        ) from err
 
 
 def _check_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -15,6 +15,10 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
+from ._kernels_path import bind_kernels as _bind_kernels
+
+_bind_kernels()  # pali.kernels from this tree's kernels/, whatever else is installed
+
 from . import bundled  # noqa: F401  (bundled models and sample images: pali.bundled.SAMPLES)
 
 __version__ = "0.1.0"

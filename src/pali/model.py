@@ -157,9 +157,7 @@ class PaliModel(PretrainedMixin, nn.Module):
         if decoder_input_ids is None:
             if labels is None:
                 raise InputError("forward needs labels or decoder_input_ids")
-            valid = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < cfg.vocab_size))
-            if not torch.compiler.is_compiling() and not bool(valid.all()):
-                raise InputError(f"labels must be ids in [0, {cfg.vocab_size}) or {IGNORE_INDEX} (ignored)")
+            _check_labels(labels, cfg.vocab_size, "labels")
             decoder_input_ids = shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id)
         encoder_hidden, mask = self.encode(pixel_values, input_ids, attention_mask)
         if decoder_input_ids.shape[0] != encoder_hidden.shape[0]:
@@ -175,6 +173,49 @@ class PaliModel(PretrainedMixin, nn.Module):
                 logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX
             )
         return PaliOutput(logits=logits, loss=loss)
+
+    def score(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        targets: torch.Tensor,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Log-likelihood of each candidate target text under each input: ``[B, C]`` float32.
+
+        Scoring ranks given answers instead of generating one (PaLI's zero-shot classification).
+        ``targets`` ``[C, T]`` holds C candidates as label ids, ``IGNORE_INDEX`` after each one's
+        end, shared by all B inputs (image and/or prompt). Each input is encoded once, not once per
+        candidate; the decoder then reads every (input, candidate) pair, ``batch_size`` candidates
+        at a time (default all), so it holds ``[B * batch_size, T, vocab]`` logits at once.
+
+        Entry ``[b, c]`` is ``sum_t log p(targets[c, t])`` over the kept positions: the negative of
+        :meth:`forward`'s loss for that pair (a mean) times the number of kept tokens.
+        """
+        if not isinstance(targets, torch.Tensor) or targets.dim() != 2 or 0 in targets.shape or targets.is_floating_point():
+            got = f"{targets.dtype} {list(targets.shape)}" if isinstance(targets, torch.Tensor) else type(targets).__name__
+            raise InputError(f"targets must be a non-empty [candidates, T] tensor of integer ids, got {got}")
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        _check_labels(targets, self.config.text.vocab_size, "targets")
+        encoder_hidden, mask = self.encode(pixel_values, input_ids, attention_mask)
+        targets = targets.to(encoder_hidden.device)
+        step = batch_size or targets.shape[0]
+        chunks = [self._score_chunk(encoder_hidden, mask, targets[i : i + step]) for i in range(0, targets.shape[0], step)]
+        return torch.cat(chunks, dim=1)
+
+    def _score_chunk(self, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+        items, candidates = encoder_hidden.shape[0], targets.shape[0]
+        encoder_hidden = encoder_hidden.repeat_interleave(candidates, dim=0)
+        mask = None if mask is None else mask.repeat_interleave(candidates, dim=0)
+        labels = targets.repeat(items, 1)
+        cfg = self.config.text
+        logits = self.text.decode(shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id), encoder_hidden, mask)
+        keep = labels != IGNORE_INDEX
+        log_probs = logits.float().log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return log_probs.masked_fill(~keep, 0.0).sum(-1).view(items, candidates)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -249,6 +290,12 @@ class PaliModel(PretrainedMixin, nn.Module):
             held["mask"] = None if held["mask"] is None else held["mask"].index_select(0, index)
 
         return step, reorder
+
+
+def _check_labels(labels: torch.Tensor, vocab_size: int, name: str) -> None:
+    valid = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < vocab_size))
+    if not torch.compiler.is_compiling() and not bool(valid.all()):
+        raise InputError(f"{name} must be ids in [0, {vocab_size}) or {IGNORE_INDEX} (ignored)")
 
 
 def _batch_size(pixel_values, input_ids, attention_mask, pixels: str = "[B, 3, H, W]") -> int:
