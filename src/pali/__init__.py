@@ -7,8 +7,11 @@
 from . import bundled  # noqa: F401  (bundled models and sample images: pali.bundled.SAMPLES)
 from . import text as _text  # noqa: F401  (registers the built-in towers)
 from . import vision as _vision  # noqa: F401
+from . import connectors as _connectors  # noqa: F401
 from . import heads as _heads  # noqa: F401  (built-in heads, registered before any plugin is read)
-from .config import PaliConfig, TextConfig, VisionConfig
+from .config import ConnectorConfig, PaliConfig, TextConfig, VisionConfig
+from .connectors.linear import LinearConfig
+from .connectors.qformer import QFormerConfig
 from .errors import CheckpointError, ConfigError, InputError, PaliError, RegistryError
 from .hub import HubError, list_recipes
 from .image_processing import ImageProcessor
@@ -16,7 +19,7 @@ from .model import PaliModel, PaliOutput
 from .pipeline import Pipeline, pipeline
 from .presets import get_config, list_presets
 from .processor import PaliProcessor, ProcessorConfig
-from .registry import list_heads, list_text_stacks, list_vision_encoders
+from .registry import list_connectors, list_heads, list_text_stacks, list_vision_encoders
 from .text.mt5 import MT5Config
 from .tokenizer import Tokenizer
 from .vision.vit import ViTConfig
@@ -24,7 +27,7 @@ from .vision.vit import ViTConfig
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "ConfigError", "InputError", "MT5Config", "PaliConfig", "PaliError",
+    "CheckpointError", "ConfigError", "ConnectorConfig", "LinearConfig", "QFormerConfig", "list_connectors", "InputError", "MT5Config", "PaliConfig", "PaliError",
     "PaliModel", "PaliOutput", "RegistryError", "TextConfig", "ViTConfig", "VisionConfig",
     "HubError", "get_config", "list_presets", "list_recipes",
     "ImageProcessor", "PaliProcessor", "Pipeline", "ProcessorConfig", "Tokenizer", "list_heads",
