@@ -225,7 +225,8 @@ class PaliModel(PretrainedMixin, nn.Module):
         self-attention reads a preallocated KV cache (``use_cache=False`` recomputes the whole
         prefix each step and gives the same tokens). ``compile=True`` runs the decode step through
         ``torch.compile`` over a static-shape cache: it compiles once per batch size and cache
-        length (the first call pays the compilation), never per token.
+        length (the first call pays the compilation), never per token. ``qformer_input_ids`` /
+        ``qformer_attention_mask`` (InstructBLIP only) go to the connector, inside the encode step.
         """
         if compile and not use_cache:
             raise InputError("compile=True needs use_cache=True (the compiled step is the cached one)")
