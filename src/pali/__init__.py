@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "PaliConfig": "config", "TextConfig": "config", "VisionConfig": "config",
+    "ConnectorConfig": "config", "PaliConfig": "config", "TextConfig": "config", "VisionConfig": "config",
+    "LinearConfig": "connectors.linear", "QFormerConfig": "connectors.qformer",
     "CheckpointError": "errors", "ConfigError": "errors", "InputError": "errors", "PaliError": "errors",
     "RegistryError": "errors",
     "HubError": "hub", "list_recipes": "hub",
@@ -34,7 +35,7 @@ _EXPORTS = {
     "Pipeline": "pipeline", "pipeline": "pipeline",
     "get_config": "presets", "list_presets": "presets",
     "PaliProcessor": "processor", "ProcessorConfig": "processor",
-    "list_heads": "registry", "list_text_stacks": "registry", "list_vision_encoders": "registry",
+    "list_connectors": "registry", "list_heads": "registry", "list_text_stacks": "registry", "list_vision_encoders": "registry",
     "MT5Config": "text.mt5",
     "Tokenizer": "tokenizer",
     "ViTConfig": "vision.vit",
@@ -70,7 +71,9 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # what static checkers and IDEs see
-    from .config import PaliConfig, TextConfig, VisionConfig  # noqa: F401
+    from .config import ConnectorConfig, PaliConfig, TextConfig, VisionConfig  # noqa: F401
+    from .connectors.linear import LinearConfig  # noqa: F401
+    from .connectors.qformer import QFormerConfig  # noqa: F401
     from .errors import CheckpointError, ConfigError, InputError, PaliError, RegistryError  # noqa: F401
     from .hub import HubError, list_recipes  # noqa: F401
     from .image_processing import ImageProcessor  # noqa: F401
@@ -78,7 +81,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see
     from .pipeline import Pipeline, pipeline  # noqa: F401
     from .presets import get_config, list_presets  # noqa: F401
     from .processor import PaliProcessor, ProcessorConfig  # noqa: F401
-    from .registry import list_heads, list_text_stacks, list_vision_encoders  # noqa: F401
+    from .registry import list_connectors, list_heads, list_text_stacks, list_vision_encoders  # noqa: F401
     from .text.mt5 import MT5Config  # noqa: F401
     from .tokenizer import Tokenizer  # noqa: F401
     from .vision.vit import ViTConfig  # noqa: F401

@@ -2,7 +2,7 @@
 
 A vision encoder, a text stack or a task head is one module that calls ``register`` on the
 registry it belongs to. Third-party packages add their own through Python entry points (group
-``pali.vision_encoders``, ``pali.text_stacks``, ``pali.heads``, ...): each entry point names a
+``pali.vision_encoders``, ``pali.text_stacks``, ``pali.connectors``, ``pali.heads``, ...): each entry point names a
 module (or object) whose import performs the registration. Entry points are loaded lazily, the first
 time a registry is read, so ``import pali`` stays cheap and a broken plugin only fails when used.
 Each registry names its built-in modules too, imported on that same first read just before the
@@ -110,6 +110,7 @@ class Preset:
 VISION_ENCODERS: Registry[Any] = Registry("vision encoder", "pali.vision_encoders", ("pali.vision",))
 TEXT_STACKS: Registry[Any] = Registry("text stack", "pali.text_stacks", ("pali.text",))
 PRESETS: Registry[Preset] = Registry("preset", "pali.presets", ("pali.vision", "pali.text", "pali.presets"))
+CONNECTORS: Registry[Any] = Registry("connector", "pali.connectors", ("pali.connectors",))
 HEADS: Registry[Any] = Registry("head", "pali.heads", ("pali.heads",))
 
 
@@ -131,6 +132,11 @@ def list_vision_encoders() -> list[str]:
 def list_text_stacks() -> list[str]:
     """Names of the text stacks: built-in and from installed plugins."""
     return TEXT_STACKS.names()
+
+
+def list_connectors() -> list[str]:
+    """Names of the vision-to-text connectors: built-in (``linear``, ``qformer``) and from plugins."""
+    return CONNECTORS.names()
 
 
 def list_heads() -> list[str]:
