@@ -213,8 +213,16 @@ class PaliConfig(Config):
 
     def num_parameters(self) -> int:
         """Vision tower + projection + text stack, as :meth:`PaliModel.num_parameters` counts them."""
-        projection = self.vision.width * self.text.d_model + (self.text.d_model if self.projection_bias else 0)
-        return self.vision.num_parameters() + projection + self.text.num_parameters()
+        if self.connector.kind == "linear":
+            connector = self.vision.width * self.text.d_model + (self.text.d_model if self.projection_bias else 0)
+        else:  # a Q-Former and the like: built once on the meta device and counted
+            from .meta import meta_device
+            from .registry import CONNECTORS
+
+            with meta_device():
+                module = CONNECTORS.get(self.connector.kind)(self)
+            connector = sum(t.numel() for t in module.state_dict().values())
+        return self.vision.num_parameters() + connector + self.text.num_parameters()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PaliConfig":

@@ -79,11 +79,11 @@ class ViTConfig(VisionConfig):
     def num_parameters(self) -> int:
         d, m = self.hidden_size, self.mlp_dim
         norm = 2 * d  # LayerNorm: scale + bias
-        attention = 4 * d * d + (4 * d if self.qkv_bias else 0)
+        attention = 4 * d * d + ((4 if self.key_bias else 3) * d if self.qkv_bias else 0)
         block = 2 * norm + attention + (d * m + m) + (m * d + d)
         return (
             3 * self.patch_size**2 * d + (d if self.patch_bias else 0)
-            + (self.num_tokens + int(self.class_token)) * d + (d if self.class_token else 0)
+            + (self.grid**2 + int(self.class_token)) * d + (d if self.class_token else 0)
             + (norm if self.pre_norm else 0) + self.depth * block + (norm if self.final_norm else 0)
         )
 
