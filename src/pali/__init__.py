@@ -10,6 +10,7 @@ from . import vision as _vision  # noqa: F401
 from . import heads as _heads  # noqa: F401  (built-in heads, registered before any plugin is read)
 from .config import PaliConfig, TextConfig, VisionConfig
 from .errors import CheckpointError, ConfigError, InputError, PaliError, RegistryError
+from .generation import GenerationConfig
 from .hub import HubError, list_recipes
 from .image_processing import ImageProcessor
 from .model import PaliModel, PaliOutput
@@ -24,7 +25,7 @@ from .vision.vit import ViTConfig
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "ConfigError", "InputError", "MT5Config", "PaliConfig", "PaliError",
+    "CheckpointError", "ConfigError", "GenerationConfig", "InputError", "MT5Config", "PaliConfig", "PaliError",
     "PaliModel", "PaliOutput", "RegistryError", "TextConfig", "ViTConfig", "VisionConfig",
     "HubError", "get_config", "list_presets", "list_recipes",
     "ImageProcessor", "PaliProcessor", "Pipeline", "ProcessorConfig", "Tokenizer", "list_heads",
