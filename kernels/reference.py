@@ -56,11 +56,12 @@ def t5_relative_bias(
 ) -> torch.Tensor:
     """The dense ``[1, H, lq, lk]`` bias from a ``[H, num_buckets]`` table.
 
-    Query ``i`` sits at absolute position ``q_offset + i`` (decode steps), key ``j`` at ``j``.
+    Query ``i`` sits at absolute position ``q_offset + i`` (decode steps), key ``j`` at ``j``;
+    ``q_offset`` may be a 0-d tensor (a compiled decode step's position).
     """
     if table.dim() != 2 or table.shape[1] != num_buckets:
         raise ValueError(f"bias_table must be [H, {num_buckets}], got {tuple(table.shape)}")
-    q_pos = torch.arange(q_offset, q_offset + lq, device=table.device)
+    q_pos = torch.arange(lq, device=table.device) + q_offset
     k_pos = torch.arange(lk, device=table.device)
     buckets = relative_position_bucket(
         k_pos[None, :] - q_pos[:, None],
@@ -115,7 +116,7 @@ def attention_reference(
     if bias is not None:
         scores = scores + bias.float()
     if causal:
-        q_pos = torch.arange(q_offset, q_offset + lq, device=q.device)
+        q_pos = torch.arange(lq, device=q.device) + q_offset
         allowed = torch.arange(lk, device=q.device)[None, :] <= q_pos[:, None]
         scores = scores.masked_fill(~allowed, float("-inf"))
     if key_padding_mask is not None:

@@ -1,14 +1,15 @@
-"""torch.compile: the forward and the static-cache decode step compile and change nothing.
+"""torch.compile: the forward and the cached decode step compile and change nothing.
 
-The static cache (:class:`pali.text.mt5.StaticKVCache`) is also checked eagerly, so its semantics
-are covered without paying for compilation; the compiled checks run CPU inductor (slow).
+The decode step is one function, eager or compiled (:class:`pali.text.kv_cache.KVCache` holds its
+keys/values); its semantics are checked eagerly, without paying for compilation, and the compiled
+checks run CPU inductor (slow).
 """
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from pali import PaliModel
+from pali import PaliModel, kernels
 from pali.errors import InputError
 
 
@@ -27,26 +28,55 @@ def _inputs(batch=2):
     return px, ids, mask
 
 
-def test_static_cache_logits_equal_dynamic_cache(model):
-    """Attending over every preallocated slot with a folded position mask = attending over the prefix."""
+def test_cached_step_logits_equal_the_uncached_decoder(model):
+    """Attending over every preallocated slot, causal from a tensor position = the whole prefix."""
     px, ids, mask = _inputs()
     with torch.no_grad():
         hidden, enc_mask = model.encode(px, ids, mask)
-        states = [model.text.start_decoding(hidden, enc_mask, 6, static=s) for s in (False, True)]
+        model.text.start_decoding(hidden, enc_mask, 6)
         tokens = torch.tensor([[0], [0]])
-        for _ in range(6):
-            dynamic, static = (model.text.decode_step(tokens[:, -1:], s) for s in states)
-            assert (dynamic - static).abs().max() <= 1e-5
-            tokens = torch.cat([tokens, dynamic[:, -1].argmax(-1, keepdim=True)], dim=1)
+        for t in range(6):
+            step = model.text.decode_step(tokens[:, -1:], torch.tensor(t))[:, -1]
+            full = model.text.decode(tokens, hidden, enc_mask)[:, -1]
+            assert (step - full).abs().max() <= 1e-5
+            tokens = torch.cat([tokens, step.argmax(-1, keepdim=True)], dim=1)
 
 
-@pytest.mark.parametrize("num_beams", [1, 3])
-def test_static_cache_generation_equals_dynamic(model, num_beams, monkeypatch):
-    """generate(compile=True) with compilation switched off: same tokens from the static cache."""
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+def _spy_on_the_fused_kernel(monkeypatch):
+    """Replace the kernel entry ``pali.attention`` calls with the reference, recording every call."""
+    calls = []
+
+    def spy(q, k, v, **kwargs):
+        calls.append(kwargs)
+        return kernels.attention_reference(q, k, v, **kwargs)
+
+    monkeypatch.setattr(kernels, "attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_decoding_reaches_the_fused_kernel_with_the_bias_table(model, compiled, num_beams, monkeypatch):
+    """Eager and compiled decoding hand the triton backend the decoder's [H, 32] table and the
+    step's position, never a dense bias, and give the SDPA tokens."""
     px, ids, mask = _inputs()
-    kwargs = dict(max_new_tokens=7, num_beams=num_beams, eos_token_id=-1)
-    assert torch.equal(model.generate(px, ids, mask, **kwargs), model.generate(px, ids, mask, compile=True, **kwargs))
+    kwargs = dict(max_new_tokens=5, num_beams=num_beams, eos_token_id=-1)
+    expected = model.generate(px, ids, mask, **kwargs)
+    calls = _spy_on_the_fused_kernel(monkeypatch)
+    torch._dynamo.reset()
+    try:
+        got = model.set_attention_backend("triton").generate(px, ids, mask, compile=compiled, **kwargs)
+    finally:
+        model.set_attention_backend("auto")
+    assert torch.equal(got, expected)
+    layers = model.config.text.num_decoder_layers
+    self_attn = [c for c in calls if c["causal"]]
+    assert [c["q_offset"] for c in self_attn] == [t for t in range(5) for _ in range(layers)]
+    for c in self_attn:
+        assert "bias" not in c and c["bias_bidirectional"] is False
+        assert torch.equal(c["bias_table"], model.text.decoder.relpos_bias)
+    cross = [c for c in calls if not c["causal"] and c["bias_table"] is None and c["scale"] == 1.0]  # not ViT
+    assert len(cross) == 5 * layers  # cross-attention reaches the kernel too, once per layer and step
 
 
 def test_compile_needs_the_cache(model):

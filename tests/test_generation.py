@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pali import PaliModel
+from pali import GenerationConfig, InputError, PaliModel
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +105,25 @@ def test_encoder_and_cross_attention_run_once(model):
 def test_kv_cache_is_preallocated(model):
     px, ids, mask, _ = _prompts()
     hidden, enc_mask = model.encode(px, ids, mask)
-    state = model.text.start_decoding(hidden, enc_mask, max_len=6)
-    k_storage = state.cache.k.data_ptr()
+    cache = model.text.start_decoding(hidden, enc_mask, max_len=6)
+    assert cache is model.text.decoder.kv_cache
+    k_storage = cache.k.data_ptr()
     tokens = torch.zeros(3, 1, dtype=torch.long)
-    for _ in range(6):
-        logits = model.text.decode_step(tokens, state)
+    for t in range(6):
+        logits = model.text.decode_step(tokens, t)
         tokens = logits[:, -1].argmax(-1, keepdim=True)
-    assert state.cache.k.data_ptr() == k_storage and state.cache.length == 6
-    with pytest.raises(Exception, match="KV cache holds 6"):
-        model.text.decode_step(tokens, state)
+    assert cache.k.data_ptr() == k_storage and cache.max_len == 6
+    with pytest.raises(InputError, match="KV cache holds 6"):
+        model.text.decode_step(tokens, 6)
+    assert not any(".kv_cache." in key for key in model.state_dict())  # never saved
+
+
+def test_generation_config_with_keyword_overrides(model):
+    px, ids, mask, _ = _prompts()
+    cfg = GenerationConfig(max_new_tokens=4, num_beams=2, eos_token_id=-1)
+    assert model.generate(px, ids, mask, generation_config=cfg).shape[1] == 4
+    overridden = model.generate(px, ids, mask, generation_config=cfg, max_new_tokens=6)
+    assert overridden.shape[1] == 6 and cfg.max_new_tokens == 4  # the config itself is unchanged
+    assert torch.equal(overridden, model.generate(px, ids, mask, max_new_tokens=6, num_beams=2, eos_token_id=-1))
+    with pytest.raises(InputError, match="unknown generation option.*'max_length'"):
+        model.generate(px, ids, mask, generation_config=cfg, max_length=6)

@@ -30,6 +30,7 @@ _EXPORTS = {
     "CheckpointError": "errors", "ConfigError": "errors", "InputError": "errors", "PaliError": "errors",
     "RegistryError": "errors",
     "HubError": "hub", "list_recipes": "hub",
+    "GenerationConfig": "generation",
     "ImageProcessor": "image_processing",
     "PaliModel": "model", "PaliOutput": "model",
     "Pipeline": "pipeline", "pipeline": "pipeline",
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see
     from .connectors.qformer import QFormerConfig  # noqa: F401
     from .errors import CheckpointError, ConfigError, InputError, PaliError, RegistryError  # noqa: F401
     from .hub import HubError, list_recipes  # noqa: F401
+    from .generation import GenerationConfig  # noqa: F401
     from .image_processing import ImageProcessor  # noqa: F401
     from .model import PaliModel, PaliOutput  # noqa: F401
     from .pipeline import Pipeline, pipeline  # noqa: F401

@@ -59,8 +59,9 @@ class RelativeBias:
     max_distance: int = 128
     _dense: dict = field(default_factory=dict, repr=False)
 
-    def dense(self, lq: int, lk: int, q_offset: int) -> torch.Tensor:
-        key = (lq, lk, q_offset)
+    def dense(self, lq: int, lk: int, q_offset: int | torch.Tensor) -> torch.Tensor:
+        # A tensor offset (a compiled decode step) is the same tensor for every layer of the pass.
+        key = (lq, lk, q_offset if isinstance(q_offset, int) else "step")
         if key not in self._dense:
             self._dense[key] = kernels.t5_relative_bias(
                 self.table,
@@ -82,33 +83,32 @@ def attend(
     backend: str,
     scale: float,
     causal: bool = False,
-    bias: RelativeBias | torch.Tensor | None = None,
-    q_offset: int = 0,
+    bias: RelativeBias | None = None,
+    q_offset: int | torch.Tensor = 0,
     key_padding_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention on ``[B, H, L, D]`` tensors through the chosen backend.
 
-    ``bias`` is a stack's :class:`RelativeBias`, or an already dense additive bias (static-shape
-    decoding folds its position mask into one); a dense bias is never sent to the fused kernels,
-    which compute the bias from the table.
+    ``q_offset`` is the absolute position of the first query: an int, or a 0-d CPU tensor (a
+    decode step under ``torch.compile``, which must not specialize on the position). Every
+    backend gets the same arguments: the fused kernels the stack's bias table and the position,
+    the others the dense bias built from them.
     """
     backend = resolve_backend(backend, q.device)
-    if backend == "triton" and isinstance(bias, torch.Tensor):
-        backend = "sdpa"
+    if isinstance(q_offset, torch.Tensor) and not torch.compiler.is_compiling():
+        q_offset = int(q_offset)  # eager: a host read (free for a CPU tensor), then the int path
     if backend == "triton":
-        extra = {}
-        if bias is not None:
-            extra = dict(
-                bias_table=bias.table,
-                bias_bidirectional=bias.bidirectional,
-                num_buckets=bias.num_buckets,
-                max_distance=bias.max_distance,
+        table = None if bias is None else bias.table
+        bidirectional = True if bias is None else bias.bidirectional
+        buckets = (32, 128) if bias is None else (bias.num_buckets, bias.max_distance)
+        if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+            # Opaque to the compiler: the compiled graph calls the kernel entry itself, with the
+            # position read on the host at run time, instead of tracing (or specializing on) it.
+            return _fused_attention(
+                q, k, v, torch.as_tensor(q_offset), table, key_padding_mask, scale, causal, bidirectional, *buckets
             )
-        return kernels.attention(
-            q, k, v, scale=scale, causal=causal, q_offset=q_offset,
-            key_padding_mask=key_padding_mask, **extra,
-        )
-    dense = bias.dense(q.shape[-2], k.shape[-2], q_offset) if isinstance(bias, RelativeBias) else bias
+        return _call_kernel(q, k, v, int(q_offset), table, key_padding_mask, scale, causal, bidirectional, *buckets)
+    dense = None if bias is None else bias.dense(q.shape[-2], k.shape[-2], q_offset)
     if backend == "eager":
         return kernels.attention_reference(
             q, k, v, scale=scale, causal=causal, q_offset=q_offset,
@@ -116,6 +116,37 @@ def attend(
         )
     return _sdpa(q, k, v, scale=scale, causal=causal, bias=dense, q_offset=q_offset,
                  key_padding_mask=key_padding_mask)
+
+
+def _call_kernel(q, k, v, q_offset, table, key_padding_mask, scale, causal, bidirectional, num_buckets, max_distance):
+    return kernels.attention(
+        q, k, v, scale=scale, causal=causal, q_offset=q_offset, key_padding_mask=key_padding_mask,
+        bias_table=table, bias_bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance,
+    )
+
+
+@torch.library.custom_op("pali::fused_attention", mutates_args=())
+def _fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_offset: torch.Tensor,
+    table: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    scale: float,
+    causal: bool,
+    bidirectional: bool,
+    num_buckets: int,
+    max_distance: int,
+) -> torch.Tensor:
+    """:func:`pali.kernels.attention` for compiled inference (no autograd: decoding only)."""
+    return _call_kernel(q, k, v, int(q_offset), table, key_padding_mask, scale, causal, bidirectional,
+                        num_buckets, max_distance)
+
+
+@_fused_attention.register_fake
+def _(q, k, v, q_offset, table, key_padding_mask, scale, causal, bidirectional, num_buckets, max_distance):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 def _sdpa(q, k, v, *, scale, causal, bias, q_offset, key_padding_mask):
@@ -126,10 +157,10 @@ def _sdpa(q, k, v, *, scale, causal, bias, q_offset, key_padding_mask):
     mask = None if bias is None else bias.to(q.dtype)
     is_causal = False
     if causal:
-        if mask is None and q_offset == 0 and lq == lk:
+        if mask is None and isinstance(q_offset, int) and q_offset == 0 and lq == lk:
             is_causal = True
         else:
-            q_pos = torch.arange(q_offset, q_offset + lq, device=q.device)
+            q_pos = torch.arange(lq, device=q.device) + q_offset
             blocked = torch.arange(lk, device=q.device)[None, :] > q_pos[:, None]
             causal_bias = torch.zeros(lq, lk, dtype=q.dtype, device=q.device).masked_fill(blocked, neg)
             mask = causal_bias if mask is None else mask + causal_bias
@@ -206,9 +237,9 @@ class Attention(nn.Module):
         x: torch.Tensor,
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         *,
-        bias: RelativeBias | torch.Tensor | None = None,
+        bias: RelativeBias | None = None,
         causal: bool = False,
-        q_offset: int = 0,
+        q_offset: int | torch.Tensor = 0,
         key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` to ``kv`` (already projected keys/values), or to ``x`` itself."""

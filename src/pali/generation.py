@@ -1,16 +1,18 @@
 """Decoding strategies over an encoder-decoder: greedy, sampling and beam search.
 
-The model hands over two callables: ``step(tokens)`` giving next-token logits for the newest
-decoder tokens (the KV-cached path) or for the whole prefix (the uncached path), and
-``reorder(index)`` keeping the batch rows that beam search selects. Beam search follows Hugging
-Face transformers' vectorized algorithm (top ``2K`` candidates, length-normalized finished
-hypotheses, the same early-stop heuristic), so both give the same beams.
+:func:`decoder_step` builds the one step function every strategy shares: ``step(tokens)`` gives
+the next-token logits after the decoder tokens so far, and ``reorder(index)`` keeps the batch
+rows that beam search selects. The step runs the decoder on the newest token over its KV cache
+(optionally compiled), or, with ``use_cache=False``, recomputes the whole prefix: the reference
+the cached step is tested against. Beam search follows Hugging Face transformers' vectorized
+algorithm (top ``2K`` candidates, length-normalized finished hypotheses, the same early-stop
+heuristic), so both give the same beams.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable
 
 import torch
 
@@ -21,6 +23,13 @@ _NEG = -1.0e9
 
 @dataclass
 class GenerationConfig:
+    """How :meth:`pali.PaliModel.generate` decodes; keywords given to ``generate`` override fields.
+
+    ``eos_token_id`` and ``pad_token_id`` default (None) to the model's text config.
+    ``use_cache=False`` recomputes the whole prefix every step (same tokens, slower); ``compile``
+    runs the cached step through ``torch.compile`` (once per batch size and length, never per token).
+    """
+
     max_new_tokens: int = 32
     num_beams: int = 1
     do_sample: bool = False
@@ -29,8 +38,21 @@ class GenerationConfig:
     top_p: float | None = None
     length_penalty: float = 1.0
     early_stopping: bool = False
-    eos_token_id: int = 1
-    pad_token_id: int = 0
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    use_cache: bool = True
+    compile: bool = False
+
+    def updated(self, **overrides: Any) -> "GenerationConfig":
+        """A copy with ``overrides`` applied; an unknown name raises :class:`InputError`."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise InputError(
+                f"unknown generation option(s) {', '.join(map(repr, unknown))}; "
+                f"GenerationConfig has {', '.join(sorted(names))}"
+            )
+        return replace(self, **overrides)
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -45,6 +67,38 @@ class GenerationConfig:
             raise InputError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.compile and not self.use_cache:
+            raise InputError("compile=True needs use_cache=True (the compiled step is the cached one)")
+
+
+def decoder_step(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, cfg: GenerationConfig):
+    """``step(tokens)`` -> logits ``[B, 1, V]`` after ``tokens`` (start token first), and
+    ``reorder(index)`` for beam search, over a text stack (``decode``, ``start_decoding``,
+    ``decode_step``)."""
+    if not cfg.use_cache:
+        held = {"hidden": encoder_hidden, "mask": mask}
+
+        def step(tokens):
+            return text.decode(tokens, held["hidden"], held["mask"])[:, -1:]
+
+        def reorder(index):
+            held["hidden"] = held["hidden"].index_select(0, index)
+            held["mask"] = None if held["mask"] is None else held["mask"].index_select(0, index)
+
+        return step, reorder
+
+    cache = text.start_decoding(encoder_hidden, mask, cfg.max_new_tokens)
+    decode_step = torch.compile(text.decode_step) if cfg.compile else text.decode_step
+    filled = [0]
+
+    def cached_step(tokens):
+        # The newest token sits at position len - 1; the position goes in as a 0-d CPU tensor so a
+        # compiled step never specializes on it. contiguous: the newest column's strides would
+        # otherwise change every step (a recompile).
+        filled[0] = tokens.shape[1]
+        return decode_step(tokens[:, -1:].contiguous(), torch.tensor(tokens.shape[1] - 1))
+
+    return cached_step, lambda index: cache.reorder(index, filled[0])
 
 
 def filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:

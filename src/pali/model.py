@@ -10,6 +10,7 @@ as the paper's mixture has text-only tasks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from torch import nn
 from .attention import Attention, resolve_backend
 from .config import PaliConfig
 from .errors import InputError
-from .generation import GenerationConfig, beam_search, greedy_or_sample
+from .generation import GenerationConfig, beam_search, decoder_step, greedy_or_sample
 from .presets import get_config
 from .pretrained import PretrainedMixin
 from .registry import CONNECTORS, TEXT_STACKS, VISION_ENCODERS
@@ -246,75 +247,45 @@ class PaliModel(PretrainedMixin, nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         *,
-        max_new_tokens: int = 32,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        length_penalty: float = 1.0,
-        early_stopping: bool = False,
-        eos_token_id: int | None = None,
-        use_cache: bool = True,
+        generation_config: GenerationConfig | None = None,
         generator: torch.Generator | None = None,
-        compile: bool = False,
         qformer_input_ids: torch.Tensor | None = None,
         qformer_attention_mask: torch.Tensor | None = None,
+        **options: Any,
     ) -> torch.Tensor:
         """Generated token ids ``[B, T]`` (no start token; rows padded after their eos).
 
+        ``generation_config`` (default: :class:`GenerationConfig`'s defaults) says how to decode;
+        keyword ``options`` override its fields (``max_new_tokens=8``, ``num_beams=4``...), and an
+        unknown one raises :class:`InputError`. ``generator`` seeds sampling.
+
         The encoder runs once; cross-attention keys/values are projected once; the decoder's
-        self-attention reads a preallocated KV cache (``use_cache=False`` recomputes the whole
-        prefix each step and gives the same tokens). ``compile=True`` runs the decode step through
-        ``torch.compile`` over a static-shape cache: it compiles once per batch size and cache
-        length (the first call pays the compilation), never per token. ``qformer_input_ids`` /
+        self-attention reads and writes its preallocated KV cache (``use_cache=False`` recomputes
+        the whole prefix each step and gives the same tokens). ``compile=True`` runs the same
+        decode step through ``torch.compile``: it compiles once per batch size and cache length
+        (the first call pays the compilation), never per token. ``qformer_input_ids`` /
         ``qformer_attention_mask`` (InstructBLIP only) go to the connector, inside the encode step.
         """
-        if compile and not use_cache:
-            raise InputError("compile=True needs use_cache=True (the compiled step is the cached one)")
         text_cfg = self.config.text
-        cfg = GenerationConfig(
-            max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
-            temperature=temperature, top_k=top_k, top_p=top_p, length_penalty=length_penalty,
-            early_stopping=early_stopping,
-            eos_token_id=text_cfg.eos_token_id if eos_token_id is None else eos_token_id,
-            pad_token_id=text_cfg.pad_token_id,
+        cfg = (generation_config or GenerationConfig()).updated(**options)
+        cfg = cfg.updated(
+            eos_token_id=text_cfg.eos_token_id if cfg.eos_token_id is None else cfg.eos_token_id,
+            pad_token_id=text_cfg.pad_token_id if cfg.pad_token_id is None else cfg.pad_token_id,
         )
         cfg.validate()
         encoder_hidden, mask = self.encode(
             pixel_values, input_ids, attention_mask, qformer_input_ids, qformer_attention_mask
         )
         batch = encoder_hidden.shape[0]
-        if num_beams > 1:
-            index = torch.arange(batch, device=encoder_hidden.device).repeat_interleave(num_beams)
+        if cfg.num_beams > 1:
+            index = torch.arange(batch, device=encoder_hidden.device).repeat_interleave(cfg.num_beams)
             encoder_hidden = encoder_hidden.index_select(0, index)
             mask = None if mask is None else mask.index_select(0, index)
-        step, reorder = self._decoder_step(encoder_hidden, mask, cfg.max_new_tokens, use_cache, compile)
+        step, reorder = decoder_step(self.text, encoder_hidden, mask, cfg)
         start = text_cfg.decoder_start_token_id
-        if num_beams > 1:
+        if cfg.num_beams > 1:
             return beam_search(step, reorder, batch, start, cfg, encoder_hidden.device)
         return greedy_or_sample(step, batch, start, cfg, encoder_hidden.device, generator)
-
-    def _decoder_step(self, encoder_hidden, mask, max_len, use_cache, compile=False):
-        """``step(tokens)`` -> logits for the last position, and ``reorder(index)`` for beams."""
-        if use_cache:
-            state = self.text.start_decoding(encoder_hidden, mask, max_len, static=compile)
-            decode_step = torch.compile(self.text.decode_step) if compile else self.text.decode_step
-            # Beams of one item share its encoder rows and beam search never moves a row to another
-            # item, so only the self-attention cache needs reordering, not the cross-attention K/V.
-            # contiguous: the newest column's strides would otherwise change every step (a recompile)
-            return (lambda tokens: decode_step(tokens[:, -1:].contiguous(), state)), state.cache.reorder
-
-        held = {"hidden": encoder_hidden, "mask": mask}
-
-        def step(tokens):
-            return self.text.decode(tokens, held["hidden"], held["mask"])[:, -1:]
-
-        def reorder(index):
-            held["hidden"] = held["hidden"].index_select(0, index)
-            held["mask"] = None if held["mask"] is None else held["mask"].index_select(0, index)
-
-        return step, reorder
 
 
 def _check_labels(labels: torch.Tensor, vocab_size: int, name: str) -> None:

@@ -24,6 +24,7 @@ from ..attention import Attention, RelativeBias
 from ..config import TextConfig
 from ..errors import ConfigError, InputError
 from ..registry import TEXT_STACKS, register_preset
+from .kv_cache import KVCache
 
 _FP16_LIMIT = torch.finfo(torch.float16).max - 1000
 
@@ -132,102 +133,17 @@ class DecoderLayer(nn.Module):
         cross_kv: tuple[torch.Tensor, torch.Tensor],
         enc_mask: torch.Tensor | None,
         cache: KVCache | None = None,
+        start: int | torch.Tensor = 0,
         layer: int = 0,
     ) -> torch.Tensor:
+        """``start`` is the absolute position of ``x``'s first token (nonzero on a cached step)."""
         h = self.self_attn_norm(x)
-        if cache is None:
-            attn = self.self_attn(h, bias=bias, causal=True)
-        else:
-            kv = cache.update(layer, *self.self_attn.project_kv(h))
-            attn = self.self_attn(h, kv, **cache.attention_args(bias))
+        kv = None if cache is None else cache.write(layer, start, *self.self_attn.project_kv(h))
+        attn = self.self_attn(h, kv, bias=bias, causal=True, q_offset=start)
         x = _clamp_fp16(x + self.dropout(attn))
         attn = self.cross_attn(self.cross_attn_norm(x), cross_kv, key_padding_mask=enc_mask)
         x = _clamp_fp16(x + self.dropout(attn))
         return _clamp_fp16(x + self.dropout(self.mlp(self.mlp_norm(x))))
-
-
-class KVCache:
-    """Preallocated decoder self-attention keys/values, ``[layers, B, H, max_len, d_kv]``.
-
-    Each step writes the new positions in place and attends over a view of the filled prefix, so
-    decoding allocates nothing per token (beam search's reorder excepted).
-    """
-
-    def __init__(self, layers: int, batch: int, heads: int, max_len: int, d_kv: int, *, dtype, device) -> None:
-        self.k = torch.zeros(layers, batch, heads, max_len, d_kv, dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
-        self.length = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + k.shape[-2]
-        if end > self.k.shape[-2]:
-            raise InputError(f"KV cache holds {self.k.shape[-2]} positions; step needs {end}")
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def attention_args(self, bias: RelativeBias) -> dict:
-        """Self-attention arguments for the queries being written: causal from ``length`` on."""
-        return dict(bias=bias, causal=True, q_offset=self.length)
-
-    def advance(self, steps: int) -> None:
-        self.length += steps
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows ``index`` (beam search picks which hypotheses survive).
-
-        Only the filled prefix is copied: the rest of the buffer holds nothing yet.
-        """
-        filled = slice(0, self.length)
-        self.k[:, :, :, filled] = self.k[:, :, :, filled].index_select(1, index)
-        self.v[:, :, :, filled] = self.v[:, :, :, filled].index_select(1, index)
-
-
-class StaticKVCache(KVCache):
-    """A :class:`KVCache` whose shapes never change from token to token, for ``torch.compile``.
-
-    Every step attends over all ``max_len`` slots; the write position is a tensor (not a Python
-    int the compiler would specialize on), and the slots not written yet are masked by a causal
-    mask folded into the stack's bias, precomputed once as ``[1, H, max_len, max_len]``. A
-    compiled decode step therefore compiles once for the whole generation.
-    """
-
-    def __init__(self, layers, batch, heads, max_len, d_kv, *, dtype, device, bias: RelativeBias) -> None:
-        super().__init__(layers, batch, heads, max_len, d_kv, dtype=dtype, device=device)
-        self.position = torch.zeros((), dtype=torch.long, device=device)
-        dense = bias.dense(max_len, max_len, 0).to(dtype)
-        future = torch.ones(max_len, max_len, dtype=torch.bool, device=device).triu(1)
-        self.masked_bias = dense.masked_fill(future, torch.finfo(dtype).min)
-
-        self.written = self.position[None]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.written = self.position + torch.arange(k.shape[-2], device=self.position.device)
-        self.k[layer].index_copy_(2, self.written, k)
-        self.v[layer].index_copy_(2, self.written, v)
-        return self.k[layer], self.v[layer]
-
-    def attention_args(self, bias: RelativeBias) -> dict:
-        # The stack's table is already folded into ``masked_bias``: take the written queries' rows.
-        return dict(bias=self.masked_bias.index_select(2, self.written))
-
-    def advance(self, steps: int) -> None:
-        # Never touches the Python int ``length``: a compiled step would specialize on it.
-        self.position += steps
-
-    def reorder(self, index: torch.Tensor) -> None:
-        # Whole buffers: the compiled step's inputs keep their shapes.
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
-
-
-@dataclass
-class DecoderState:
-    """What the decoder needs between steps: encoder keys/values (computed once) and the cache."""
-
-    cross_kv: list[tuple[torch.Tensor, torch.Tensor]]
-    enc_mask: torch.Tensor | None
-    cache: KVCache
 
 
 class Stack(nn.Module):
@@ -242,6 +158,7 @@ class Stack(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
         self.gradient_checkpointing = False
+        self.kv_cache: KVCache | None = None  # the decoder's, set up by MT5.start_decoding
 
     def bias(self) -> RelativeBias:
         return RelativeBias(self.relpos_bias, self.bidirectional, self.cfg.num_buckets, self.cfg.max_distance)
@@ -323,33 +240,47 @@ class MT5(nn.Module):
     def decode(
         self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor, enc_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Logits ``[B, T, V]`` for every decoder position at once (training, scoring)."""
+        """Logits ``[B, T, V]`` for every decoder position at once (training, scoring, and the
+        uncached reference of :meth:`decode_step`)."""
         self.check_ids(decoder_input_ids, "decoder_input_ids")
         cross_kv = [layer.cross_attn.project_kv(encoder_hidden) for layer in self.decoder.layers]
-        x = self.embed(decoder_input_ids)
-        x = self._decode_layers(x, cross_kv, enc_mask, cache=None)
+        bias = self.decoder.bias()
+        x = self.decoder.run(self.embed(decoder_input_ids), lambda i: (bias, cross_kv[i], enc_mask))
         return self.lm_head(x)
 
-    def _decode_layers(self, x, cross_kv, enc_mask, cache):
-        bias = self.decoder.bias()
-        return self.decoder.run(x, lambda i: (bias, cross_kv[i], enc_mask, cache, i))
+    def start_decoding(self, encoder_hidden: torch.Tensor, enc_mask: torch.Tensor | None, max_len: int) -> KVCache:
+        """Fill the decoder's :class:`KVCache` for a generation of up to ``max_len`` tokens.
 
-    def start_decoding(
-        self, encoder_hidden: torch.Tensor, enc_mask: torch.Tensor | None, max_len: int, *, static: bool = False
-    ) -> DecoderState:
-        """Project the encoder output for every cross-attention once and allocate the cache
-        (a :class:`StaticKVCache` when ``static``, for a compiled :meth:`decode_step`)."""
+        The cross-attention keys/values are projected once here; the self-attention buffers are
+        preallocated (and reused from the previous generation when the shapes match, so a
+        compiled :meth:`decode_step` sees the same module and buffers every call).
+        """
         cfg = self.config
-        cross_kv = [layer.cross_attn.project_kv(encoder_hidden) for layer in self.decoder.layers]
-        shape = (cfg.num_decoder_layers, encoder_hidden.shape[0], cfg.num_heads, max_len, cfg.d_kv)
-        kwargs = dict(dtype=cross_kv[0][0].dtype, device=encoder_hidden.device)
-        cache = StaticKVCache(*shape, **kwargs, bias=self.decoder.bias()) if static else KVCache(*shape, **kwargs)
-        return DecoderState(cross_kv, enc_mask, cache)
+        cross = [layer.cross_attn.project_kv(encoder_hidden) for layer in self.decoder.layers]
+        cache = self.decoder.kv_cache
+        if cache is None:
+            cache = self.decoder.kv_cache = KVCache()
+        cache.allocate(cfg.num_decoder_layers, encoder_hidden.shape[0], cfg.num_heads, max_len, cfg.d_kv,
+                       dtype=cross[0][0].dtype, device=encoder_hidden.device)
+        cache.set_cross(cross, enc_mask)
+        return cache
 
-    def decode_step(self, ids: torch.Tensor, state: DecoderState) -> torch.Tensor:
-        """Logits ``[B, t, V]`` for ``t`` new decoder tokens, extending ``state``'s cache."""
-        x = self._decode_layers(self.embed(ids), state.cross_kv, state.enc_mask, cache=state.cache)
-        state.cache.advance(ids.shape[1])
+    def decode_step(self, ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, t, V]`` for ``t`` new decoder tokens at positions ``start ..``, written into
+        the cache :meth:`start_decoding` filled.
+
+        ``start`` may be a 0-d CPU tensor: a compiled step then compiles once for every position
+        (a Python int would be specialized on), and the attention still reads the position on the
+        host, so the fused kernels are launched without a device sync.
+        """
+        cache = self.decoder.kv_cache
+        if not torch.compiler.is_compiling():
+            if cache is None or not cache.allocated:
+                raise InputError("decode_step needs start_decoding first (no KV cache)")
+            cache.check_room(int(start), ids.shape[1])
+        bias = self.decoder.bias()
+        cross_kv = cache.cross_kv()
+        x = self.decoder.run(self.embed(ids), lambda i: (bias, cross_kv[i], cache.enc_mask, cache, start, i))
         return self.lm_head(x)
 
 

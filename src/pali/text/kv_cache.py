@@ -1,0 +1,78 @@
+"""The decoder's KV cache: every key/value it attends to during one generation, preallocated.
+
+Self-attention keys/values live in ``[layers, B, H, max_len, D]`` buffers that each step writes at
+its positions (``index_copy_``), and every step attends over the whole buffer: the decoder asks
+for causal attention from the step's position, which hides the slots not written yet. Shapes
+therefore never change from token to token, so a compiled step compiles once, and nothing is
+allocated per token. Cross-attention keys/values are projected once per generation and kept here
+too. The cache stores; it does not decide how attention is called.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+
+class KVCache(nn.Module):
+    """Preallocated decoder keys/values (non-persistent buffers: never in a state dict)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("k", "v", "cross_k", "cross_v", "enc_mask"):
+            self.register_buffer(name, None, persistent=False)
+
+    @property
+    def allocated(self) -> bool:
+        return self.k is not None
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[-2]
+
+    def allocate(self, layers: int, batch: int, heads: int, max_len: int, head_dim: int, *, dtype, device) -> None:
+        """Buffers for ``max_len`` positions, reusing the current ones when they already fit.
+
+        Reused slots need no clearing: a step never attends to a slot it has not written.
+        """
+        shape = (layers, batch, heads, max_len, head_dim)
+        k = self.k
+        if k is None or tuple(k.shape) != shape or k.dtype != dtype or k.device != torch.device(device):
+            self.k = torch.zeros(shape, dtype=dtype, device=device)
+            self.v = torch.zeros_like(self.k)
+
+    def set_cross(self, cross: list[tuple[torch.Tensor, torch.Tensor]], enc_mask: torch.Tensor | None) -> None:
+        """Keep every layer's cross-attention keys/values (projected once) and the encoder mask."""
+        self.cross_k = torch.stack([k for k, _ in cross])
+        self.cross_v = torch.stack([v for _, v in cross])
+        self.enc_mask = enc_mask
+
+    def cross_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(zip(self.cross_k.unbind(0), self.cross_v.unbind(0)))
+
+    def check_room(self, start: int, steps: int) -> None:
+        if start < 0 or start + steps > self.max_len:
+            raise InputError(f"KV cache holds {self.max_len} positions; step needs {start} to {start + steps}")
+
+    def write(
+        self, layer: int, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``/``v`` ``[B, H, t, D]`` at positions ``start .. start + t``; return the layer's
+        whole buffers ``[B, H, max_len, D]``."""
+        positions = torch.arange(k.shape[-2], device=k.device) + start
+        self.k[layer].index_copy_(2, positions, k)
+        self.v[layer].index_copy_(2, positions, v)
+        return self.k[layer], self.v[layer]
+
+    def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
+        """Keep batch rows ``index`` (the hypotheses beam search keeps), in place so the buffers
+        stay the same tensors. Only the first ``length`` positions (default all) are copied.
+
+        Cross-attention keys/values are not touched: beam search never moves a row to another
+        batch item, and the beams of one item share its encoder rows.
+        """
+        filled = slice(0, self.max_len if length is None else length)
+        self.k[:, :, :, filled] = self.k[:, :, :, filled].index_select(1, index)
+        self.v[:, :, :, filled] = self.v[:, :, :, filled].index_select(1, index)
