@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -79,10 +80,13 @@ class Chromium:
     def __init__(self, binary: str, profile: Path) -> None:
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
-        # The shell moves the pipe ends to the fds the protocol expects, then becomes Chromium.
-        script = f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}'
+        # A small trampoline moves the pipe ends to the fds the protocol expects, then becomes
+        # Chromium (a shell cannot: POSIX sh only redirects single-digit fds).
+        trampoline = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); " \
+                     "os.execv(sys.argv[3], sys.argv[3:])"
         self.process = subprocess.Popen(
-            ["sh", "-c", script, binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            [sys.executable, "-c", trampoline, str(to_browser_r), str(from_browser_w), binary, *FLAGS,
+             f"--user-data-dir={profile}", "about:blank"],
             pass_fds=(to_browser_r, from_browser_w), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
