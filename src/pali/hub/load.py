@@ -28,6 +28,7 @@ from ..checkpoint import (
     read_json, shard_files,
 )
 from ..errors import CheckpointError
+from ..meta import meta_device
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def load_pretrained(
     except ConfigError as e:
         raise ConfigError(f"{source}/{CONFIG_NAME}: {e}") from None
     entries, metadata = read_index(snapshot.folder)
-    with torch.device("meta"):
+    with meta_device():
         model = cls(config)
     check_num_parameters(model, f"{source}/{CONFIG_NAME}")
     entries = verify(entries, model.state_dict(), source=source, strict=strict)

@@ -27,6 +27,7 @@ from ..convert import read as read_checkpoint
 from ..convert.big_vision import split_selector
 from ..convert.hf_reader import BIN_INDEX, BIN_NAME
 from ..errors import CheckpointError, ConfigError
+from ..meta import meta_device
 from ..presets import get_config
 from ..registry import TEXT_STACKS, VISION_ENCODERS
 from .download import Snapshot, fetch
@@ -117,7 +118,7 @@ def from_unimodal(
         warnings.warn(
             f"the {role} tower of {config.preset or 'this model'} is randomly initialised ({why})", stacklevel=3
         )
-    with torch.device("meta"):
+    with meta_device():
         model = cls(config)
     entries = {}
     for role, tower in towers.items():
