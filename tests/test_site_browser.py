@@ -18,7 +18,8 @@ import pytest
 from browser import Chromium, find_chromium, serve
 from test_docs import ROOT, _missing_docs_tools, code_blocks
 
-PAGES = {"index.md": "", "model.md": "model/", "tasks.md": "tasks/", "benchmarks.md": "benchmarks/"}
+PAGES = {"index.md": "", "model.md": "model/", "tasks.md": "tasks/", "benchmarks.md": "benchmarks/",
+         "architecture.md": "architecture/"}
 # Material asks GitHub for the repository's stars and latest release (``repo_url``); offline that
 # request fails, which is expected. Any other request leaving the local server fails the test.
 ALLOWED_EXTERNAL = ("https://api.github.com/repos/",)
