@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from hf_reference import _randomize, hf_mt5, transformers
-from pali.checkpoint import read_safetensors
+from helpers_checkpoint import read_safetensors
 from pali.convert import convert_hf, detect_format, load_config, read_hf
 from pali.errors import CheckpointError
 from pali.model import shift_right
