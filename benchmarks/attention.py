@@ -1,34 +1,58 @@
 """Benchmark the fused T5-bias attention kernels on PaLI's attention shapes against PyTorch peers.
 
-For every shape it first checks the Triton kernel (output and q/k/v/table gradients) against the
-fp32 reference, then times forward and forward+backward with CUDA events (median of several
-runs) for:
+For every shape it first checks both of our bias strategies (output and q/k/v/table gradients)
+against the fp32 reference, then times forward and forward+backward with CUDA events (median of
+``--reps`` runs after warm-up) for these implementations (``--impls``):
 
-* ``triton``      -- :func:`pali.kernels.attention`, bias looked up inside the kernel;
-* ``sdpa_mem``    -- SDPA, memory-efficient backend, dense ``[1, H, Lq, Lk]`` bias materialized
-                     from the table on every call (what the model does without the kernel);
-* ``sdpa_math``   -- SDPA math backend with the same dense bias;
-* ``flex``        -- FlexAttention under ``torch.compile`` with a T5 ``score_mod`` (table lookup
-                     through a precomputed ``[Lq, Lk]`` bucket index);
-* ``sdpa_flash``  -- SDPA flash backend, only for shapes without bias or padding (the ViT ones).
+* ``ours_bucket``   -- :func:`pali.kernels.attention`, T5 bucket computed inside the kernel;
+* ``ours_row``      -- the same with a per-head bias row over all distances, gathered by the
+                       kernel (bias shapes only: without a bias both strategies are one kernel);
+* ``sdpa_flash``    -- SDPA flash backend (bias-free shapes without padding only);
+* ``sdpa_cudnn``    -- SDPA cuDNN backend, dense bias;
+* ``sdpa_mem``      -- SDPA memory-efficient backend, dense bias;
+* ``flex_dense``    -- FlexAttention under ``torch.compile`` reading a dense ``[H, Lq, Lk]`` bias;
+* ``flex_bucket``   -- FlexAttention under ``torch.compile``, T5 bucket and table lookup inside
+                       its ``score_mod``.
 
-A peer that cannot run a shape is reported as ``n/a (reason)``. Without CUDA, or with
-``--check``, only the correctness checks run (through Triton's interpreter at tiny sizes when
-there is no GPU), so this script is exercised by the CPU test suite.
+Ablations of our levers, run only when named: ``ours_bucket_tma`` (tensor-descriptor loads),
+``ours_bucket_noexp2`` (natural-base softmax).
+
+What is inside the timed region: everything that depends on the table (the dense bias of the
+SDPA/Flex peers, our bias row), because its gradient must flow; masks, bucket indices and Flex
+block masks, which depend only on the lengths, are built once beforehand. A peer that fails
+(unsupported, out of resources) becomes a row with an ``error``; it never stops the run.
+
+Rows are written (after every shape, atomically) to ``benchmarks/results/<device>-<date>.json``
+or ``--json``; rows already in that file for other (shape, impl) pairs are kept, so several runs
+(e.g. FlexAttention's compile-heavy pass last) build one file, and the ratio fields are
+recomputed over all its rows. The schema is documented in docs/benchmarks.md.
+
+``--dry-run`` (the default without CUDA) runs the checks through Triton's interpreter at tiny
+sizes, then every implementation at tiny sizes on the CPU (FlexAttention uncompiled), so every
+code path of this script runs in the CPU test suite; its timings are interpreter times, never
+GPU figures, and it writes JSON only where ``--json`` says.
 
 Usage::
 
-    python benchmarks/attention.py            # checks + timings (needs CUDA)
-    python benchmarks/attention.py --check    # correctness only
+    python benchmarks/attention.py                      # checks + timings (needs CUDA)
+    python benchmarks/attention.py --check              # correctness only
+    python benchmarks/attention.py --dry-run --json /tmp/attention.json
+    python benchmarks/attention.py --summarize FILE     # the table of a results file
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
+import re
 import statistics
 import sys
-from dataclasses import dataclass, replace
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -37,7 +61,10 @@ if not torch.cuda.is_available():
     # Must happen before anything imports triton.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from pali.kernels import attention, attention_reference, t5_relative_bias  # noqa: E402
+from pali.kernels import attention, attention_reference, relative_position_bucket  # noqa: E402
+from pali.kernels.api import use_kernel_options  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
@@ -58,9 +85,17 @@ class Shape:
 
     @property
     def flops_fwd(self) -> float:
-        """Two matmuls of 2*Lq*Lk*D flops; causal self-attention does about half of them."""
+        """Two matmuls of 2*Lq*Lk*D flops; causal self-attention does about half of them.
+
+        Counted over the full lengths: padded keys are work a padding-aware kernel may skip.
+        """
         flops = 4.0 * self.batch * self.heads * self.lq * self.lk * self.head_dim
         return flops / 2 if self.causal and self.lq == self.lk else flops
+
+    @property
+    def inference_only(self) -> bool:
+        """A decode step runs without gradients in the model: it is timed forward only."""
+        return self.q_offset > 0
 
     def tiny(self) -> Shape:
         """A version small enough for the CPU interpreter, keeping every feature."""
@@ -73,16 +108,15 @@ class Shape:
 TEXT_IMG_224 = 256 + 64  # 16x16 patches + text tokens
 TEXT_IMG_588 = 1764 + 64  # 42x42 patches + text tokens
 
+# In order of importance: a run that hits its time budget loses the last ones.
 SHAPES = [
-    Shape("mT5-L enc 224px", 32, 16, TEXT_IMG_224, TEXT_IMG_224, 64, "bidirectional", scale=1.0, padded=True),
     Shape("mT5-L enc 588px", 4, 16, TEXT_IMG_588, TEXT_IMG_588, 64, "bidirectional", scale=1.0, padded=True),
-    Shape("mT5-XXL enc 224px", 8, 64, TEXT_IMG_224, TEXT_IMG_224, 64, "bidirectional", scale=1.0, padded=True),
-    Shape("mT5-XXL enc 588px", 1, 64, TEXT_IMG_588, TEXT_IMG_588, 64, "bidirectional", scale=1.0, padded=True),
+    Shape("mT5-L enc 224px", 32, 16, TEXT_IMG_224, TEXT_IMG_224, 64, "bidirectional", scale=1.0, padded=True),
+    Shape("ViT-G/14 588px d104", 4, 16, 1764, 1764, 104),
+    Shape("ViT-e/14 588px d112", 4, 16, 1764, 1764, 112),
     Shape("mT5-L dec self causal", 32, 16, 128, 128, 64, "causal", causal=True, scale=1.0),
     Shape("mT5-L dec cross 588px", 8, 16, 128, TEXT_IMG_588, 64, scale=1.0, padded=True),
     Shape("mT5-L dec decode step", 32, 16, 1, 128, 64, "causal", causal=True, scale=1.0, q_offset=127),
-    Shape("ViT-G/14 588px d104", 4, 16, 1764, 1764, 104),
-    Shape("ViT-e/14 588px d112", 4, 16, 1764, 1764, 112),
 ]
 
 Runner = Callable[[], torch.Tensor]
@@ -112,95 +146,149 @@ def make_inputs(shape: Shape, dtype: torch.dtype, device: str, requires_grad: bo
     return inputs
 
 
+def leaves(inputs: dict) -> list[torch.Tensor]:
+    return [inputs[n] for n in ("q", "k", "v", "table") if inputs[n] is not None]
+
+
 def kernel_kwargs(shape: Shape, inputs: dict) -> dict:
     return dict(scale=shape.scale, causal=shape.causal, bias_table=inputs["table"],
                 bias_bidirectional=shape.bias != "causal", q_offset=shape.q_offset,
                 key_padding_mask=inputs["lengths"])
 
 
-def dense_bias(shape: Shape, inputs: dict) -> torch.Tensor | None:
-    """The additive ``[B|1, H, Lq, Lk]`` bias the SDPA peers need: T5 table + causal + padding."""
+def buckets(shape: Shape, device: torch.device) -> torch.Tensor:
+    """``[Lq, Lk]`` T5 bucket of every (query, key) pair."""
+    rel = (torch.arange(shape.lk, device=device)[None, :]
+           - torch.arange(shape.q_offset, shape.q_offset + shape.lq, device=device)[:, None])
+    return relative_position_bucket(rel, bidirectional=shape.bias != "causal")
+
+
+def mask_bias(shape: Shape, inputs: dict) -> torch.Tensor | None:
+    """The additive ``[B|1, 1, Lq, Lk]`` causal + padding mask of the SDPA peers (no table in it)."""
     q = inputs["q"]
-    bias = None
-    if inputs["table"] is not None:
-        bias = t5_relative_bias(inputs["table"], shape.lq, shape.lk, q_offset=shape.q_offset,
-                                bidirectional=shape.bias != "causal").to(q.dtype)
-    neg = torch.finfo(q.dtype).min
+    keep = None
     if shape.causal:
-        allowed = (torch.arange(shape.lk, device=q.device)[None, :]
-                   <= torch.arange(shape.q_offset, shape.q_offset + shape.lq, device=q.device)[:, None])
-        causal = torch.zeros(shape.lq, shape.lk, dtype=q.dtype, device=q.device).masked_fill(~allowed, neg)
-        bias = causal[None, None] if bias is None else bias + causal
+        q_pos = torch.arange(shape.q_offset, shape.q_offset + shape.lq, device=q.device)
+        keep = (torch.arange(shape.lk, device=q.device)[None, :] <= q_pos[:, None])[None, None]
     if inputs["lengths"] is not None:
-        keep = torch.arange(shape.lk, device=q.device)[None, :] < inputs["lengths"][:, None]
-        pad = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, neg)
-        bias = pad[:, None, None] if bias is None else bias + pad[:, None, None]
-    return bias
+        pad = (torch.arange(shape.lk, device=q.device)[None, :] < inputs["lengths"][:, None])[:, None, None]
+        keep = pad if keep is None else keep & pad
+    if keep is None:
+        return None
+    return torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
 
 
 # ------------------------------------------------------------------------------------------------
-# Peers: each builder returns a zero-argument runner, or raises to be reported as n/a.
+# Implementations: each builder returns a zero-argument runner, or raises to be reported as n/a.
 # ------------------------------------------------------------------------------------------------
 
 
-def triton_peer(shape: Shape, inputs: dict) -> Runner:
-    return lambda: attention(inputs["q"], inputs["k"], inputs["v"], **kernel_kwargs(shape, inputs))
-
-
-def sdpa_peer(backend_name: str) -> Callable[[Shape, dict], Runner]:
-    def build(shape: Shape, inputs: dict) -> Runner:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        from torch.nn.functional import scaled_dot_product_attention as sdpa
-
-        backend = getattr(SDPBackend, backend_name)
-        if backend_name == "FLASH_ATTENTION" and (shape.bias or shape.padded or shape.q_offset):
-            raise RuntimeError("flash takes no bias or padding mask")
+def ours(**options: object) -> Callable[[Shape, dict, bool], Runner]:
+    def build(shape: Shape, inputs: dict, dry_run: bool) -> Runner:
+        if options.get("bias_strategy") == "row" and not shape.bias:
+            raise RuntimeError("no bias: the row strategy is the bucket kernel")
 
         def run() -> torch.Tensor:
-            with sdpa_kernel(backend):
-                # A causal-only shape could use is_causal, but our decode step has q_offset > 0.
-                return sdpa(inputs["q"], inputs["k"], inputs["v"], attn_mask=dense_bias(shape, inputs),
-                            scale=shape.scale)
+            with use_kernel_options(**options):
+                return attention(inputs["q"], inputs["k"], inputs["v"], **kernel_kwargs(shape, inputs))
 
         return run
 
     return build
 
 
-def flex_peer(shape: Shape, inputs: dict) -> Runner:
-    from torch.nn.attention.flex_attention import flex_attention
+def sdpa(backend_name: str) -> Callable[[Shape, dict, bool], Runner]:
+    def build(shape: Shape, inputs: dict, dry_run: bool) -> Runner:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.functional import scaled_dot_product_attention
 
-    q = inputs["q"]
-    table, lengths = inputs["table"], inputs["lengths"]
-    buckets = None
-    if table is not None:
-        from pali.kernels import relative_position_bucket
+        backend = getattr(SDPBackend, backend_name)
+        if backend_name == "FLASH_ATTENTION" and (shape.bias or shape.padded or shape.q_offset):
+            raise RuntimeError("flash takes no bias or padding mask")
+        masks = mask_bias(shape, inputs)
+        index = buckets(shape, inputs["q"].device) if inputs["table"] is not None else None
 
-        rel = (torch.arange(shape.lk, device=q.device)[None, :]
-               - torch.arange(shape.q_offset, shape.q_offset + shape.lq, device=q.device)[:, None])
-        buckets = relative_position_bucket(rel, bidirectional=shape.bias != "causal")
-    q_offset = shape.q_offset
+        def run() -> torch.Tensor:
+            bias = masks
+            if index is not None:
+                dense = inputs["table"][:, index].to(inputs["q"].dtype)[None]
+                bias = dense if masks is None else dense + masks
+            with sdpa_kernel(backend):
+                # A causal-only shape could use is_causal, but our decode step has q_offset > 0.
+                return scaled_dot_product_attention(inputs["q"], inputs["k"], inputs["v"],
+                                                    attn_mask=bias, scale=shape.scale)
 
-    def score_mod(score, b, h, q_idx, kv_idx):
-        if buckets is not None:
-            score = score + table[h, buckets[q_idx, kv_idx]].to(score.dtype)
-        if shape.causal:
-            score = torch.where(kv_idx <= q_idx + q_offset, score, -float("inf"))
-        if lengths is not None:
-            score = torch.where(kv_idx < lengths[b], score, -float("inf"))
-        return score
+        return run
 
-    compiled = torch.compile(flex_attention, dynamic=False)
-    return lambda: compiled(inputs["q"], inputs["k"], inputs["v"], score_mod=score_mod, scale=shape.scale)
+    return build
 
 
-PEERS: dict[str, Callable[[Shape, dict], Runner]] = {
-    "triton": triton_peer,
-    "sdpa_mem": sdpa_peer("EFFICIENT_ATTENTION"),
-    "sdpa_math": sdpa_peer("MATH"),
-    "flex": flex_peer,
-    "sdpa_flash": sdpa_peer("FLASH_ATTENTION"),
+def flex(bias_in_kernel: bool) -> Callable[[Shape, dict, bool], Runner]:
+    """FlexAttention, compiled (uncompiled in a dry run: the CPU cannot compile it in time)."""
+
+    def build(shape: Shape, inputs: dict, dry_run: bool) -> Runner:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        q = inputs["q"]
+        table, lengths, q_offset = inputs["table"], inputs["lengths"], shape.q_offset
+        if dry_run and table is not None:
+            table = table.detach()
+        bidirectional = shape.bias != "causal"
+        index = buckets(shape, q.device) if table is not None else None
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            keep = kv_idx >= 0
+            if shape.causal:
+                keep = keep & (kv_idx <= q_idx + q_offset)
+            if lengths is not None:
+                keep = keep & (kv_idx < lengths[b])
+            return keep
+
+        block_mask = None
+        if shape.causal or lengths is not None:
+            block_mask = create_block_mask(mask_mod, shape.batch, None, shape.lq, shape.lk, device=q.device)
+        fn = flex_attention if dry_run else torch.compile(flex_attention, dynamic=False)
+        # On the CPU FlexAttention has no backward and refuses inputs that require grad: a dry
+        # run times its forward on detached inputs (and the table above; its backward then
+        # records an error rather than a partial gradient).
+        qkv = [inputs[n].detach() if dry_run else inputs[n] for n in ("q", "k", "v")]
+
+        def run() -> torch.Tensor:
+            score_mod = None
+            if table is not None and bias_in_kernel:
+                def score_mod(score, b, h, q_idx, kv_idx):
+                    bucket = relative_position_bucket(kv_idx - (q_idx + q_offset), bidirectional=bidirectional)
+                    return score + table[h, bucket].to(score.dtype)
+            elif table is not None:
+                dense = table[:, index].to(q.dtype)
+
+                def score_mod(score, b, h, q_idx, kv_idx):
+                    return score + dense[h, q_idx, kv_idx].to(score.dtype)
+
+            return fn(*qkv, score_mod=score_mod, block_mask=block_mask, scale=shape.scale)
+
+        return run
+
+    return build
+
+
+IMPLS: dict[str, Callable[[Shape, dict, bool], Runner]] = {
+    "ours_bucket": ours(bias_strategy="bucket"),
+    "ours_row": ours(bias_strategy="row"),
+    "sdpa_flash": sdpa("FLASH_ATTENTION"),
+    "sdpa_cudnn": sdpa("CUDNN_ATTENTION"),
+    "sdpa_mem": sdpa("EFFICIENT_ATTENTION"),
+    "flex_dense": flex(bias_in_kernel=False),
+    "flex_bucket": flex(bias_in_kernel=True),
+    "ours_bucket_tma": ours(bias_strategy="bucket", tma=True),
+    "ours_bucket_noexp2": ours(bias_strategy="bucket", exp2=False),
 }
+DEFAULT_IMPLS = ["ours_bucket", "ours_row", "sdpa_flash", "sdpa_cudnn", "sdpa_mem", "flex_dense", "flex_bucket"]
+CHECKED = {"ours_bucket": "bucket", "ours_row": "row"}
+
+
+def is_ours(impl: str) -> bool:
+    return impl.startswith("ours")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,24 +296,24 @@ PEERS: dict[str, Callable[[Shape, dict], Runner]] = {
 # ------------------------------------------------------------------------------------------------
 
 
-def check(shape: Shape, dtype: torch.dtype, device: str) -> dict[str, float]:
+def check(shape: Shape, dtype: torch.dtype, device: str, strategy: str) -> dict[str, float]:
     """Kernel vs fp32 reference on the same values; raises AssertionError on a mismatch.
 
     Checks at most two batch rows so the dense reference stays small at the big shapes.
     """
     shape = replace(shape, batch=min(shape.batch, 2))
     inputs = make_inputs(shape, dtype, device, requires_grad=True)
-    leaves = [inputs[n] for n in ("q", "k", "v", "table") if inputs[n] is not None]
-    ref_leaves = [t.detach().float().requires_grad_(True) for t in leaves]
+    ref_leaves = [t.detach().float().requires_grad_(True) for t in leaves(inputs)]
     ref_inputs = dict(inputs, **dict(zip(("q", "k", "v", "table"), ref_leaves)))
     mask = None
     if inputs["lengths"] is not None:
         mask = torch.arange(shape.lk, device=device)[None, :] < inputs["lengths"][:, None]
 
-    out = triton_peer(shape, inputs)()
+    with use_kernel_options(bias_strategy=strategy):
+        out = attention(inputs["q"], inputs["k"], inputs["v"], **kernel_kwargs(shape, inputs))
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device)
+        got = torch.autograd.grad(out, leaves(inputs), grad.to(dtype))
     ref = attention_reference(*ref_leaves[:3], **dict(kernel_kwargs(shape, ref_inputs), key_padding_mask=mask))
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device)
-    got = torch.autograd.grad(out, leaves, grad.to(dtype))
     want = torch.autograd.grad(ref, ref_leaves, grad)
 
     tol = {torch.float32: 2e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}[dtype]
@@ -234,7 +322,7 @@ def check(shape: Shape, dtype: torch.dtype, device: str) -> dict[str, float]:
         err = (a.float() - b).abs().max().item()
         bound = tol * max(1.0, b.abs().max().item())
         errors[name] = err
-        assert err <= bound and torch.isfinite(a).all(), f"{shape.name}: {name} error {err:.3g} > {bound:.3g}"
+        assert err <= bound and torch.isfinite(a).all(), f"{shape.name} {strategy}: {name} error {err:.3g} > {bound:.3g}"
     return errors
 
 
@@ -243,109 +331,248 @@ def check(shape: Shape, dtype: torch.dtype, device: str) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------
 
 
-def time_ms(fn: Callable[[], object], reps: int) -> float:
-    """Median wall time of ``fn`` on the GPU, by CUDA events, after warm-up."""
-    for _ in range(3):
+def time_ms(fn: Callable[[], object], reps: int, on_gpu: bool) -> float:
+    """Median time of ``fn`` after warm-up: CUDA events on a GPU, the wall clock in a dry run."""
+    for _ in range(1 if not on_gpu else 3):
         fn()
     times = []
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        if on_gpu:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
-def bench_peer(build: Callable[[Shape, dict], Runner], shape: Shape, dtype: torch.dtype,
-               reps: int) -> tuple[float, float] | str:
-    """(forward ms, forward+backward ms), or the reason the peer cannot run."""
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:160] if text else ''}"
+
+
+def measure(impl: str, shape: Shape, dtype: torch.dtype, device: str, reps: int, dry_run: bool) -> dict:
+    """One result row. Failures fill ``error`` and leave what was not measured ``None``."""
+    row = {"shape": shape.name, "impl": impl, "fwd_ms": None, "fwd_tflops": None, "fwd_bwd_ms": None,
+           "fwd_bwd_tflops": None, "bias_grad": None, "bias_grad_deterministic": None, "error": None}
+    on_gpu = device == "cuda"
     try:
-        inputs = make_inputs(shape, dtype, "cuda", requires_grad=True)
-        run = build(shape, inputs)
-        leaves = [inputs[n] for n in ("q", "k", "v", "table") if inputs[n] is not None]
+        inputs = make_inputs(shape, dtype, device, requires_grad=True)
+        run = IMPLS[impl](shape, inputs, dry_run)
         with torch.no_grad():
-            fwd = time_ms(run, reps)
+            row["fwd_ms"] = time_ms(run, reps, on_gpu)
+        row["fwd_tflops"] = shape.flops_fwd / row["fwd_ms"] / 1e9
+        if shape.inference_only:
+            return row
+        grads_of = leaves(inputs)
 
-        def fwd_bwd() -> None:
+        def fwd_bwd() -> tuple[torch.Tensor, ...]:
             out = run()
-            torch.autograd.grad(out, leaves, torch.ones_like(out))
+            return torch.autograd.grad(out, grads_of, torch.ones_like(out), allow_unused=True)
 
-        return fwd, time_ms(fwd_bwd, reps)
+        row["fwd_bwd_ms"] = time_ms(fwd_bwd, reps, on_gpu)
+        row["fwd_bwd_tflops"] = 3.5 * shape.flops_fwd / row["fwd_bwd_ms"] / 1e9
+        if inputs["table"] is not None:
+            first, second = fwd_bwd()[-1], fwd_bwd()[-1]
+            row["bias_grad"] = first is not None and bool(first.abs().sum() > 0)
+            # Observed over two runs on the same inputs: False proves nondeterminism, True does not
+            # prove determinism (an atomic-add reduction may happen to agree).
+            row["bias_grad_deterministic"] = bool(row["bias_grad"] and torch.equal(first, second))
     except Exception as exc:  # noqa: BLE001 -- any failure of a peer is a result, not a crash
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return f"n/a ({type(exc).__name__}: {reason[:80]})"
+        row["error"] = _reason(exc)
     finally:
-        torch.cuda.empty_cache()
+        if on_gpu:
+            torch.cuda.empty_cache()
+    return row
 
 
-def report(shape: Shape, dtype: torch.dtype, reps: int, peers: list[str]) -> None:
-    print(f"\n== {shape.name}: B={shape.batch} H={shape.heads} Lq={shape.lq} Lk={shape.lk} "
-          f"D={shape.head_dim} bias={shape.bias} causal={shape.causal} padded={shape.padded} {dtype}")
-    results = {name: bench_peer(PEERS[name], shape, dtype, reps) for name in peers}
-    base = results["triton"]
-    print(f"  {'peer':<11} {'fwd ms':>9} {'TFLOP/s':>8} {'fwd+bwd ms':>11} {'TFLOP/s':>8} "
-          f"{'fwd x':>7} {'f+b x':>7}   (x = peer time / triton time)")
-    for name, res in results.items():
-        if isinstance(res, str):
-            print(f"  {name:<11} {res}")
+def add_ratios(rows: list[dict], shapes: dict[str, dict]) -> None:
+    """``fwd_vs_best_peer`` and ``fwd_bwd_vs_best_bias_grad_peer`` on our rows (peer ms / our ms).
+
+    Peers are the non-``ours`` rows of the same shape, each time it measured (a row whose backward
+    failed still has its forward). With a bias, a forward+backward peer counts only if it returned
+    the table gradient; without one, every peer counts. ``None`` where no peer was measured.
+    """
+    for row in rows:
+        if not is_ours(row["impl"]):
             continue
-        fwd, both = res
-        ratios = ("", "") if isinstance(base, str) else (f"{fwd / base[0]:.2f}", f"{both / base[1]:.2f}")
-        print(f"  {name:<11} {fwd:9.3f} {shape.flops_fwd / fwd / 1e9:8.1f} {both:11.3f} "
-              f"{3.5 * shape.flops_fwd / both / 1e9:8.1f} {ratios[0]:>7} {ratios[1]:>7}")
+        peers = [r for r in rows if r["shape"] == row["shape"] and not is_ours(r["impl"])]
+        has_bias = shapes.get(row["shape"], {}).get("bias") is not None
+        fwd = [r["fwd_ms"] for r in peers if r["fwd_ms"] is not None]
+        both = [r["fwd_bwd_ms"] for r in peers if r["fwd_bwd_ms"] is not None and (r["bias_grad"] or not has_bias)]
+        row["fwd_vs_best_peer"] = min(fwd) / row["fwd_ms"] if fwd and row["fwd_ms"] else None
+        row["fwd_bwd_vs_best_bias_grad_peer"] = (min(both) / row["fwd_bwd_ms"]
+                                                 if both and row["fwd_bwd_ms"] else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Results file
+# ------------------------------------------------------------------------------------------------
+
+
+def device_slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Write atomically: a run killed by its time limit leaves the previous complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_rows(path: Path, device: str) -> tuple[list[dict], list[dict]]:
+    """Rows and checks of an earlier run on the same device into the same file, else none."""
+    if not path.exists():
+        return [], []
+    doc = json.loads(path.read_text())
+    if doc.get("device") != device:
+        raise SystemExit(f"{path} holds results of {doc.get('device')!r}, not {device!r}: pass another --json")
+    return doc.get("rows", []), doc.get("checks", [])
+
+
+def merge(old: list[dict], new: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
+    fresh = {key(r) for r in new}
+    return [r for r in old if key(r) not in fresh] + new
+
+
+def summarize(doc: dict) -> str:
+    """The results as a markdown table (what docs/benchmarks.md shows)."""
+
+    def fmt(x: object, spec: str) -> str:
+        return "—" if x is None else format(x, spec)
+
+    lines = [f"{doc['device']}, {doc['date']}, {doc['dtype']}, torch {doc['torch']}, triton {doc['triton']}"
+             + (" (DRY RUN: CPU interpreter times, not GPU figures)" if doc.get("dry_run") else ""),
+             "",
+             "| shape | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd x best peer | f+b x best bias-grad peer "
+             "| bias grad deterministic | error |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    order = {s: i for i, s in enumerate(doc.get("shapes", {}))}
+    for r in sorted(doc["rows"], key=lambda r: (order.get(r["shape"], 99), r["impl"])):
+        lines.append(f"| {r['shape']} | {r['impl']} | {fmt(r['fwd_ms'], '.3f')} | {fmt(r['fwd_tflops'], '.1f')} "
+                     f"| {fmt(r['fwd_bwd_ms'], '.3f')} | {fmt(r.get('fwd_vs_best_peer'), '.2f')} "
+                     f"| {fmt(r.get('fwd_bwd_vs_best_bias_grad_peer'), '.2f')} "
+                     f"| {fmt(r.get('bias_grad_deterministic'), '')} | {r['error'] or ''} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+
+def _choose(arg: str, known: list[str], what: str, parser: argparse.ArgumentParser) -> list[str]:
+    wanted = [n for n in arg.split(",") if n]
+    unknown = set(wanted) - set(known)
+    if unknown:
+        parser.error(f"unknown {what} {sorted(unknown)}; choose from {known}")
+    return [n for n in known if n in wanted] if wanted else list(known)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="correctness checks only")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="tiny shapes on the CPU interpreter, every code path (the default without CUDA)")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--reps", type=int, default=10, help="timed runs per measurement")
-    parser.add_argument("--peers", default=",".join(PEERS),
-                        help="comma-separated peers to time (triton always runs: ratios are against it)")
+    parser.add_argument("--impls", default="", help=f"comma-separated, default {','.join(DEFAULT_IMPLS)}; "
+                        f"known: {','.join(IMPLS)}")
     parser.add_argument("--shapes", default="", help="comma-separated shape names to run (default: all)")
     parser.add_argument("--no-check", dest="run_checks", action="store_false",
                         help="skip the correctness checks (when an earlier run did them)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="results file (default on a GPU: benchmarks/results/<device>-<date>.json)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="stop starting measurements after this many seconds; the rest are "
+                             "recorded as rows with error 'not run: time budget'")
+    parser.add_argument("--summarize", type=Path, default=None, help="print the table of a results file and exit")
     args = parser.parse_args(argv)
-    peers = ["triton"] + [p for p in args.peers.split(",") if p and p != "triton"]
-    unknown = set(peers) - set(PEERS)
-    if unknown:
-        parser.error(f"unknown peers {sorted(unknown)}; choose from {list(PEERS)}")
-    wanted = [n for n in args.shapes.split(",") if n]
-    unknown = set(wanted) - {s.name for s in SHAPES}
-    if unknown:
-        parser.error(f"unknown shapes {sorted(unknown)}; choose from {[s.name for s in SHAPES]}")
-    shapes = [s for s in SHAPES if not wanted or s.name in wanted]
+    if args.summarize:
+        print(summarize(json.loads(args.summarize.read_text())))
+        return 0
+    impls = _choose(args.impls, list(IMPLS), "impls", parser) if args.impls else list(DEFAULT_IMPLS)
+    names = _choose(args.shapes, [s.name for s in SHAPES], "shapes", parser)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
 
-    on_gpu = torch.cuda.is_available()
+    on_gpu = torch.cuda.is_available() and not args.dry_run
+    dry_run = not on_gpu
     device = "cuda" if on_gpu else "cpu"
-    if on_gpu:
-        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    else:
-        # The interpreter's 16-bit arithmetic is unreliable and slow: check fp32 and fp16 tiny.
-        print("no CUDA: correctness checks only, Triton interpreter, tiny shapes")
-    checked = set()
-    for shape in shapes if args.run_checks else ():
-        shape = shape if on_gpu else shape.tiny()
-        if replace(shape, name="") in checked:  # the tiny versions of the encoder shapes coincide
-            continue
-        checked.add(replace(shape, name=""))
-        for check_dtype in ((dtype,) if on_gpu else (torch.float32, torch.float16)):
-            errors = check(shape, check_dtype, device)
-            print(f"check ok  {shape.name:<24} {str(check_dtype):<15} "
-                  + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
-    print("all checks passed" if args.run_checks else "checks skipped (--no-check)")
-    if args.check or not on_gpu:
-        return 0
+    shapes = [s if on_gpu else s.tiny() for s in SHAPES if s.name in names]
+    started = time.monotonic()
 
     import triton
 
-    print(f"triton {triton.__version__}; TFLOP/s count fwd as 4*B*H*Lq*Lk*D (halved when causal), "
-          "fwd+bwd as 3.5x that")
+    device_name = torch.cuda.get_device_name() if on_gpu else "cpu (dry run)"
+    print(f"device: {device_name}, torch {torch.__version__}, triton {triton.__version__}"
+          + ("" if on_gpu else "; dry run: Triton interpreter, tiny shapes, times are not GPU figures"))
+    checks = []
+    if args.run_checks:
+        seen = set()
+        for shape in shapes:
+            if replace(shape, name="") in seen:  # some tiny versions coincide
+                continue
+            seen.add(replace(shape, name=""))
+            # The interpreter's 16-bit arithmetic is unreliable and slow: check fp32 and fp16 tiny.
+            for check_dtype in ((dtype,) if on_gpu else (torch.float32, torch.float16)):
+                for impl, strategy in CHECKED.items():
+                    if strategy == "row" and not shape.bias:
+                        continue
+                    errors = check(shape, check_dtype, device, strategy)
+                    checks.append({"shape": shape.name, "impl": impl, "dtype": str(check_dtype).split(".")[-1],
+                                   **errors})
+                    print(f"check ok  {shape.name:<24} {impl:<12} {str(check_dtype):<15} "
+                          + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
+        print("all checks passed")
+    else:
+        print("checks skipped (--no-check)")
+    if args.check:
+        return 0
+
+    path = args.json
+    if path is None and on_gpu:
+        path = RESULTS / f"{device_slug(device_name)}-{datetime.date.today().isoformat()}.json"
+    doc = {"device": device_name, "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+           "dry_run": dry_run, "dtype": args.dtype, "torch": torch.__version__, "triton": triton.__version__,
+           "command": "python benchmarks/attention.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "flops": "fwd 4*B*H*Lq*Lk*D over full lengths (halved for causal self-attention); fwd+bwd 3.5x fwd",
+           "shapes": {}, "rows": [], "checks": []}
+    old_rows, old_checks = load_rows(path, device_name) if path else ([], [])
+    if path and path.exists():
+        doc["shapes"] = json.loads(path.read_text()).get("shapes", {})
+    doc["checks"] = merge(old_checks, checks, lambda r: (r["shape"], r["impl"], r["dtype"]))
+    new_rows: list[dict] = []
     for shape in shapes:
-        report(shape, dtype, args.reps, peers)
+        doc["shapes"][shape.name] = {k: v for k, v in asdict(shape).items() if k != "name"}
+        print(f"\n== {shape.name}: B={shape.batch} H={shape.heads} Lq={shape.lq} Lk={shape.lk} "
+              f"D={shape.head_dim} bias={shape.bias} causal={shape.causal} padded={shape.padded} {args.dtype}")
+        for impl in impls:
+            if args.budget_s is not None and time.monotonic() - started > args.budget_s:
+                row = {"shape": shape.name, "impl": impl, "fwd_ms": None, "fwd_tflops": None,
+                       "fwd_bwd_ms": None, "fwd_bwd_tflops": None, "bias_grad": None,
+                       "bias_grad_deterministic": None, "error": "not run: time budget"}
+            else:
+                row = measure(impl, shape, dtype, device, 1 if dry_run else args.reps, dry_run)
+            new_rows.append(row)
+            print(f"  {impl:<19} fwd {row['fwd_ms'] or float('nan'):9.3f} ms  fwd+bwd "
+                  f"{row['fwd_bwd_ms'] or float('nan'):9.3f} ms  {row['error'] or ''}", flush=True)
+        doc["rows"] = merge(old_rows, new_rows, lambda r: (r["shape"], r["impl"]))
+        add_ratios(doc["rows"], {s.name: asdict(s) for s in SHAPES})
+        if path:
+            write_json(path, doc)
+    print()
+    print(summarize(doc))
+    if path:
+        print(f"\nwrote {path}")
     return 0
 
 

@@ -8,7 +8,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-gpu_check_out}"
 mkdir -p "$out_dir"
-unset TRITON_INTERPRET  # the real compiler, not the CPU interpreter
+dry=0; dry_flag=""
+if [ "${1:-}" = "--dry-run" ]; then  # every stage on the CPU: interpreter, tiny shapes
+  dry=1; dry_flag="--dry-run"; export TRITON_INTERPRET=1
+else
+  unset TRITON_INTERPRET  # the real compiler, not the CPU interpreter
+fi
 
 status=0
 stage() {  # stage NAME SECONDS COMMAND...: run with a limit, tee to $out_dir/NAME.txt
@@ -38,10 +43,15 @@ if ! python -c "import pali.kernels" 2>/dev/null; then
   python -c "import pali.kernels" 2>&1 | tee -a "$out_dir/env.txt" || status=1
 fi
 
-stage pytest_gpu "${PYTEST_LIMIT:-280}" python -m pytest -m gpu tests/test_kernels.py tests/test_attention.py -q -rs -p no:cacheprovider
-stage bench_attention "${ATTN_LIMIT:-140}" python benchmarks/attention.py --dtype bf16 --peers sdpa_mem,sdpa_math,sdpa_flash
-stage bench_generate "${GEN_LIMIT:-100}" python benchmarks/generate.py --device cuda --reps 5
-stage bench_attention_flex "${FLEX_LIMIT:-60}" python benchmarks/attention.py --dtype bf16 --no-check --peers flex
+json="benchmarks/results/$(python -c "import torch,re,datetime;print(re.sub(r'[^a-z0-9]+','-',torch.cuda.get_device_name().lower()).strip('-') if torch.cuda.is_available() else 'dry-run')")-$(date -u +%F).json"
+[ "$dry" = 1 ] && json="$out_dir/attention-dry-run.json"
+stage compile_sm90 "${COMPILE_LIMIT:-60}" python benchmarks/compile_kernels.py --variants tma --kernels fwd
+export PALI_KERNELS_AUTOTUNE=0; stage pytest_gpu "${PYTEST_LIMIT:-100}" python -m pytest -m gpu tests/test_kernels.py tests/test_attention.py -q -rs -p no:cacheprovider
+unset PALI_KERNELS_AUTOTUNE; stage bench_attention "${ATTN_LIMIT:-200}" python benchmarks/attention.py $dry_flag --dtype bf16 --json "$json" --budget-s 170 --impls ours_bucket,ours_row,sdpa_flash,sdpa_cudnn,sdpa_mem
+stage bench_attention_flex "${FLEX_LIMIT:-120}" python benchmarks/attention.py $dry_flag --dtype bf16 --no-check --json "$json" --budget-s 100 --impls flex_dense,flex_bucket
+stage bench_attention_levers "${LEVER_LIMIT:-50}" python benchmarks/attention.py $dry_flag --dtype bf16 --no-check --json "$json" --budget-s 35 --shapes "mT5-L enc 588px" --impls ours_bucket_tma,ours_bucket_noexp2
+python benchmarks/attention.py --summarize "$json" | tee "$out_dir/summary.md"
+cp "$json" "$out_dir/" 2>/dev/null || true
 
 echo "gpu_check status: $status" | tee "$out_dir/status.txt"
 exit "$status"

@@ -6,23 +6,70 @@ imports on machines without Triton; calling :func:`attention` there raises a cle
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import torch
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128
+BIAS_STRATEGIES = ("bucket", "row")
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """Speed levers of the fused kernels; none changes a result beyond rounding.
+
+    Attributes:
+        bias_strategy: ``"bucket"`` computes the T5 bucket inside the kernel from the table;
+            ``"row"`` gathers from a per-head bias row over the ``Lq + Lk - 1`` distances, built
+            once per call. Both return the table gradient.
+        exp2: base-2 softmax with log2(e) folded into the scale and the bias.
+        tma: load tiles through tensor descriptors (Hopper TMA) where the inputs allow it; other
+            inputs fall back to pointer loads.
+
+    The defaults are the configuration measured on a GPU; the others exist to be measured
+    against it (``benchmarks/attention.py``).
+    """
+
+    bias_strategy: str = "bucket"
+    exp2: bool = True
+    tma: bool = False
+
+
+_options = KernelOptions()
+
+
+def kernel_options() -> KernelOptions:
+    """The levers :func:`attention` uses now."""
+    return _options
+
+
+@contextlib.contextmanager
+def use_kernel_options(**changes: object) -> Iterator[KernelOptions]:
+    """Within the block, :func:`attention` uses these levers (e.g. ``bias_strategy="row"``)."""
+    global _options
+    new = replace(_options, **changes)
+    if new.bias_strategy not in BIAS_STRATEGIES:
+        raise ValueError(f"bias_strategy must be one of {BIAS_STRATEGIES}, got {new.bias_strategy!r}")
+    old, _options = _options, new
+    try:
+        yield new
+    finally:
+        _options = old
 
 
 class _FusedAttention(torch.autograd.Function):
     """Triton forward/backward; saves the logsumexp so backward recomputes probabilities."""
 
     @staticmethod
-    def forward(ctx, q, k, v, table, key_mask, spec):  # type: ignore[override]
+    def forward(ctx, q, k, v, table, key_mask, key_len, spec):  # type: ignore[override]
         from . import t5_attention
 
-        out, lse = t5_attention.forward(q, k, v, table, key_mask, spec)
-        ctx.save_for_backward(q, k, v, out, lse, table, key_mask)
+        out, lse = t5_attention.forward(q, k, v, table, key_mask, key_len, spec)
+        ctx.save_for_backward(q, k, v, out, lse, table, key_mask, key_len)
         ctx.spec = spec
         return out
 
@@ -31,14 +78,14 @@ class _FusedAttention(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         from . import t5_attention
 
-        q, k, v, out, lse, table, key_mask = ctx.saved_tensors
+        q, k, v, out, lse, table, key_mask, key_len = ctx.saved_tensors
         bias_grad = table is not None and ctx.needs_input_grad[3]
         dq, dk, dv, dtable = t5_attention.backward(
-            grad_out, q, k, v, out, lse, table, key_mask, ctx.spec, bias_grad
+            grad_out, q, k, v, out, lse, table, key_mask, key_len, ctx.spec, bias_grad
         )
         if dtable is not None:
             dtable = dtable.to(table.dtype)
-        return dq, dk, dv, dtable, None, None
+        return dq, dk, dv, dtable, None, None, None
 
 
 def attention(
@@ -74,8 +121,11 @@ def attention(
         key_padding_mask: either a ``[B, Lk]`` bool tensor, True where a key may be attended, or
             an integer ``[B]`` tensor of lengths, meaning keys ``j < lengths[b]`` are valid.
 
-    A query that may attend to no key returns zeros (and passes no gradient), not NaN.
+    A query that may attend to no key returns zeros (and passes no gradient), not NaN. Key
+    tiles past a row's last valid key are skipped. The speed levers (bias strategy, exp2, TMA)
+    are set with :func:`use_kernel_options`.
     """
+    _require_triton()
     _check_tensors(q, k, v)
     head_dim = q.shape[-1]
     if bias_table is not None:
@@ -83,10 +133,11 @@ def attention(
         bias_table = bias_table.contiguous()
     if not isinstance(q_offset, int) or q_offset < 0:
         raise ValueError(f"q_offset must be a non-negative int, got {q_offset!r}")
-    key_mask = _key_mask(key_padding_mask, q, k)
+    key_mask, key_len = _key_mask(key_padding_mask, q, k)
 
     from .t5_attention import AttentionSpec
 
+    options = kernel_options()
     spec = AttentionSpec(
         scale=float(head_dim**-0.5 if scale is None else scale),
         causal=bool(causal),
@@ -94,8 +145,22 @@ def attention(
         num_buckets=num_buckets,
         max_distance=max_distance,
         q_offset=q_offset,
+        bias_strategy=options.bias_strategy,
+        exp2=options.exp2,
+        tma=options.tma,
     )
-    return _FusedAttention.apply(q, k, v, bias_table, key_mask, spec)
+    return _FusedAttention.apply(q, k, v, bias_table, key_mask, key_len, spec)
+
+
+def _require_triton() -> None:
+    """Triton is an optional dependency: name the install that brings it, not a bare import error."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "pali.kernels.attention needs Triton, which is not installed: "
+            "pip install 'pali-vlm[triton]' (CUDA builds of torch already include it)"
+        ) from err
 
 
 def _check_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -144,10 +209,15 @@ def _check_table(
         )
 
 
-def _key_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
-    """The padding mask as a ``[B, Lk]`` uint8 tensor (nonzero = attend), or None."""
+def _key_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor
+              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The padding mask as (``[B, Lk]`` uint8 mask or None, int32 ``[B]`` key counts or None).
+
+    Lengths need no mask at all: keys ``j >= lengths[b]`` are simply never visited. A bool mask
+    is kept, and its last valid key per row bounds the keys the kernels visit.
+    """
     if mask is None:
-        return None
+        return None, None
     batch, lk = q.shape[0], k.shape[2]
     if not isinstance(mask, torch.Tensor):
         raise ValueError(f"key_padding_mask must be a tensor, got {type(mask).__name__}")
@@ -156,11 +226,13 @@ def _key_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> to
     if mask.dtype == torch.bool:
         if tuple(mask.shape) != (batch, lk):
             raise ValueError(f"bool key_padding_mask must be [B, Lk] = [{batch}, {lk}], got {tuple(mask.shape)}")
-        return mask.contiguous().view(torch.uint8)
+        last = lk - mask.flip(1).to(torch.uint8).argmax(1)  # one past the last True
+        key_len = torch.where(mask.any(1), last, 0).to(torch.int32)
+        return mask.contiguous().view(torch.uint8), key_len
     if mask.dtype in (torch.int32, torch.int64):
         if tuple(mask.shape) != (batch,):
             raise ValueError(f"key_padding_mask of lengths must be [B] = [{batch}], got {tuple(mask.shape)}")
-        return (torch.arange(lk, device=mask.device)[None, :] < mask[:, None]).view(torch.uint8)
+        return None, mask.clamp(0, lk).to(torch.int32).contiguous()
     raise ValueError(f"key_padding_mask must be bool [B, Lk] or int [B] lengths, got {mask.dtype}")
 
 

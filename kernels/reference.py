@@ -92,7 +92,13 @@ def attention_reference(
     materialized additive bias broadcastable to ``[B, H, Lq, Lk]``, for callers that share one
     bias across layers. ``key_padding_mask`` is ``[B, Lk]``, True where a key may be attended.
     ``causal`` lets query ``i`` (at position ``q_offset + i``) see keys ``j <= q_offset + i``.
+    ``bias`` and ``bias_table`` are two ways of giving the same bias: pass one, not both.
     """
+    if bias is not None and bias_table is not None:
+        raise ValueError(
+            "pass either bias (a dense additive bias) or bias_table (the T5 table), not both: "
+            "the dense bias would otherwise be dropped"
+        )
     lq, lk = q.shape[-2], k.shape[-2]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale

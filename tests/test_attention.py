@@ -1,5 +1,8 @@
 """The model's attention backends against the fp32 reference, gradients included."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -136,3 +139,30 @@ def test_model_on_gpu_kernels_matches_sdpa():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             fast = model.set_attention_backend("triton")(px, ids, mask, labels=labels).logits.float()
     assert (fast - results["sdpa"][0]).abs().max() < 0.1 * results["sdpa"][0].abs().max()
+
+
+# Triton is the optional `[triton]` extra: without it the model runs on SDPA and the kernels say
+# which install they need. Run in a fresh interpreter where `import triton` fails.
+_WITHOUT_TRITON = """
+import sys
+sys.modules["triton"] = None  # `import triton` now raises ImportError, as where it is absent
+import torch, pali
+from pali.attention import resolve_backend
+model = pali.PaliModel.from_preset("pali-tiny").eval()
+assert resolve_backend("auto", torch.device("cuda")) == "sdpa"
+size = model.config.vision.image_size
+pixels = torch.zeros(1, 3, size, size)
+ids = torch.ones(1, 4, dtype=torch.long)
+assert torch.isfinite(model(pixel_values=pixels, input_ids=ids, labels=ids).loss)
+q = torch.zeros(1, 1, 4, 8)
+try:
+    pali.kernels.attention(q, q, q)
+except ImportError as err:
+    print(err)
+"""
+
+
+def test_without_triton_the_model_runs_and_the_kernels_name_the_extra():
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_TRITON], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'pali-vlm[triton]'" in out.stdout

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from pali.kernels import attention, attention_reference, relative_position_bucket
+from pali.kernels.api import use_kernel_options
 
 triton = pytest.importorskip("triton")
 tl = triton.language
@@ -95,7 +96,21 @@ CASES = {
     "decode": dict(shape=(2, 2, 1, 50), bias=True, causal=True, bias_bidirectional=False, q_offset=49),
     "decode_mid_cache": dict(shape=(1, 2, 1, 50), causal=True, bias=True, q_offset=30),
     "decode_batch_of_steps": dict(shape=(1, 2, 3, 40), causal=True, q_offset=37, mask="lengths"),
+    # Key tiles past a row's last valid key are skipped (64-key tiles under the interpreter).
+    "padding_skips_tiles": dict(shape=(2, 2, 70, 200), bias=True, mask="short_lengths"),
+    "padding_bool_tail": dict(shape=(2, 2, 30, 150), bias=True, mask="bool_tail"),
 }
+
+# The speed levers, each checked against the reference on the cases where it changes code paths.
+VARIANTS = {
+    "row_bias": dict(bias_strategy="row"),
+    "no_exp2": dict(exp2=False),
+    "tma": dict(tma=True),
+    "row_bias_tma": dict(bias_strategy="row", tma=True),
+}
+VARIANT_CASES = ["self_bidirectional_bias", "causal_bias", "cross_attention", "padding_bool",
+                 "far_tiles_positive_edge", "far_tiles_negative_edge", "far_tiles_unidirectional",
+                 "decode", "decode_batch_of_steps", "padding_skips_tiles", "padding_bool_tail"]
 
 
 def _case_kwargs(case: dict, q: torch.Tensor, k: torch.Tensor) -> dict:
@@ -108,6 +123,15 @@ def _case_kwargs(case: dict, q: torch.Tensor, k: torch.Tensor) -> dict:
         kwargs["key_padding_mask"] = mask.to(q.device)
     elif case.get("mask") == "lengths":
         kwargs["key_padding_mask"] = torch.tensor([lk, lk // 2 + 1] * batch)[:batch].to(q.device)
+    elif case.get("mask") == "short_lengths":
+        kwargs["key_padding_mask"] = torch.tensor([lk, 50] * batch)[:batch].to(q.device)
+    elif case.get("mask") == "bool_tail":
+        # Row 0: a hole and a padded tail past the first key tile; row 1: three keys only.
+        mask = torch.zeros(batch, lk, dtype=torch.bool)
+        mask[0, : lk - 70] = True
+        mask[0, 10:20] = False
+        mask[1, :3] = True
+        kwargs["key_padding_mask"] = mask.to(q.device)
     return kwargs
 
 
@@ -117,6 +141,76 @@ def test_matches_reference(name, dtype):
     case = CASES[name]
     q, k, v, table = _inputs(*case["shape"], 64, dtype)
     _compare(q, k, v, table if case.get("bias") else None, **_case_kwargs(case, q, k))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("name", VARIANT_CASES)
+def test_variants_match_reference(name, variant):
+    case = CASES[name]
+    q, k, v, table = _inputs(*case["shape"], 64, torch.float32)
+    with use_kernel_options(**VARIANTS[variant]):
+        _compare(q, k, v, table if case.get("bias") else None, **_case_kwargs(case, q, k))
+
+
+@pytest.mark.parametrize("name", ["self_bidirectional_bias", "causal_bias", "far_tiles_negative_edge",
+                                  "decode", "padding_skips_tiles"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_bias_strategies_agree_bit_for_bit(name, dtype):
+    """The row holds exactly the table entries the bucket strategy gathers: same bits out."""
+    case = CASES[name]
+    q, k, v, table = _inputs(*case["shape"], 64, dtype)
+    kwargs = _case_kwargs(case, q, k)
+    results = []
+    for strategy in ("bucket", "row"):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, table)]
+        with use_kernel_options(bias_strategy=strategy):
+            out = attention(*leaves[:3], bias_table=leaves[3], **kwargs)
+            grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
+        results.append((out, *grads))
+    for name_, a, b in zip(("out", "dq", "dk", "dv", "dtable"), *results):
+        assert torch.equal(a, b), name_
+
+
+def test_strided_inputs_through_descriptors():
+    """[B, L, H, D] projections viewed as [B, H, L, D], head dim 104 padded to 128 in the block."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, n, 2, 104, generator=gen).to(DEVICE).transpose(1, 2) for n in (33, 70, 70))
+    table = torch.randn(2, 32, generator=gen).to(DEVICE)
+    assert not q.is_contiguous()
+    with use_kernel_options(tma=True):
+        _compare(q, k, v, table, key_padding_mask=torch.tensor([70, 20], device=DEVICE))
+
+
+def test_kernel_options_are_scoped_and_checked():
+    from pali.kernels.api import kernel_options
+
+    before = kernel_options()
+    with use_kernel_options(bias_strategy="row", exp2=False) as inside:
+        assert kernel_options() == inside and inside.bias_strategy == "row" and not inside.exp2
+    assert kernel_options() == before
+    with pytest.raises(ValueError, match="bias_strategy"):
+        with use_kernel_options(bias_strategy="dense"):
+            pass
+    assert kernel_options() == before
+
+
+def test_bool_mask_bounds_the_visited_keys():
+    from pali.kernels.api import _key_mask
+
+    q = torch.zeros(3, 1, 2, 8)
+    k = torch.zeros(3, 1, 6, 8)
+    mask = torch.tensor([[1, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    kpm, key_len = _key_mask(mask, q, k)
+    assert key_len.tolist() == [4, 0, 6] and key_len.dtype == torch.int32
+    assert torch.equal(kpm.bool(), mask)
+    kpm, key_len = _key_mask(torch.tensor([9, -1, 3]), q, k)
+    assert kpm is None and key_len.tolist() == [6, 0, 3]
+
+
+def test_reference_rejects_bias_with_table():
+    q, k, v, table = _inputs(1, 2, 4, 7, 64, torch.float32)
+    with pytest.raises(ValueError, match="not both"):
+        attention_reference(q, k, v, bias_table=table, bias=torch.zeros(1, 2, 4, 7))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])

@@ -225,3 +225,39 @@ def test_bad_generation_arguments():
     ]:
         with pytest.raises(InputError, match=message):
             model.generate(input_ids=ids, **kwargs)
+
+
+def test_score_is_forwards_loss_per_pair():
+    """score()[b, c] == -loss * tokens of forward(input b, labels=candidate c), for every pair,
+    with padded prompts and candidates of different lengths, chunked or not."""
+    torch.manual_seed(0)
+    model = PaliModel.from_preset("pali-tiny").eval()
+    size = model.config.vision.image_size
+    pixels = torch.randn(2, 3, size, size)
+    input_ids = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
+    attention_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    targets = torch.tensor([[11, 12, 1, -100], [13, 1, -100, -100], [14, 15, 16, 1]])
+    with torch.no_grad():
+        scores = model.score(pixels, input_ids, attention_mask, targets=targets)
+        chunked = model.score(pixels, input_ids, attention_mask, targets=targets, batch_size=2)
+        expected = torch.empty(2, 3)
+        for b in range(2):
+            for c in range(3):
+                kept = targets[c][targets[c] != -100]
+                out = model(pixels[b : b + 1], input_ids[b : b + 1], attention_mask[b : b + 1], labels=kept[None])
+                expected[b, c] = -out.loss * len(kept)
+    assert scores.shape == (2, 3) and scores.dtype == torch.float32
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked, scores)
+
+
+@pytest.mark.parametrize("targets, kwargs, message", [
+    (torch.tensor([1, 2]), {}, r"\[candidates, T\]"),
+    (torch.zeros(2, 3), {}, "integer ids"),
+    (torch.tensor([[10**7]]), {}, "targets must be ids"),
+    (torch.tensor([[1]]), {"batch_size": 0}, "batch_size"),
+])
+def test_score_bad_targets_are_named(targets, kwargs, message):
+    model = PaliModel.from_preset("pali-tiny")
+    with pytest.raises(InputError, match=message):
+        model.score(input_ids=torch.tensor([[5, 1]]), targets=targets, **kwargs)

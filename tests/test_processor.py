@@ -230,6 +230,8 @@ def test_from_hub_fetches_both_files(processor, tmp_path, monkeypatch):
         return str(tmp_path / "cache" / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr("pali.hub.download.list_files", lambda repo, revision, token: sorted(
+        p.name for p in (tmp_path / "cache").iterdir()))  # the one quick look-up before downloading
     again = PaliProcessor.from_pretrained("me/pali-tiny")
     assert fetched == [("me/pali-tiny", PROCESSOR_CONFIG_NAME), ("me/pali-tiny", "spiece.model")]
     assert again.config == processor.config

@@ -8,7 +8,6 @@ array and answer with a batch or an InputError.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -45,11 +44,15 @@ def _pali_dict(**text_changes) -> dict:
     ({"eos_token_id": 10**9}, r"MT5Config.eos_token_id = 1000000000 is outside the vocabulary \[0, 256\)"),
     ({"pad_token_id": -1}, r"pad_token_id = -1 is outside the vocabulary"),
 ])
-def test_absurd_configs_fail_fast_naming_the_field(changes, match):
-    start = time.perf_counter()
+def test_absurd_configs_fail_fast_naming_the_field(changes, match, monkeypatch):
+    """Fast because nothing is built: the config is refused before any module exists."""
+
+    def no_module(self, *args, **kwargs):
+        raise AssertionError("a module was built before the config was validated")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", no_module)
     with pytest.raises(ConfigError, match=match):
         PaliConfig.from_json(json.dumps(_pali_dict(**changes)))
-    assert time.perf_counter() - start < 1.0
 
 
 def test_config_kinds_and_types():
@@ -150,7 +153,7 @@ def test_numpy_and_tensor_ids_decode(processor):
     assert processor.decode(ids.numpy()) == processor.decode(ids) == processor.decode(ids.tolist())
 
 
-@settings(max_examples=100, deadline=2000, derandomize=True, database=None)
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
 @given(text=st.text(max_size=60), suffix=st.text(max_size=60), truncation=st.booleans())
 def test_any_string_gives_a_batch_or_input_error(processor, text, suffix, truncation):
     try:
@@ -189,7 +192,7 @@ def test_bad_image_sizes():
         ProcessorConfig(image_size=100000)
 
 
-@settings(max_examples=60, deadline=2000, derandomize=True, database=None)
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(data=st.data())
 def test_any_small_array_gives_pixels_or_input_error(data):
     shape = data.draw(st.lists(st.integers(0, 5), max_size=4))

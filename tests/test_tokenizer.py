@@ -174,6 +174,7 @@ def test_hub_repo_ids_go_through_hf_hub_download(models, monkeypatch):
         return str(local)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr("pali.hub.download.list_files", lambda repo_id, revision, token: ["spiece.model"])
     tok = Tokenizer.from_pretrained("google/mt5-small", revision="main")
     assert calls == [("google/mt5-small", "spiece.model", "main")]
     assert tok.vocab_size == models[False][0].vocab_size
@@ -187,5 +188,6 @@ def test_hub_errors_name_repo_and_file(monkeypatch):
         raise LocalEntryNotFoundError("offline and not cached")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr("pali.hub.download.list_files", lambda repo_id, revision, token: ["spiece.model"])
     with pytest.raises(CheckpointError, match="'spiece.model' from Hub repo 'someone/nothing'"):
         resolve_file("someone/nothing", "spiece.model")

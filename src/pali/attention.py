@@ -165,7 +165,8 @@ class Attention(nn.Module):
     """Multi-head attention with separate ``q``, ``k``, ``v``, ``o`` projections.
 
     Used for ViT self-attention (biases, scale 1/sqrt(d)) and mT5 self/cross attention (no biases,
-    scale 1.0 because T5 folds the scaling into its initialisation). Separate projections keep
+    scale 1.0 because T5 folds the scaling into its initialisation; ``key_bias=False`` drops only the
+    key's bias, as BLIP-2's EVA ViT has it, a bias there being a no-op under softmax). Separate projections keep
     checkpoint key maps one-to-one and let LoRA target each by name.
     """
 
@@ -178,6 +179,7 @@ class Attention(nn.Module):
         bias: bool,
         scale: float | None = None,
         kv_dim: int | None = None,
+        key_bias: bool | None = None,
     ) -> None:
         super().__init__()
         inner = num_heads * head_dim
@@ -187,7 +189,7 @@ class Attention(nn.Module):
         self.scale = head_dim**-0.5 if scale is None else scale
         self.backend = "auto"
         self.q = nn.Linear(dim, inner, bias=bias)
-        self.k = nn.Linear(kv_dim, inner, bias=bias)
+        self.k = nn.Linear(kv_dim, inner, bias=bias if key_bias is None else key_bias)
         self.v = nn.Linear(kv_dim, inner, bias=bias)
         self.o = nn.Linear(inner, dim, bias=bias)
 

@@ -90,6 +90,20 @@ class Config:
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
 
+    def num_parameters(self) -> int:
+        """Parameters of the module this config builds, counted from the config alone (no torch).
+
+        Towers count arithmetically; a config that does not (a plugin's) is built once on the
+        meta device and counted.
+        """
+        from .meta import meta_device
+        from .registry import TEXT_STACKS, VISION_ENCODERS
+
+        registry = VISION_ENCODERS if isinstance(self, VisionConfig) else TEXT_STACKS
+        with meta_device():
+            module = registry.get(self.kind)(self)
+        return sum(t.numel() for t in module.state_dict().values())
+
 
 @dataclass
 class VisionConfig(Config):
@@ -135,6 +149,24 @@ class TextConfig(Config):
                 raise ConfigError(f"{type(self).__name__}.{name} = {value} is outside the vocabulary [0, {self.vocab_size})")
 
 
+@dataclass
+class ConnectorConfig(Config):
+    """What every connector config offers: how many visual tokens reach the text encoder.
+
+    A connector sits between the vision tower and the text stack; its module is built from the
+    whole :class:`PaliConfig` (it needs both towers' widths).
+    """
+
+    kind: ClassVar[str] = ""
+
+    def num_tokens(self, vision_tokens: int) -> int:
+        """Tokens handed to the text encoder when the vision tower gives ``vision_tokens``."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **super().to_dict()}
+
+
 def _tower_from_dict(data: Any, registry_getter, what: str) -> Config:
     if not isinstance(data, dict) or "kind" not in data:
         raise ConfigError(f"PaliConfig.{what} must be an object with a 'kind' field")
@@ -147,28 +179,54 @@ def _tower_from_dict(data: Any, registry_getter, what: str) -> Config:
     return module_cls.config_class.from_dict(data)
 
 
+def _default_connector() -> ConnectorConfig:
+    from .connectors.linear import LinearConfig
+
+    return LinearConfig()
+
+
 @dataclass
 class PaliConfig(Config):
-    """A PaLI model: vision encoder -> linear projection -> text encoder-decoder."""
+    """A PaLI model: vision encoder -> connector -> text encoder-decoder.
+
+    ``connector`` defaults to PaLI's linear projection (whose bias switch stays
+    ``projection_bias``, as in every config saved before connectors existed); a config.json
+    without a ``connector`` entry loads as linear.
+    """
 
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     projection_bias: bool = True
     preset: str | None = None
+    connector: ConnectorConfig = field(default_factory=_default_connector)
 
     def __post_init__(self) -> None:
         if not isinstance(self.vision, VisionConfig) or not isinstance(self.text, TextConfig):
             raise ConfigError("PaliConfig needs a VisionConfig and a TextConfig")
+        if not isinstance(self.connector, ConnectorConfig):
+            raise ConfigError("PaliConfig.connector must be a ConnectorConfig")
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """Tokens one image puts in front of the prompt (after the connector)."""
+        return self.connector.num_tokens(self.vision.num_tokens)
+
+    def num_parameters(self) -> int:
+        """Vision tower + projection + text stack, as :meth:`PaliModel.num_parameters` counts them."""
+        projection = self.vision.width * self.text.d_model + (self.text.d_model if self.projection_bias else 0)
+        return self.vision.num_parameters() + projection + self.text.num_parameters()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PaliConfig":
-        from .registry import TEXT_STACKS, VISION_ENCODERS
+        from .registry import CONNECTORS, TEXT_STACKS, VISION_ENCODERS
 
         if not isinstance(data, dict):
             raise ConfigError(f"PaliConfig expects a JSON object, got {type(data).__name__}")
         data = dict(data)
         data["vision"] = _tower_from_dict(data.get("vision"), VISION_ENCODERS.get, "vision")
         data["text"] = _tower_from_dict(data.get("text"), TEXT_STACKS.get, "text")
+        if "connector" in data:
+            data["connector"] = _tower_from_dict(data["connector"], CONNECTORS.get, "connector")
         return super().from_dict(data)
 
     def to_json(self) -> str:

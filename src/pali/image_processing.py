@@ -18,6 +18,11 @@ Pixel values: ``uint8`` in [0, 255] or floating point in [0, 1]; anything else (
 [0, 255], NaN, inf, other integer types) is an :class:`InputError` rather than a silently wrong
 picture. Grayscale is repeated to RGB; an alpha channel is dropped, as ``PIL.convert("RGB")`` and
 big_vision's ``decode(channels=3)`` do (composite over a background yourself if you need one).
+
+A PIL image at least twice the model's resolution on a side is first shrunk by an integer factor
+with ``Image.reduce`` (a box filter, still at least twice the resolution, as PIL's ``thumbnail``
+does), so a 10000 x 10000 photo never becomes a 1.2 GB float tensor on its way to 64 pixels; the
+antialiased resize then sees almost the same picture (a difference of a few 1/255 steps).
 """
 
 from __future__ import annotations
@@ -49,15 +54,26 @@ class ImageProcessor:
         size = (self.image_size, self.image_size)
         out = []
         for i, image in enumerate(split_batch(images)):
-            rgb = to_rgb_tensor(image, index=i)
+            rgb = to_rgb_tensor(self._reduce(image), index=i)
             if rgb.shape[1:] != size:
                 rgb = F.interpolate(rgb[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
             out.append(rgb * 2 - 1)
         return torch.stack(out)
 
+    def _reduce(self, image: ImageLike) -> ImageLike:
+        """A large PIL image shrunk by whole factors to no less than twice ``image_size``."""
+        if not isinstance(image, Image.Image) or 0 in image.size:
+            return image
+        factors = tuple(max(1, side // (2 * self.image_size)) for side in image.size)
+        return image.reduce(factors) if max(factors) > 1 else image
+
     def original_sizes(self, images: ImageLike | Sequence[ImageLike]) -> list[tuple[int, int]]:
         """``(height, width)`` of each image before resizing (to map boxes back onto it)."""
-        return [tuple(to_rgb_tensor(im, index=i).shape[1:]) for i, im in enumerate(split_batch(images))]
+        return [
+            (im.height, im.width) if isinstance(im, Image.Image) and 0 not in im.size
+            else tuple(to_rgb_tensor(im, index=i).shape[1:])
+            for i, im in enumerate(split_batch(images))
+        ]
 
 
 def split_batch(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
@@ -85,7 +101,9 @@ def to_rgb_tensor(image: ImageLike, *, index: int = 0) -> torch.Tensor:
             image.dtype == np.uint8 or np.issubdtype(image.dtype, np.floating)
         ):
             raise InputError(f"{where}: numpy dtype {image.dtype} unsupported; use uint8 or float in [0, 1]")
-        tensor = torch.from_numpy(np.ascontiguousarray(image))
+        # np.asarray(pil_image) is read-only; torch would warn that it cannot share it writably
+        array = np.ascontiguousarray(image)
+        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
         hwc = True
     elif isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()

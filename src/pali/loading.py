@@ -25,6 +25,7 @@ from .checkpoint import (
     CONFIG_NAME, StoredTensor, check_num_parameters, list_tensors, read_config_json, write_safetensors,
 )
 from .errors import CheckpointError
+from .meta import meta_device
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def load_model(
     except ConfigError as e:
         raise ConfigError(f"{source}/{CONFIG_NAME}: {e}") from None
     entries, metadata = list_tensors(folder)
-    with torch.device("meta"):
+    with meta_device():
         model = cls(config)
     check_num_parameters(model, f"{source}/{CONFIG_NAME}")
     entries = verify(entries, model.state_dict(), source=source, strict=strict)

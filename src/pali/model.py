@@ -1,7 +1,8 @@
-"""PaliModel: vision encoder -> linear projection -> text encoder-decoder.
+"""PaliModel: vision encoder -> connector -> text encoder-decoder.
 
-The image becomes "visual words" (one token per patch), projected to the text width and placed in
-front of the embedded prompt; the text encoder reads both (visual tokens always attended, prompt
+The image becomes "visual words" (in PaLI one token per patch, linearly projected to the text
+width; in BLIP-2 the outputs of a Q-Former's learned queries), placed in front of the embedded
+prompt; the text encoder reads both (visual tokens always attended, prompt
 padding masked) and the decoder writes the answer. Without an image the model is its text stack,
 as the paper's mixture has text-only tasks.
 """
@@ -20,7 +21,7 @@ from .errors import InputError
 from .generation import GenerationConfig, beam_search, greedy_or_sample
 from .presets import get_config
 from .pretrained import PretrainedMixin
-from .registry import TEXT_STACKS, VISION_ENCODERS
+from .registry import CONNECTORS, TEXT_STACKS, VISION_ENCODERS
 
 IGNORE_INDEX = -100
 
@@ -41,22 +42,18 @@ def shift_right(labels: torch.Tensor, start_token: int, pad_token: int) -> torch
 
 
 class PaliModel(PretrainedMixin, nn.Module):
-    """A PaLI model built from a :class:`PaliConfig` (see :func:`pali.list_presets`)."""
+    """A PaLI model built from a :class:`PaliConfig` (see :func:`pali.list_presets`).
+
+    ``projection`` is the connector (``config.connector.kind``): PaLI's Linear, or BLIP-2's
+    Q-Former; the name is kept so every PaLI checkpoint's ``projection.*`` tensors load as they are.
+    """
 
     def __init__(self, config: PaliConfig) -> None:
         super().__init__()
         self.config = config
         self.vision = VISION_ENCODERS.get(config.vision.kind)(config.vision)
-        self.projection = nn.Linear(config.vision.width, config.text.d_model, bias=config.projection_bias)
+        self.projection = CONNECTORS.get(config.connector.kind)(config)
         self.text = TEXT_STACKS.get(config.text.kind)(config.text)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Initialise the projection (the towers initialise themselves)."""
-        # LeCun normal: projected visual tokens start at the scale of mT5's unit-variance embeddings.
-        nn.init.normal_(self.projection.weight, std=self.config.vision.width**-0.5)
-        if self.projection.bias is not None:
-            nn.init.zeros_(self.projection.bias)
 
     def init_weights(self) -> "PaliModel":
         """Initialise every parameter, e.g. after ``torch.device("meta")`` + ``to_empty(device=...)``.
@@ -120,12 +117,21 @@ class PaliModel(PretrainedMixin, nn.Module):
         pixel_values: torch.Tensor | None,
         input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
+        qformer_input_ids: torch.Tensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run vision + text encoder; returns the encoder output and its ``[B, L]`` key mask."""
-        batch = _batch_size(pixel_values, input_ids, attention_mask)
+        """Run vision + connector + text encoder; returns the encoder output and its ``[B, L]`` key mask.
+
+        ``qformer_input_ids`` / ``qformer_attention_mask``: InstructBLIP's instruction, tokenized
+        with the Q-Former's own vocabulary (only a connector that reads text takes them).
+        """
+        size = self.config.vision.image_size
+        batch = _batch_size(pixel_values, input_ids, attention_mask, pixels=f"[B, 3, {size}, {size}]")
+        if pixel_values is None and (qformer_input_ids is not None or qformer_attention_mask is not None):
+            raise InputError("qformer_input_ids / qformer_attention_mask need pixel_values (they steer the image queries)")
         parts, masks = [], []
         if pixel_values is not None:
-            visual = self.projection(self.vision(pixel_values))
+            visual = self._visual_words(pixel_values, qformer_input_ids, qformer_attention_mask)
             parts.append(visual)
             masks.append(torch.ones(batch, visual.shape[1], dtype=torch.bool, device=visual.device))
         if input_ids is not None:
@@ -142,6 +148,17 @@ class PaliModel(PretrainedMixin, nn.Module):
             mask = None  # nothing to mask: lets attention skip the padding path entirely
         return self.text.encode(embeds, mask), mask
 
+    def _visual_words(self, pixel_values, qformer_input_ids, qformer_attention_mask) -> torch.Tensor:
+        features = self.vision(pixel_values)
+        if qformer_input_ids is None and qformer_attention_mask is None:
+            return self.projection(features)
+        if not getattr(self.projection, "accepts_text", False):
+            raise InputError(
+                f"qformer_input_ids / qformer_attention_mask given, but this model's connector "
+                f"({self.config.connector.kind}) reads no instruction: only an InstructBLIP Q-Former does"
+            )
+        return self.projection(features, qformer_input_ids, qformer_attention_mask)
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -149,6 +166,8 @@ class PaliModel(PretrainedMixin, nn.Module):
         attention_mask: torch.Tensor | None = None,
         decoder_input_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        qformer_input_ids: torch.Tensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
     ) -> PaliOutput:
         """Teacher-forced forward. Give ``labels`` (-100 = ignore) for a loss; decoder inputs are
         then derived from them unless ``decoder_input_ids`` is given."""
@@ -156,11 +175,11 @@ class PaliModel(PretrainedMixin, nn.Module):
         if decoder_input_ids is None:
             if labels is None:
                 raise InputError("forward needs labels or decoder_input_ids")
-            valid = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < cfg.vocab_size))
-            if not torch.compiler.is_compiling() and not bool(valid.all()):
-                raise InputError(f"labels must be ids in [0, {cfg.vocab_size}) or {IGNORE_INDEX} (ignored)")
+            _check_labels(labels, cfg.vocab_size, "labels")
             decoder_input_ids = shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id)
-        encoder_hidden, mask = self.encode(pixel_values, input_ids, attention_mask)
+        encoder_hidden, mask = self.encode(
+            pixel_values, input_ids, attention_mask, qformer_input_ids, qformer_attention_mask
+        )
         if decoder_input_ids.shape[0] != encoder_hidden.shape[0]:
             raise InputError(
                 f"decoder batch {decoder_input_ids.shape[0]} != encoder batch {encoder_hidden.shape[0]}"
@@ -174,6 +193,49 @@ class PaliModel(PretrainedMixin, nn.Module):
                 logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX
             )
         return PaliOutput(logits=logits, loss=loss)
+
+    def score(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        targets: torch.Tensor,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Log-likelihood of each candidate target text under each input: ``[B, C]`` float32.
+
+        Scoring ranks given answers instead of generating one (PaLI's zero-shot classification).
+        ``targets`` ``[C, T]`` holds C candidates as label ids, ``IGNORE_INDEX`` after each one's
+        end, shared by all B inputs (image and/or prompt). Each input is encoded once, not once per
+        candidate; the decoder then reads every (input, candidate) pair, ``batch_size`` candidates
+        at a time (default all), so it holds ``[B * batch_size, T, vocab]`` logits at once.
+
+        Entry ``[b, c]`` is ``sum_t log p(targets[c, t])`` over the kept positions: the negative of
+        :meth:`forward`'s loss for that pair (a mean) times the number of kept tokens.
+        """
+        if not isinstance(targets, torch.Tensor) or targets.dim() != 2 or 0 in targets.shape or targets.is_floating_point():
+            got = f"{targets.dtype} {list(targets.shape)}" if isinstance(targets, torch.Tensor) else type(targets).__name__
+            raise InputError(f"targets must be a non-empty [candidates, T] tensor of integer ids, got {got}")
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        _check_labels(targets, self.config.text.vocab_size, "targets")
+        encoder_hidden, mask = self.encode(pixel_values, input_ids, attention_mask)
+        targets = targets.to(encoder_hidden.device)
+        step = batch_size or targets.shape[0]
+        chunks = [self._score_chunk(encoder_hidden, mask, targets[i : i + step]) for i in range(0, targets.shape[0], step)]
+        return torch.cat(chunks, dim=1)
+
+    def _score_chunk(self, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+        items, candidates = encoder_hidden.shape[0], targets.shape[0]
+        encoder_hidden = encoder_hidden.repeat_interleave(candidates, dim=0)
+        mask = None if mask is None else mask.repeat_interleave(candidates, dim=0)
+        labels = targets.repeat(items, 1)
+        cfg = self.config.text
+        logits = self.text.decode(shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id), encoder_hidden, mask)
+        keep = labels != IGNORE_INDEX
+        log_probs = logits.float().log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return log_probs.masked_fill(~keep, 0.0).sum(-1).view(items, candidates)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -196,6 +258,8 @@ class PaliModel(PretrainedMixin, nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         compile: bool = False,
+        qformer_input_ids: torch.Tensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Generated token ids ``[B, T]`` (no start token; rows padded after their eos).
 
@@ -203,7 +267,8 @@ class PaliModel(PretrainedMixin, nn.Module):
         self-attention reads a preallocated KV cache (``use_cache=False`` recomputes the whole
         prefix each step and gives the same tokens). ``compile=True`` runs the decode step through
         ``torch.compile`` over a static-shape cache: it compiles once per batch size and cache
-        length (the first call pays the compilation), never per token.
+        length (the first call pays the compilation), never per token. ``qformer_input_ids`` /
+        ``qformer_attention_mask`` (InstructBLIP only) go to the connector, inside the encode step.
         """
         if compile and not use_cache:
             raise InputError("compile=True needs use_cache=True (the compiled step is the cached one)")
@@ -216,7 +281,9 @@ class PaliModel(PretrainedMixin, nn.Module):
             pad_token_id=text_cfg.pad_token_id,
         )
         cfg.validate()
-        encoder_hidden, mask = self.encode(pixel_values, input_ids, attention_mask)
+        encoder_hidden, mask = self.encode(
+            pixel_values, input_ids, attention_mask, qformer_input_ids, qformer_attention_mask
+        )
         batch = encoder_hidden.shape[0]
         if num_beams > 1:
             index = torch.arange(batch, device=encoder_hidden.device).repeat_interleave(num_beams)
@@ -250,12 +317,25 @@ class PaliModel(PretrainedMixin, nn.Module):
         return step, reorder
 
 
-def _batch_size(pixel_values, input_ids, attention_mask) -> int:
+def _check_labels(labels: torch.Tensor, vocab_size: int, name: str) -> None:
+    valid = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < vocab_size))
+    if not torch.compiler.is_compiling() and not bool(valid.all()):
+        raise InputError(f"{name} must be ids in [0, {vocab_size}) or {IGNORE_INDEX} (ignored)")
+
+
+def _batch_size(pixel_values, input_ids, attention_mask, pixels: str = "[B, 3, H, W]") -> int:
     sizes: dict[str, int] = {}
     for name, t in (("pixel_values", pixel_values), ("input_ids", input_ids), ("attention_mask", attention_mask)):
         if t is not None:
             if not isinstance(t, torch.Tensor):
                 raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            want = 4 if name == "pixel_values" else 2
+            if t.dim() == want - 1:
+                layout = pixels if want == 4 else "[B, T]"
+                raise InputError(
+                    f"{name} has shape {list(t.shape)}: the batch dimension is missing (expected {layout}); "
+                    f"add it with {name}[None] or {name}.unsqueeze(0), or let PaliProcessor build the batch"
+                )
             sizes[name] = t.shape[0] if t.dim() else -1
     if not sizes or ("attention_mask" in sizes and len(sizes) == 1):
         raise InputError("give pixel_values, input_ids or both")

@@ -54,10 +54,11 @@ class Pipeline:
         labels: Sequence[str],
         lang: str = "en",
         *,
-        template: str = "{label}",
+        template: str | None = None,
         length_normalize: bool = False,
     ) -> list[Classification] | list[list[Classification]]:
-        """Labels ranked by likelihood, best first (see :mod:`pali.heads.classify`)."""
+        """Labels ranked by likelihood, best first (see :mod:`pali.heads.classify`); ``template``
+        defaults to the model's own (its processor config's ``classify_template``)."""
         options = {"template": template, "length_normalize": length_normalize}
         return self.run("classify", images, head_options=options, labels=labels, lang=lang)
 

@@ -15,8 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +36,32 @@ PROCESSOR_CONFIG_NAME = "processor_config.json"
 @dataclass
 class ProcessorConfig(Config):
     """``max_length`` bounds prompt tokens and ``max_target_length`` suffix tokens (eos included);
-    longer text is truncated, keeping the eos, or with ``truncation=False`` an :class:`InputError`
-    (when a cut prompt would silently change the question)."""
+    longer text is truncated, keeping the eos, with a warning (a cut prompt may ask a different
+    question), or with ``truncation=False`` an :class:`InputError`.
+
+    The model's prompt set, saved with it so every caller agrees: ``classify_template`` writes a
+    class name as the target text classification scores (what the model was trained on, e.g.
+    ``"a {label}"``), and ``languages`` lists the language codes the model learned (empty: any of
+    mT5's); asking for another one warns. Older files without these fields load with the old
+    defaults (``"{label}"``, any language).
+    """
 
     image_size: int = 224
     max_length: int = 64
     max_target_length: int = 64
     extra_ids: int = 100
     truncation: bool = True
+    classify_template: str = "{label}"
+    languages: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.require_positive("image_size", "max_length", "max_target_length")
         if isinstance(self.extra_ids, bool) or not isinstance(self.extra_ids, int) or self.extra_ids < 0:
             raise ConfigError(f"ProcessorConfig.extra_ids must be an integer >= 0, got {self.extra_ids!r}")
+        if not isinstance(self.classify_template, str) or "{label}" not in self.classify_template:
+            raise ConfigError(f"ProcessorConfig.classify_template must contain '{{label}}', got {self.classify_template!r}")
+        if not isinstance(self.languages, list) or not all(isinstance(c, str) for c in self.languages):
+            raise ConfigError(f"ProcessorConfig.languages must be a list of language codes, got {self.languages!r}")
 
 
 class PaliProcessor:
@@ -124,7 +138,9 @@ class PaliProcessor:
 
         Prompts must hold some non-blank text (a suffix may be empty: an empty answer is a
         target). Text longer than ``max_length``/``max_target_length`` tokens is truncated, or
-        rejected with ``truncation=False`` (default: ``config.truncation``)."""
+        rejected with ``truncation=False`` (default: ``config.truncation``, which warns when it
+        cuts; an explicit ``truncation=True`` cuts silently)."""
+        warn = truncation is None
         truncation = self.config.truncation if truncation is None else truncation
         batch: dict[str, torch.Tensor] = {}
         sizes: dict[str, int] = {}
@@ -138,26 +154,52 @@ class PaliProcessor:
             if blank:
                 raise InputError(f"text {blank[0]} is empty: PaLI needs a prompt (e.g. 'caption en')")
             sizes["text"] = len(texts)
-            batch.update(
-                self.tokenizer(texts, padding=padding, max_length=self.config.max_length, truncation=truncation)
-            )
+            rows = self._encode(texts, "text", "max_length", truncation, warn)
+            ids, mask = pad_rows(rows, self.tokenizer.pad_id, padding=padding, max_length=self.config.max_length)
+            batch.update(input_ids=ids, attention_mask=mask)
         if suffix is not None:
             targets = _as_list(suffix, "suffix")
             sizes["suffix"] = len(targets)
-            limit = self.config.max_target_length
-            rows = [self.tokenizer.encode(t, max_length=limit if truncation else None) for t in targets]
-            long = [i for i, row in enumerate(rows) if len(row) > limit]
-            if long:
-                raise InputError(
-                    f"suffix {long[0]} has {len(rows[long[0]])} tokens > max_target_length {limit} and truncation=False"
-                )
-            labels, _ = pad_rows(rows, IGNORE_INDEX, padding=padding, max_length=limit)
+            rows = self._encode(targets, "suffix", "max_target_length", truncation, warn)
+            labels, _ = pad_rows(rows, IGNORE_INDEX, padding=padding, max_length=self.config.max_target_length)
             batch["labels"] = labels
         if not batch or set(sizes) == {"suffix"}:
             raise InputError("give images, text or both (a suffix alone has nothing to condition on)")
         if len(set(sizes.values())) > 1:
             raise InputError(f"batch sizes differ: {sizes}")
         return batch
+
+    def _encode(self, texts: list[str], what: str, limit_name: str, truncation: bool, warn: bool) -> list[list[int]]:
+        """Token rows (eos included) within ``config.<limit_name>``: cut with a warning, cut
+        silently, or an error, as ``__call__`` describes."""
+        limit = getattr(self.config, limit_name)
+        rows = [self.tokenizer.encode(t) for t in texts]
+        long = [i for i, row in enumerate(rows) if len(row) > limit]
+        if not long:
+            return rows
+        first = f"{what} {long[0]} has {len(rows[long[0]])} tokens > {limit_name} {limit}"
+        if not truncation:
+            raise InputError(f"{first} and truncation=False")
+        if warn:
+            warnings.warn(
+                f"{first}: truncated to {limit} (the model sees only its start); shorten it, raise "
+                f"ProcessorConfig.{limit_name}, or pass truncation=False to make this an error",
+                stacklevel=3,
+            )
+        eos = [self.tokenizer.eos_id]
+        return [row if len(row) <= limit else row[: limit - 1] + eos for row in rows]
+
+    def check_language(self, lang: str) -> None:
+        """Warn when ``lang`` is not among the languages the model learned (``config.languages``)."""
+        from .prompts import language
+
+        code, learned = language(lang), [language(c) for c in self.config.languages]
+        if learned and code not in learned:
+            warnings.warn(
+                f"language {lang!r} is not one this model learned ({', '.join(learned)}); "
+                "its answer will likely be in one of those instead",
+                stacklevel=3,
+            )
 
     def decode(self, ids: Any) -> str:
         """Text of one generated row: stops at ``</s>``, skips padding and sentinels."""

@@ -2,13 +2,17 @@
 
 A vision encoder, a text stack or a task head is one module that calls ``register`` on the
 registry it belongs to. Third-party packages add their own through Python entry points (group
-``pali.vision_encoders``, ``pali.text_stacks``, ``pali.heads``, ...): each entry point names a
+``pali.vision_encoders``, ``pali.text_stacks``, ``pali.connectors``, ``pali.heads``, ...): each entry point names a
 module (or object) whose import performs the registration. Entry points are loaded lazily, the first
 time a registry is read, so ``import pali`` stays cheap and a broken plugin only fails when used.
+Each registry names its built-in modules too, imported on that same first read just before the
+plugins: a plugin can never take a built-in's name, however pali was imported (``import pali``
+itself imports no torch, so the ``pali`` command can print its help at once).
 """
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import entry_points
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar
@@ -24,12 +28,13 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A mapping from names to entries with lazy entry-point discovery."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None, builtins: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.builtins = builtins
         self._entries: dict[str, T] = {}
         self._origins: dict[str, str] = {}
-        self._plugins_loaded = entry_point_group is None
+        self._plugins_loaded = entry_point_group is None and not builtins
 
     def register(self, name: str, entry: T, *, origin: str = "pali") -> T:
         """Add ``entry`` under ``name``; a second registration of the same name raises."""
@@ -49,7 +54,9 @@ class Registry(Generic[T]):
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        for ep in entry_points(group=self.entry_point_group):
+        for module in self.builtins:  # their import registers them; a re-import is a no-op
+            importlib.import_module(module)
+        for ep in (entry_points(group=self.entry_point_group) if self.entry_point_group else ()):
             try:
                 loaded = ep.load()
             except RegistryError:
@@ -100,10 +107,11 @@ class Preset:
     description: str = ""
 
 
-VISION_ENCODERS: Registry[Any] = Registry("vision encoder", "pali.vision_encoders")
-TEXT_STACKS: Registry[Any] = Registry("text stack", "pali.text_stacks")
-PRESETS: Registry[Preset] = Registry("preset", "pali.presets")
-HEADS: Registry[Any] = Registry("head", "pali.heads")
+VISION_ENCODERS: Registry[Any] = Registry("vision encoder", "pali.vision_encoders", ("pali.vision",))
+TEXT_STACKS: Registry[Any] = Registry("text stack", "pali.text_stacks", ("pali.text",))
+PRESETS: Registry[Preset] = Registry("preset", "pali.presets", ("pali.vision", "pali.text", "pali.presets"))
+CONNECTORS: Registry[Any] = Registry("connector", "pali.connectors", ("pali.connectors",))
+HEADS: Registry[Any] = Registry("head", "pali.heads", ("pali.heads",))
 
 
 def register_preset(name: str, family: str, description: str = ""):
@@ -126,6 +134,11 @@ def list_text_stacks() -> list[str]:
     return TEXT_STACKS.names()
 
 
+def list_connectors() -> list[str]:
+    """Names of the vision-to-text connectors: built-in (``linear``, ``qformer``) and from plugins."""
+    return CONNECTORS.names()
+
+
 def list_heads() -> list[str]:
-    """Names of the task heads: built-in (registered by ``import pali``) and from plugins."""
+    """Names of the task heads: built-in and from plugins."""
     return HEADS.names()

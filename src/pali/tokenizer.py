@@ -35,13 +35,9 @@ PADDING = (False, "longest", "max_length")
 
 def download_from_hub(repo_id: str, filename: str, *, revision: str | None = None) -> Path:
     """Fetch one file of a Hugging Face Hub repo into the local cache (the only network access)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from .hub.download import fetch_file
 
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
-    except (HfHubHTTPError, LocalEntryNotFoundError, ValueError, OSError) as e:
-        raise CheckpointError(f"cannot get {filename!r} from Hub repo {repo_id!r}: {e}") from None
+    return fetch_file(repo_id, filename, revision=revision)
 
 
 def resolve_file(source: str | Path, filename: str, *, revision: str | None = None) -> Path:

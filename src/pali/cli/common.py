@@ -1,4 +1,8 @@
-"""What the task subcommands share: the ``--model`` option, loading, images, atomic PNG output."""
+"""What the task subcommands share: ``--model``/``--threads``, loading, images, atomic PNG output.
+
+Nothing here imports torch at module level: ``pali --help`` and argument errors are answered
+before any model code is imported.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +11,66 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..checkpoint import current_umask
 from ..errors import InputError
 
 DEFAULT_MODEL = "pali-demo"
+#: Below this many parameters a model runs fastest on one thread: its matrices are too small
+#: for the threads to share the work, and each extra thread only adds waiting (worse on a busy machine).
+SMALL_MODEL = 20_000_000
 
 
-def add_model_argument(parser: argparse.ArgumentParser) -> None:
+def add_model_argument(parser: argparse.ArgumentParser, *, generates: bool = True) -> None:
+    """``--model`` and ``--threads``; ``--max-new-tokens`` for the commands that generate text."""
     parser.add_argument(
         "--model", default=DEFAULT_MODEL,
         help=f"bundled model name, checkpoint folder or Hub repo id (default: {DEFAULT_MODEL})",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=40, help="generation length limit")
+    parser.add_argument(
+        "--threads", type=_positive, metavar="N",
+        help=f"CPU threads for torch (default: 1 for models under {SMALL_MODEL // 10**6}M parameters, "
+        "such as the bundled one; otherwise torch's default)",
+    )
+    if generates:
+        parser.add_argument(
+            "--max-new-tokens", type=_positive, metavar="N",
+            help="longest answer in tokens (default: PaliModel.generate's)",
+        )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def load_pipeline(args: argparse.Namespace):
-    """Model + processor from ``--model`` as one pipeline (greedy decoding)."""
+    """Model + processor from ``--model`` as one pipeline (greedy decoding), on ``--threads``."""
+    import torch
+
     from .. import PaliModel, PaliProcessor, pipeline
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = PaliModel.from_pretrained(args.model)
+    if not args.threads and model.num_parameters() < SMALL_MODEL:
+        torch.set_num_threads(1)
     processor = PaliProcessor.from_pretrained(args.model)
-    return pipeline(model, processor, max_new_tokens=args.max_new_tokens)
+    options = {} if getattr(args, "max_new_tokens", None) is None else {"max_new_tokens": args.max_new_tokens}
+    return pipeline(model, processor, **options)
 
 
-def open_image(path: str | Path):
-    """An RGB PIL image, or an error naming the file and what is wrong with it."""
+def open_image(path: str | Path, size: int | None = None):
+    """An RGB PIL image, or an error naming the file and what is wrong with it.
+
+    ``size``: the model's resolution. A large JPEG is then decoded at a reduced scale (PIL's
+    ``draft``, at least twice ``size`` on each side), which saves most of the decoding memory;
+    the image's ``info["original_size"]`` keeps ``(width, height)`` as stored. Other formats are
+    reduced by the image processor after decoding.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -39,13 +78,37 @@ def open_image(path: str | Path):
         raise FileNotFoundError(f"{path}: no such image file")
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            original = image.size
+            if size is not None and image.format == "JPEG":
+                image.draft("RGB", (2 * size, 2 * size))
+            rgb = image.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise InputError(
+            f"{path}: too large to decode safely ({e}); shrink it first, or raise PIL.Image.MAX_IMAGE_PIXELS"
+        ) from None
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"{path}: not a readable image ({e})") from None
+    rgb.info["original_size"] = original
+    return rgb
+
+
+def check_output(path: str | Path, option: str) -> Path:
+    """Fail before any inference when an output PNG cannot be written where asked."""
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(f"{option} {path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder; give a file name such as {path / 'out.png'}")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{option} {path}: folder {folder} is not writable")
+    return path
 
 
 def save_png(image, path: str | Path) -> None:
     """Write ``image`` to a temporary name beside ``path`` and rename: never a half-written PNG."""
+    from ..checkpoint import current_umask
+
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:

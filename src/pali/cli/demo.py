@@ -10,8 +10,7 @@ import argparse
 import json
 
 from .. import bundled
-from ..heads.detect import box_iou
-from .common import add_model_argument, draw_detections, load_pipeline, open_image, save_png
+from .common import add_model_argument, check_output, draw_detections, load_pipeline, open_image, save_png
 
 COLORS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
@@ -23,13 +22,17 @@ def add_parser(sub) -> None:
         description="Caption (5 languages), VQA, detection, OCR and classification on bundled samples.",
     )
     add_model_argument(p)
-    p.add_argument("--out", default="pali-demo.png", help="PNG with the detected boxes (default: pali-demo.png)")
+    p.add_argument(
+        "--out", default="pali-demo.png",
+        help="where to write the PNG with the detected boxes (default: pali-demo.png in the current folder)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    out = check_output(args.out, "--out").resolve()
     pipe = load_pipeline(args)
     samples = json.loads((bundled.SAMPLES / "samples.json").read_text())
     print(f"model {args.model}: {pipe.model.num_parameters():,} parameters\n")
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             score.show_box(f"detect {shape['kind']}", [d.box for d in found], shape["box"])
         if len(shapes) == 1:
             labels = [f"{c} {s}" for c in COLORS for s in SHAPES]
-            ranked = pipe.classify(image, labels, template="a {label}")
+            ranked = pipe.classify(image, labels)  # the model's own template (its processor config)
             top = ", ".join(f"{r.label} ({r.score:.2f})" for r in ranked[:3])
             score.show("classify (12 colour-shape labels)", ranked[0].label, f"{shapes[0]['color']} {shapes[0]['kind']}",
                        shown=top)
@@ -66,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
     for picture in drawn:
         sheet.paste(picture, (x, 0))
         x += picture.width
-    save_png(sheet, args.out)
+    save_png(sheet, out)
     print(score.summary())
-    print(f"wrote {args.out} (detections drawn)")
+    print(f"wrote {args.out} (the detected boxes drawn on the samples): {out}")
     return 0
 
 
@@ -86,6 +89,8 @@ class Score:
         print(f"  {what:<42} {shown or got}   {'ok' if ok else f'(truth: {truth})'}")
 
     def show_box(self, what: str, found: list[tuple[float, ...]], truth: list[int]) -> None:
+        from ..heads.detect import box_iou
+
         iou = box_iou(found[0], truth) if found else 0.0
         self.ious.append(iou)
         boxes = "; ".join("({:.0f}, {:.0f}, {:.0f}, {:.0f})".format(*box) for box in found) or "nothing"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from .common import add_model_argument, draw_detections, load_pipeline, open_image, save_png
+from .common import add_model_argument, check_output, draw_detections, load_pipeline, open_image, save_png
 
 
 def add_parser(sub) -> None:
@@ -32,38 +33,53 @@ def add_parser(sub) -> None:
     p = sub.add_parser("classify", help="rank candidate labels", description="Zero-shot classification.")
     p.add_argument("image")
     p.add_argument("--labels", required=True, help="comma-separated candidates, e.g. cat,dog")
-    p.add_argument("--template", default="{label}", help="target text for each label (default: {label})")
+    p.add_argument(
+        "--template", help="target text for each label (default: the model's, from its processor config)"
+    )
     p.set_defaults(func=classify)
 
     for parser in sub.choices.values():
-        if parser.get_default("func") in (caption, vqa, ocr, detect, classify):
-            add_model_argument(parser)
+        func = parser.get_default("func")
+        if func in (caption, vqa, ocr, detect, classify):
+            add_model_argument(parser, generates=func is not classify)
+
+
+def _load(args: argparse.Namespace):
+    """The pipeline and the image, decoded at no more than the scale the model needs."""
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f"{args.image}: no such image file")  # before the model loads
+    pipe = load_pipeline(args)
+    return pipe, open_image(args.image, pipe.processor.config.image_size)
 
 
 def caption(args: argparse.Namespace) -> int:
-    image = open_image(args.image)
-    print(load_pipeline(args).caption(image, lang=args.lang).text)
+    pipe, image = _load(args)
+    print(pipe.caption(image, lang=args.lang).text)
     return 0
 
 
 def vqa(args: argparse.Namespace) -> int:
-    image = open_image(args.image)
-    print(load_pipeline(args).answer(image, args.question, lang=args.lang).text)
+    pipe, image = _load(args)
+    print(pipe.answer(image, args.question, lang=args.lang).text)
     return 0
 
 
 def ocr(args: argparse.Namespace) -> int:
-    image = open_image(args.image)
-    print(load_pipeline(args).ocr(image).text)
+    pipe, image = _load(args)
+    print(pipe.ocr(image).text)
     return 0
 
 
 def detect(args: argparse.Namespace) -> int:
-    image = open_image(args.image)
-    detections = load_pipeline(args).detect(image, args.label)
+    if args.draw:
+        check_output(args.draw, "--draw")
+    pipe, image = _load(args)
+    detections = pipe.detect(image, args.label)
+    width, height = image.info["original_size"]  # a large JPEG was decoded smaller
+    sx, sy = width / image.width, height / image.height
     for det in detections:
         x0, y0, x1, y1 = det.box
-        print(f"{det.label}\t{x0:.0f} {y0:.0f} {x1:.0f} {y1:.0f}")
+        print(f"{det.label}\t{x0 * sx:.0f} {y0 * sy:.0f} {x1 * sx:.0f} {y1 * sy:.0f}")
     if not detections:
         print(f"no {args.label} found")
     if args.draw:
@@ -72,8 +88,8 @@ def detect(args: argparse.Namespace) -> int:
 
 
 def classify(args: argparse.Namespace) -> int:
-    image = open_image(args.image)
+    pipe, image = _load(args)
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
-    for result in load_pipeline(args).classify(image, labels, template=args.template):
+    for result in pipe.classify(image, labels, template=args.template):
         print(f"{result.score:10.4f}  {result.label}")
     return 0

@@ -17,7 +17,7 @@ import torch
 
 from ..checkpoint import check_shape, checked_file, index_shards, list_tensors, read_json
 from ..errors import CheckpointError, ConfigError
-from . import hf
+from . import blip2, hf
 from .keymap import KeyMap
 from .plan import Conversion, Source, check_items, fit_pos_embed, map_sources, parse_dtype, target_config
 
@@ -79,7 +79,7 @@ def read_hf_config(directory: Path) -> dict:
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str) \
             or config["model_type"] not in MODEL_TYPES:
         found = config.get("model_type") if isinstance(config, dict) else None
-        raise CheckpointError(f"{path}: model_type {found!r} is not supported; known: {sorted(MODEL_TYPES)}")
+        raise CheckpointError(f"{path}: model_type {found!r} is not supported; known: {sorted([*MODEL_TYPES, *blip2.MODEL_TYPES])}")
     return config
 
 
@@ -91,10 +91,16 @@ def read_hf(
     image_size: int | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> Conversion:
-    """Plan the conversion of a Hugging Face checkpoint directory (mT5, SigLIP, CLIP or ViT)."""
+    """Plan the conversion of a Hugging Face checkpoint directory (mT5, SigLIP, CLIP or ViT towers;
+    whole BLIP-2 / InstructBLIP models, see :mod:`pali.convert.blip2`)."""
     directory = Path(src)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
+    raw = read_json(checked_file(directory, "config.json", str(directory))) if (directory / "config.json").is_file() else None
+    if blip2.is_blip2(raw):
+        if vision_preset or text_preset or image_size:
+            raise CheckpointError(f"{directory} holds a whole {raw['model_type']} model: tower presets and image_size do not apply")
+        return blip2.read_blip2(directory, raw, dtype=dtype)
     hf_config = read_hf_config(directory)
     family, keymap, config_fn = MODEL_TYPES[hf_config["model_type"]]
     preset, other = (vision_preset, text_preset) if family == "vision" else (text_preset, vision_preset)

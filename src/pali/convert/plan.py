@@ -17,8 +17,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from ..checkpoint import check_num_parameters
-from ..config import Config, VisionConfig
+from ..config import Config, PaliConfig, VisionConfig
 from ..errors import CheckpointError
+from ..meta import meta_device
 from ..registry import TEXT_STACKS, VISION_ENCODERS
 from ..vision.vit import resample_pos_embed
 from .keymap import KeyMap, Transform
@@ -98,7 +99,7 @@ def fit_pos_embed(items: list[Item], config: VisionConfig) -> list[Item]:
     for item in items:
         if item.target == "pos_embed":
             tokens = item.shape[1] - prefix if len(item.shape) == 3 else -1
-            if tokens != config.num_tokens and int(tokens**0.5) ** 2 != tokens:
+            if tokens != config.grid**2 and int(tokens**0.5) ** 2 != tokens:
                 raise CheckpointError(
                     f"{item.source}: position embedding {list(item.shape)} is not a square grid; cannot resample "
                     f"to {config.grid}x{config.grid}"
@@ -108,14 +109,23 @@ def fit_pos_embed(items: list[Item], config: VisionConfig) -> list[Item]:
     return out
 
 
+def _module(config: Config) -> torch.nn.Module:
+    """The module ``config`` describes: a whole PaliModel or one tower."""
+    if isinstance(config, PaliConfig):
+        from ..model import PaliModel
+
+        return PaliModel(config)
+    registry = VISION_ENCODERS if isinstance(config, VisionConfig) else TEXT_STACKS
+    return registry.get(config.kind)(config)
+
+
 def check_items(items: Sequence[Item], config: Config, against: str) -> None:
     """Compare the planned tensors with the module ``config`` builds: names and shapes, all at once.
 
     ``against`` names the reference in messages ("preset 'vit-b16'", "the inferred config").
     """
-    registry = VISION_ENCODERS if isinstance(config, VisionConfig) else TEXT_STACKS
-    with torch.device("meta"):
-        module = registry.get(config.kind)(config)
+    with meta_device():
+        module = _module(config)
     check_num_parameters(module, against)
     expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
     problems = []
@@ -147,7 +157,8 @@ class Conversion:
     """A checked plan; iterate it for ``(our_name, tensor)`` pairs, one tensor in memory at a time.
 
     ``config`` is the tower's config; names are relative to that tower, plus ``projection.*``
-    (PaliModel-level) when a vision source carries PaLI's projection.
+    (PaliModel-level) when a vision source carries PaLI's projection. A whole-model source
+    (BLIP-2) has a :class:`PaliConfig` and PaliModel's names.
     """
 
     config: Config
@@ -157,6 +168,9 @@ class Conversion:
 
     @property
     def tower(self) -> str:
+        """``"vision"``, ``"text"`` or ``"model"`` (the safetensors ``pali.tower`` metadata)."""
+        if isinstance(self.config, PaliConfig):
+            return "model"
         return "vision" if isinstance(self.config, VisionConfig) else "text"
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:

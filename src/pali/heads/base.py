@@ -44,6 +44,8 @@ class Head(ABC):
         ``generate_kwargs`` (passed to :meth:`PaliModel.generate`) says otherwise."""
         images = split_batch(images)
         prompt = self.build_prompt(**prompt_kwargs)
+        if "lang" in prompt_kwargs:
+            check_language(processor, prompt_kwargs["lang"])
         texts = generate_texts(model, processor, images, [prompt] * len(images), generate_kwargs)
         return [
             self.parse(text, **self.parse_context(processor, image, prompt_kwargs))
@@ -53,6 +55,13 @@ class Head(ABC):
     def parse_context(self, processor, image: ImageLike, prompt_kwargs: dict[str, Any]) -> dict[str, Any]:
         """What ``parse`` needs beyond the text for ``image`` (e.g. its size); nothing by default."""
         return {}
+
+
+def check_language(processor, lang: str) -> None:
+    """Warn when the model never learned ``lang`` (a processor without that knowledge: no check)."""
+    check = getattr(processor, "check_language", None)
+    if check is not None:
+        check(lang)
 
 
 def generate_texts(

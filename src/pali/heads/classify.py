@@ -6,9 +6,10 @@ log-likelihood of its whole target, ``sum log p(token)`` over the label's tokens
 ``</s>`` (the eos makes "cat" and "cat food" differ: a prefix is not a free win). Summed scores
 favour short names; ``length_normalize=True`` ranks by the mean per token instead.
 
-All candidates of all images go through the decoder in one batched pass; the vision tower and
-the encoder run once per image (not once per candidate). For a large label set with a 250k
-vocabulary the ``[images x labels, T, V]`` logits are big: ``batch_size`` splits the candidates.
+The model's own scoring entry point (:meth:`pali.PaliModel.score`) does the work: all candidates
+of all images go through the decoder in one batched pass; the vision tower and the encoder run
+once per image (not once per candidate). For a large label set with a 250k vocabulary the
+``[images x labels, T, V]`` logits are big: ``batch_size`` splits the candidates.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import torch
 from .. import prompts
 from ..errors import InputError
 from ..image_processing import ImageLike, split_batch
-from ..model import IGNORE_INDEX, shift_right
+from ..model import IGNORE_INDEX
 from ..registry import HEADS
 from ..tokenizer import pad_rows
-from .base import Head, model_inputs
+from .base import Head, check_language, model_inputs
 
 
 @dataclass
@@ -39,13 +40,15 @@ class Classification:
 class ClassifyHead(Head):
     """``run(model, processor, images, labels, lang="en")`` -> per image, labels best first.
 
-    ``template`` writes a label as target text (``"{label}"``; e.g. ``"a photo of a {label}"``).
+    ``template`` writes a label as target text (e.g. ``"a photo of a {label}"``); by default the
+    model's own, from its processor config (``ProcessorConfig.classify_template``: what it was
+    trained on), so every caller scores the same targets.
     """
 
     name = "classify"
 
-    def __init__(self, template: str = "{label}", length_normalize: bool = False) -> None:
-        if "{label}" not in template:
+    def __init__(self, template: str | None = None, length_normalize: bool = False) -> None:
+        if template is not None and "{label}" not in template:
             raise InputError(f"template {template!r} must contain '{{label}}'")
         self.template = template
         self.length_normalize = length_normalize
@@ -84,31 +87,19 @@ class ClassifyHead(Head):
         lang: str = "en",
         batch_size: int | None = None,
     ) -> torch.Tensor:
-        """``[images, labels]`` float32 scores."""
+        """``[images, labels]`` float32 scores, from :meth:`pali.PaliModel.score`."""
         images, labels = split_batch(images), _labels(labels)
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        check_language(processor, lang)
         batch = model_inputs(model, processor, processor(images=images, text=[self.build_prompt(lang)] * len(images)))
-        hidden, mask = model.encode(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
-        rows = [processor.tokenizer.encode(self.template.format(label=label)) for label in labels]
-        targets = pad_rows(rows, IGNORE_INDEX)[0].to(hidden.device)
-        step = batch_size or len(labels)
-        chunks = [self._score(model, hidden, mask, targets[i : i + step]) for i in range(0, len(labels), step)]
-        return torch.cat(chunks, dim=1).cpu()
-
-    def _score(self, model, hidden: torch.Tensor, mask: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
-        images, candidates = hidden.shape[0], targets.shape[0]
-        hidden = hidden.repeat_interleave(candidates, dim=0)
-        mask = None if mask is None else mask.repeat_interleave(candidates, dim=0)
-        targets = targets.repeat(images, 1)
-        cfg = model.config.text
-        logits = model.text.decode(shift_right(targets, cfg.decoder_start_token_id, cfg.pad_token_id), hidden, mask)
-        keep = targets != IGNORE_INDEX
-        log_probs = logits.float().log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores = log_probs.masked_fill(~keep, 0.0).sum(-1)
+        template = self.template or getattr(processor.config, "classify_template", "{label}")
+        rows = [processor.tokenizer.encode(template.format(label=label)) for label in labels]
+        targets = pad_rows(rows, IGNORE_INDEX)[0]
+        scores = model.score(**batch, targets=targets, batch_size=batch_size).cpu()
         if self.length_normalize:
-            scores = scores / keep.sum(-1)
-        return scores.view(images, candidates)
+            scores = scores / (targets != IGNORE_INDEX).sum(-1)
+        return scores
 
 
 def _labels(labels: Any) -> list[str]:

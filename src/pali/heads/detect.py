@@ -35,6 +35,10 @@ class Detection:
     box: tuple[float, float, float, float]
     label: str
 
+    def __repr__(self) -> str:  # pixels to one decimal: the 1000-bin coordinates hold no more
+        box = ", ".join(f"{v:.1f}" for v in self.box)
+        return f"Detection(box=({box}), label={self.label!r})"
+
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two ``(x0, y0, x1, y1)`` boxes; 0 when both are empty."""

@@ -7,6 +7,7 @@ Downloads go through ``huggingface_hub`` (its cache, its progress bars, ``HF_HUB
 
 from __future__ import annotations
 
+import difflib
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,12 +73,13 @@ def fetch(
     repo_id = str(name_or_path)
     if path.exists() or not _REPO_ID.fullmatch(repo_id):
         raise CheckpointError(f"{name_or_path!r} is neither a checkpoint directory nor a Hub repo id ('owner/name')")
+    check_not_preset(repo_id)
     return _fetch_repo(repo_id, select, revision=revision, cache_dir=cache_dir,
                        local_files_only=local_files_only, token=token)
 
 
 def _fetch_repo(repo_id, select, *, revision, cache_dir, local_files_only, token) -> Snapshot:
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import snapshot_download
 
     offline = is_offline(local_files_only)
     with hub_errors(repo_id, revision, offline):
@@ -89,8 +91,7 @@ def _fetch_repo(repo_id, select, *, revision, cache_dir, local_files_only, token
             ))
             wanted = select(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
         else:
-            files = HfApi(token=token).list_repo_files(repo_id, revision=revision)
-            wanted = select(sorted(files))
+            wanted = select(list_files(repo_id, revision, token))
             folder = Path(snapshot_download(
                 repo_id, revision=revision, cache_dir=cache_dir, token=token, allow_patterns=wanted,
             ))
@@ -101,6 +102,56 @@ def _fetch_repo(repo_id, select, *, revision, cache_dir, local_files_only, token
             + (" and the Hub is offline (HF_HUB_OFFLINE / local_files_only)" if offline else "")
         )
     return Snapshot(folder, repo_id, commit=folder.name)
+
+
+def list_files(repo_id: str, revision: str | None, token: str | bool | None) -> list[str]:
+    """The repo's files, from one request with a short timeout and no retries.
+
+    It is the first request for a repo, so an unreachable Hub (or a mistyped name) fails at once
+    instead of after the Hub client's retry-with-backoff; later downloads keep their retries.
+    """
+    from huggingface_hub import HfApi, constants
+
+    info = HfApi(token=token).model_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    return sorted(s.rfilename for s in info.siblings or ())
+
+
+def fetch_file(repo_id: str, filename: str, *, revision: str | None = None) -> Path:
+    """One file of a Hub repo in the local cache (``HF_HUB_OFFLINE``: the cache only).
+
+    Online, the repo is looked up first (:func:`list_files`: one quick request), so a wrong name
+    or an unreachable Hub is a :class:`HubError` saying what the name is not.
+    """
+    import huggingface_hub
+
+    check_not_preset(repo_id)
+    offline = is_offline()
+    try:
+        with hub_errors(repo_id, revision, offline):
+            if not offline and filename not in list_files(repo_id, revision, None):
+                raise HubError("the repo has no such file")
+            return Path(huggingface_hub.hf_hub_download(repo_id, filename, revision=revision))
+    except HubError as e:
+        raise HubError(f"cannot get {filename!r} from Hub repo {repo_id!r}: {e}") from None
+
+
+def check_not_preset(name: str) -> None:
+    """A preset's name is not a checkpoint: say how to build one instead of asking the Hub."""
+    from ..registry import PRESETS
+
+    if "/" not in name and name in PRESETS:
+        raise CheckpointError(
+            f"{name!r} is a preset (an architecture without weights), not a bundled model, local folder "
+            f"or Hub repo: build it with PaliModel.from_preset({name!r}) (randomly initialised)"
+        )
+
+
+def what_it_is_not(name: str) -> str:
+    """For an error about ``name`` the Hub did not give: the bundled models it is not (with near
+    matches) and that no local folder has that name."""
+    near = difflib.get_close_matches(name, bundled.MODELS, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+    return f"{name!r} is not a bundled model (bundled: {', '.join(bundled.MODELS)}), a local folder or a preset{hint}"
 
 
 @contextmanager
@@ -125,13 +176,15 @@ def hub_errors(repo_id: str, revision: str | None, offline: bool = False) -> Ite
         status = getattr(getattr(e, "response", None), "status_code", None)
         hint = "is private: pass token=... (or log in with `hf auth login`)" if status == 401 else "does not exist"
         raise HubError(
-            f"Hub repo {repo_id!r} not found: it {hint}; check the id (a private repo needs a token)"
+            f"Hub repo {repo_id!r} not found: it {hint}; check the id (a private repo needs a token). "
+            f"{what_it_is_not(repo_id)}"
         ) from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         raise HubError(
             f"{repo_id!r} (revision {rev!r}) is not in the local cache and "
             + ("the Hub is offline (HF_HUB_OFFLINE=1 or local_files_only=True)" if offline
                else "the Hub could not be reached")
+            + f". {what_it_is_not(repo_id)}"
         ) from None
     except HfHubHTTPError as e:
         raise HubError(f"Hub request for {repo_id!r} (revision {rev!r}) failed: {e}") from None
@@ -142,5 +195,5 @@ def hub_errors(repo_id: str, revision: str | None, offline: bool = False) -> Ite
             raise
         raise HubError(
             f"cannot reach the Hub for {repo_id!r} ({type(e).__name__}: {e}); check the network, "
-            "or set HF_HUB_OFFLINE=1 to use the local cache"
+            f"or set HF_HUB_OFFLINE=1 to use the local cache. {what_it_is_not(repo_id)}"
         ) from None

@@ -30,6 +30,7 @@ from ..convert.big_vision import split_selector
 from ..convert.hf_reader import BIN_INDEX, BIN_NAME
 from ..errors import CheckpointError, ConfigError
 from ..loading import common_dtype, materialize, verify
+from ..meta import meta_device
 from ..presets import get_config
 from ..registry import TEXT_STACKS, VISION_ENCODERS
 from .download import Snapshot, fetch
@@ -105,7 +106,7 @@ def seed_from_towers(
         warnings.warn(
             f"the {role} tower of {config.preset or 'this model'} is randomly initialised ({why})", stacklevel=3
         )
-    with torch.device("meta"):
+    with meta_device():
         model = cls(config)
     entries = {}
     for role, tower in towers.items():

@@ -53,6 +53,15 @@ class MT5Config(TextConfig):
         if self.num_buckets % 2:
             raise ConfigError("MT5Config.num_buckets must be even (half per direction in the encoder)")
 
+    def num_parameters(self) -> int:
+        d, inner = self.d_model, self.num_heads * self.d_kv
+        attention, mlp = 4 * d * inner, 3 * d * self.d_ff  # no biases; RMSNorms are d each
+        encoder = self.num_encoder_layers * (attention + mlp + 2 * d)
+        decoder = self.num_decoder_layers * (2 * attention + mlp + 3 * d)
+        stacks = 2 * (self.num_heads * self.num_buckets + d)  # bias table + final norm each
+        return 2 * self.vocab_size * d + encoder + decoder + stacks  # untied embedding and lm_head
+
+
 
 class RMSNorm(nn.Module):
     """T5's LayerNorm: scale only, no mean subtraction; statistics in fp32."""

@@ -4,7 +4,10 @@ big_vision's ViT as PaLI uses it: patch-embedding conv with bias, learned positi
 class token, pre-LayerNorm blocks with eps 1e-6, tanh-approximated GELU, a final norm, and every
 patch token returned (no pooling). SigLIP towers share that layout. CLIP-style towers (OpenAI,
 OpenCLIP) add a class token (dropped from the output here), a LayerNorm right after the embedding,
-exact-erf or quick GELU, eps 1e-5 and no conv bias.
+exact-erf or quick GELU, eps 1e-5 and no conv bias. BLIP-2's EVA ViT-g/14 is CLIP-like without the
+pre-norm, keeps its class token in the output (every token goes on to the Q-Former, after the
+final norm: ``keep_class_token``), and has biases on the query and value but not the key
+(``key_bias=False``); the fused ``qkv`` of transformers' ``Blip2Attention`` is split on conversion.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class ViTConfig(VisionConfig):
     patch_bias: bool = True
     qkv_bias: bool = True
     class_token: bool = False
+    keep_class_token: bool = False
+    key_bias: bool = True
     pre_norm: bool = False
     final_norm: bool = True
 
@@ -55,6 +60,8 @@ class ViTConfig(VisionConfig):
             )
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
+        if self.keep_class_token and not self.class_token:
+            raise ConfigError("ViTConfig.keep_class_token needs class_token=True")
 
     @property
     def width(self) -> int:
@@ -66,7 +73,19 @@ class ViTConfig(VisionConfig):
 
     @property
     def num_tokens(self) -> int:
-        return self.grid**2
+        """Output tokens: the patches, plus the class token when it is kept."""
+        return self.grid**2 + int(self.keep_class_token)
+
+    def num_parameters(self) -> int:
+        d, m = self.hidden_size, self.mlp_dim
+        norm = 2 * d  # LayerNorm: scale + bias
+        attention = 4 * d * d + (4 * d if self.qkv_bias else 0)
+        block = 2 * norm + attention + (d * m + m) + (m * d + d)
+        return (
+            3 * self.patch_size**2 * d + (d if self.patch_bias else 0)
+            + (self.num_tokens + int(self.class_token)) * d + (d if self.class_token else 0)
+            + (norm if self.pre_norm else 0) + self.depth * block + (norm if self.final_norm else 0)
+        )
 
 
 class MlpBlock(nn.Module):
@@ -87,7 +106,7 @@ class Block(nn.Module):
         super().__init__()
         d = cfg.hidden_size
         self.norm1 = nn.LayerNorm(d, eps=cfg.norm_eps)
-        self.attn = Attention(d, cfg.num_heads, d // cfg.num_heads, bias=cfg.qkv_bias)
+        self.attn = Attention(d, cfg.num_heads, d // cfg.num_heads, bias=cfg.qkv_bias, key_bias=cfg.qkv_bias and cfg.key_bias)
         self.norm2 = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.mlp = MlpBlock(d, cfg.mlp_dim, cfg.act)
 
@@ -107,7 +126,7 @@ class ViT(nn.Module):
         d = cfg.hidden_size
         self.patch_embed = nn.Conv2d(3, d, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens + int(cfg.class_token), d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid**2 + int(cfg.class_token), d))
         self.norm_pre = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.pre_norm else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.final_norm else None
@@ -154,7 +173,7 @@ class ViT(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        if self.cls_token is not None:
+        if self.cls_token is not None and not self.config.keep_class_token:
             x = x[:, 1:]
         return x if self.norm is None else self.norm(x)
 
@@ -195,5 +214,10 @@ _preset(
     "clip-vit-bigg14", "OpenCLIP ViT-bigG/14 tower (ViT-G/14 shape, CLIP layout)",
     hidden_size=1664, depth=48, mlp_dim=8192, num_heads=16, act="gelu", norm_eps=1e-5,
     patch_bias=False, class_token=True, pre_norm=True,
+)
+_preset(
+    "eva-vit-g14", "BLIP-2's EVA ViT-g/14 tower (class token kept, no key bias)",
+    hidden_size=1408, depth=39, mlp_dim=6144, num_heads=16, act="gelu", class_token=True,
+    keep_class_token=True, key_bias=False,
 )
 _preset("vit-tiny", "tiny ViT for tests", image_size=32, patch_size=8, hidden_size=32, depth=2, mlp_dim=64, num_heads=4)

@@ -1,0 +1,150 @@
+"""Tiny random transformers BLIP-2 / InstructBLIP models, their pali twins, and their Hub layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pali import PaliModel
+from pali.convert import blip2 as blip2_maps
+
+transformers = __import__("pytest").importorskip("transformers")
+
+IMAGE = 56  # 4x4 patches of 14 + the class token: 17 vision tokens
+QUERIES = 4
+TEXT_VOCAB = 128
+IMAGE_TOKEN = TEXT_VOCAB - 1  # transformers >= 4.47's <image> placeholder id
+QFORMER_VOCAB = 100
+
+
+def hf_blip2(kind: str = "t5", *, instruct: bool = False, seed: int = 0):
+    """A tiny ``Blip2ForConditionalGeneration`` (or InstructBLIP) with every parameter random and
+    an untied lm_head (as Flan-T5 / mT0 have it)."""
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  image_size=IMAGE, patch_size=14, layer_norm_eps=1e-6)
+    qformer = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+                   cross_attention_frequency=2, encoder_hidden_size=32, vocab_size=QFORMER_VOCAB,
+                   max_position_embeddings=64)
+    text = dict(model_type=kind, vocab_size=TEXT_VOCAB, d_model=24, d_ff=40, num_heads=4, d_kv=6, num_layers=2,
+                num_decoder_layers=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
+    common = dict(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=QUERIES,
+                  image_token_index=IMAGE_TOKEN)
+    torch.manual_seed(seed)
+    if instruct:
+        model = transformers.InstructBlipForConditionalGeneration(transformers.InstructBlipConfig(**common))
+    else:
+        model = transformers.Blip2ForConditionalGeneration(transformers.Blip2Config(**common))
+    model.eval()
+    lm = model.language_model
+    lm.lm_head.weight = nn.Parameter(torch.randn(TEXT_VOCAB, 24) * 24**-0.5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            base = 1.0 if name.endswith("weight") and ("norm" in name.lower()) else 0.0
+            p.copy_(torch.randn_like(p) * 0.2 + base)
+        for layer in model.vision_model.encoder.layers:
+            bias = layer.self_attn.qkv.bias
+            bias[32:64] = 0  # the key third of the fused bias is zero in every BLIP-2
+        for t5 in (lm.encoder, lm.decoder):
+            t5.block[0].layer[0].SelfAttention.relative_attention_bias.weight.normal_(std=1.0)
+            t5.embed_tokens.weight = lm.shared.weight
+    assert lm.lm_head.weight.data_ptr() != lm.shared.weight.data_ptr()
+    assert not getattr(lm.config, "scale_decoder_outputs", False)
+    return model
+
+
+def hf_config_dict(model) -> dict:
+    data = model.config.to_dict()
+    data["text_config"]["tie_word_embeddings"] = False  # what the Hub's Flan-T5 / mT0 configs say
+    return data
+
+
+def pali_twin(model) -> PaliModel:
+    config = blip2_maps.blip2_config(hf_config_dict(model))
+    ours = PaliModel(config).eval()
+    ours.load_state_dict(blip2_maps.map_state_dict(config, model.state_dict()))
+    return ours
+
+
+def hub_state_dict(model) -> dict[str, torch.Tensor]:
+    """The tensors as the Hub's BLIP-2 files hold them: ``q_bias``/``v_bias``, no encoder/decoder
+    embedding aliases, an explicit lm_head."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith("self_attn.qkv.bias"):
+            d = tensor.shape[0] // 3
+            base = name.removesuffix("qkv.bias")
+            out[base + "q_bias"], out[base + "v_bias"] = tensor[:d].clone(), tensor[2 * d :].clone()
+        elif not name.endswith("embed_tokens.weight"):
+            out[name] = tensor.detach().clone().contiguous()
+    return out
+
+
+def write_safetensors_layout(model, folder: Path, shards: int = 2) -> Path:
+    """``model-0000N-of-0000M.safetensors`` + index, as the Hub's BLIP-2 repos hold them."""
+    from safetensors.torch import save_file
+
+    return _write_sharded(model, folder, shards, "model-{:05d}-of-{:05d}.safetensors", "model.safetensors.index.json",
+                          lambda part, path: save_file(part, str(path), metadata={"format": "pt"}))
+
+
+def write_bin_layout(model, folder: Path, shards: int = 2) -> Path:
+    """mBLIP's layout: ``pytorch_model-0000N-of-0000M.bin`` shards holding fp16 and fp32 tensors."""
+    def save(part, path):
+        # text weights in fp16, the rest (vision, Q-Former) in fp32, as mBLIP's shards mix them
+        mixed = {k: v.half() if k.startswith("language_model.") else v for k, v in part.items()}
+        torch.save(mixed, path)
+
+    return _write_sharded(model, folder, shards, "pytorch_model-{:05d}-of-{:05d}.bin", "pytorch_model.bin.index.json", save)
+
+
+def _write_sharded(model, folder: Path, shards: int, pattern: str, index_name: str, save) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = hub_state_dict(model)
+    names = sorted(tensors)
+    weight_map = {}
+    for i in range(shards):
+        part = {n: tensors[n] for n in names[i::shards]}
+        file = pattern.format(i + 1, shards)
+        save(part, folder / file)
+        weight_map.update(dict.fromkeys(part, file))
+    (folder / index_name).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps(hf_config_dict(model)))
+    return folder
+
+
+def hf_inputs(pixel_values, input_ids, attention_mask, qformer=None) -> dict:
+    """transformers >= 4.47's inputs: ``num_query_tokens`` <image> ids before the prompt."""
+    batch = input_ids.shape[0]
+    image = torch.full((batch, QUERIES), IMAGE_TOKEN, dtype=input_ids.dtype)
+    inputs = dict(
+        pixel_values=pixel_values,
+        input_ids=torch.cat([image, input_ids], dim=1),
+        attention_mask=torch.cat([torch.ones_like(image), attention_mask], dim=1),
+    )
+    if qformer is not None:
+        inputs["qformer_input_ids"], inputs["qformer_attention_mask"] = qformer
+    return inputs
+
+
+def batch(n: int = 2, seed: int = 1, prompt: int = 6):
+    """Pixels, prompt ids (never the <image> id) with right padding in every row but the first."""
+    g = torch.Generator().manual_seed(seed)
+    px = torch.randn(n, 3, IMAGE, IMAGE, generator=g)
+    ids = torch.randint(2, IMAGE_TOKEN, (n, prompt), generator=g)
+    mask = torch.ones(n, prompt, dtype=torch.long)
+    for row in range(1, n):
+        mask[row, prompt - 2 * row % prompt :] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    return px, ids, mask
+
+
+def qformer_batch(n: int = 2, seed: int = 2, length: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, QFORMER_VOCAB, (n, length), generator=g)
+    mask = torch.ones(n, length, dtype=torch.long)
+    if n > 1:
+        mask[1, length - 2 :] = 0
+    return ids.masked_fill(mask == 0, 0), mask
