@@ -44,7 +44,8 @@ with atheris.instrument_imports(include=["pali"]):
     from pali.config import PaliConfig
     from pali.convert import load_config, read_big_vision, read_t5x
     from pali.convert.zarr import ZarrArray
-    from pali.hub.load import read_index, verify
+    from pali.checkpoint import list_tensors
+    from pali.loading import verify
 
 pali.checkpoint.MAX_TENSOR_BYTES = 64 << 20
 warnings.simplefilter("ignore")
@@ -157,7 +158,7 @@ def fuzz_safetensors(data: bytes) -> None:
     (folder / "model.safetensors").write_bytes(data)
 
     def run():
-        entries, _ = read_index(folder)
+        entries, _ = list_tensors(folder)
         entries = verify(entries, EXPECTED, source=str(folder), strict=False)
         with open(folder / "model.safetensors", "rb") as f:
             for stored in entries.values():

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,9 @@ import transformers
 from torch import nn
 
 from pali import PaliConfig, PaliModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers_checkpoint import apply_keymap  # noqa: E402
 from pali.convert import hf as hf_maps
 
 FULL = dict(
@@ -81,8 +86,8 @@ class Reference(nn.Module):
 
 def ours_from(ref: Reference) -> PaliModel:
     model = PaliModel(pali_config(ref.sizes)).eval()
-    state = {f"vision.{k}": v for k, v in hf_maps.SIGLIP_VISION.convert(ref.vision.state_dict().items())}
-    state |= {f"text.{k}": v for k, v in hf_maps.MT5.convert(ref.text.state_dict().items())}
+    state = {f"vision.{k}": v for k, v in apply_keymap(hf_maps.SIGLIP_VISION, ref.vision.state_dict().items())}
+    state |= {f"text.{k}": v for k, v in apply_keymap(hf_maps.MT5, ref.text.state_dict().items())}
     state |= {f"projection.{k}": v for k, v in ref.projection.state_dict().items()}
     model.load_state_dict(state)
     return model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from helpers_checkpoint import convert_state_dict
 from pali.convert import hf as hf_maps
 from pali.text.mt5 import MT5
 from pali.vision.vit import ViT
@@ -35,7 +36,7 @@ def hf_mt5(seed: int = 0, vocab: int = 256, **overrides) -> "transformers.MT5For
 
 def pali_mt5_from_hf(model) -> MT5:
     ours = MT5(hf_maps.mt5_config(model.config.to_dict())).eval()
-    ours.load_state_dict(hf_maps.MT5.convert_state_dict(model.state_dict()))
+    ours.load_state_dict(convert_state_dict(hf_maps.MT5, model.state_dict()))
     return ours
 
 
@@ -74,5 +75,5 @@ def pali_vit_from_hf(model, kind: str) -> ViT:
     config_fn = hf_maps.siglip_vision_config if kind == "siglip" else hf_maps.clip_vision_config
     keymap = hf_maps.SIGLIP_VISION if kind == "siglip" else hf_maps.CLIP_VISION
     ours = ViT(config_fn(model.config.to_dict())).eval()
-    ours.load_state_dict(keymap.convert_state_dict(model.state_dict()))
+    ours.load_state_dict(convert_state_dict(keymap, model.state_dict()))
     return ours

@@ -9,7 +9,7 @@ import torch
 
 from big_vision_fixture import big_vision_names
 from hf_reference import hf_siglip
-from pali.checkpoint import read_safetensors
+from helpers_checkpoint import read_safetensors
 from pali.convert import convert_big_vision, detect_format, load_config, read_big_vision, verify
 from pali.errors import CheckpointError
 from pali.vision.vit import ViT, resample_pos_embed

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from hf_reference import _randomize, hf_mt5, transformers
-from pali.checkpoint import read_safetensors
+from helpers_checkpoint import read_safetensors
 from pali.convert import convert_hf, detect_format, load_config, read_hf
 from pali.errors import CheckpointError
 from pali.model import shift_right
@@ -115,7 +115,7 @@ def test_bad_hf_directories(mt5, tmp_path):
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         read_hf(tmp_path / "a")
     (tmp_path / "a" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    with pytest.raises(CheckpointError, match="cannot read safetensors"):
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
         read_hf(tmp_path / "a")
     with pytest.raises(CheckpointError, match="cannot tell the format"):
         detect_format(tmp_path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_reference import hf_mt5, pali_mt5_from_hf
-from pali.checkpoint import read_safetensors
+from helpers_checkpoint import read_safetensors
 from pali.convert import convert_t5x, detect_format, load_config, read_t5x, verify
 from pali.errors import CheckpointError
 from pali.model import shift_right

@@ -10,7 +10,8 @@ import torch
 
 from hub_fixtures import hub, offline  # noqa: F401  (fixtures)
 from pali import CheckpointError, PaliModel
-from pali.checkpoint import INDEX_NAME, read_safetensors, write_safetensors
+from helpers_checkpoint import read_safetensors
+from pali.checkpoint import INDEX_NAME, write_safetensors
 from pali.hub import HubError
 
 

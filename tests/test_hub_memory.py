@@ -15,7 +15,7 @@ from pali.checkpoint import write_safetensors
 # from the forking parent (pytest, which just wrote the weights), VmHWM belongs to this process.
 _MEASURE = """
 import sys
-import torch, pali, pali.hub.load, pali.hub.download  # imports are the baseline, not the load
+import torch, pali, pali.loading, pali.hub.download  # imports are the baseline, not the load
 def peak():
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
 base = peak()

@@ -4,6 +4,7 @@ SigLIP tower -> linear -> MT5ForConditionalGeneration(inputs_embeds=concat(visua
 import pytest
 import torch
 
+from helpers_checkpoint import apply_keymap
 from hf_reference import hf_mt5, hf_siglip
 from pali import PaliConfig, PaliModel
 from pali.convert import hf as hf_maps
@@ -34,8 +35,8 @@ def pair():
         text=hf_maps.mt5_config(text.config.to_dict()),
     )
     ours = PaliModel(config).eval()
-    state = {f"vision.{k}": v for k, v in hf_maps.SIGLIP_VISION.convert(vision.state_dict().items())}
-    state |= {f"text.{k}": v for k, v in hf_maps.MT5.convert(text.state_dict().items())}
+    state = {f"vision.{k}": v for k, v in apply_keymap(hf_maps.SIGLIP_VISION, vision.state_dict().items())}
+    state |= {f"text.{k}": v for k, v in apply_keymap(hf_maps.MT5, text.state_dict().items())}
     state |= {f"projection.{k}": v for k, v in projection.state_dict().items()}
     ours.load_state_dict(state)
     return ref, ours

@@ -24,7 +24,8 @@ from hf_reference import hf_mt5
 from t5x_fixture import spec, t5x_names, write_t5x
 
 from pali import CheckpointError, PaliModel
-from pali.checkpoint import INDEX_NAME, read_safetensors
+from helpers_checkpoint import read_safetensors
+from pali.checkpoint import INDEX_NAME
 from pali.convert import read_big_vision, read_hf, read_t5x
 from pali.presets import get_config
 from pali.text.mt5 import MT5

@@ -334,7 +334,7 @@ _RLIMIT_SCRIPT = textwrap.dedent(
     import json, resource, sys, zipfile, io
     from pathlib import Path
     import numpy as np
-    import pali.convert, pali.hub.load
+    import pali.checkpoint, pali.convert
     from pali import PaliError, PaliModel
     from pali.convert.zarr import ZarrArray
 
@@ -354,7 +354,7 @@ _RLIMIT_SCRIPT = textwrap.dedent(
 
     expect("zarr", lambda: ZarrArray.open(root, "z").read())
     expect("npz", lambda: pali.convert.read_big_vision(root / "x.npz").state_dict())
-    expect("safetensors", lambda: pali.hub.load.read_index(root / "st"))
+    expect("safetensors", lambda: pali.checkpoint.list_tensors(root / "st"))
     expect("config", lambda: PaliModel.from_pretrained(root / "cfg"))
     """
 )

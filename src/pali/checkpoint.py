@@ -1,4 +1,11 @@
-"""pali's on-disk layout: ``config.json`` + safetensors shards (+ the Hub's index file).
+"""Checkpoint files: ``config.json`` + safetensors shards (+ the Hub's index file), read and written.
+
+The one place that knows the formats on disk: every safetensors file pali reads (our own, a
+Hugging Face model's, a converted tower) goes through :func:`list_tensors` /
+:func:`read_safetensors_file`, every one it writes through :func:`write_safetensors`, every
+directory it writes through :func:`atomic_directory`. Model code never imports this module;
+:mod:`pali.loading` turns what it reads into a model, :mod:`pali.convert` feeds foreign formats
+into the writer.
 
 Writing streams: each tensor's bytes go to a scratch file as they arrive, and a shard's header is
 written when the shard closes, so peak memory is one tensor, not one shard. Everything is written
@@ -8,7 +15,10 @@ or a killed process leaves no half-written checkpoint and any previous one intac
 Reading is defensive, because checkpoints come from strangers: :func:`check_shape` bounds every
 shape a file claims before anything is allocated, :func:`read_json` turns every way JSON can be
 bad into a :class:`CheckpointError`, and :func:`checked_file` keeps names found inside a checkpoint
-from reaching files outside it. See ``docs/reliability.md``.
+from reaching files outside it. safetensors is parsed here, not by the ``safetensors`` library: it
+is a JSON header and raw little-endian bytes, nothing in it can execute, and reading one tensor
+with ``readinto`` at our own checked offsets never maps (or copies) anything else. See
+``docs/reliability.md``.
 """
 
 from __future__ import annotations
@@ -21,9 +31,10 @@ import shutil
 import socket
 import struct
 import tempfile
+from dataclasses import dataclass
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import torch
 
@@ -317,14 +328,139 @@ def shard_files(directory: Path) -> list[Path]:
     raise CheckpointError(f"{directory}: neither {SINGLE_NAME} nor {INDEX_NAME} found")
 
 
-def read_safetensors(directory: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` from every shard, one tensor at a time."""
-    from safetensors import SafetensorError, safe_open
 
-    for path in shard_files(Path(directory)):
+
+def layout_files(files: list[str]) -> list[str]:
+    """The files of our layout among a repo's ``files``: config.json, the safetensors file(s), the index."""
+    if CONFIG_NAME not in files:
+        raise CheckpointError(f"no {CONFIG_NAME} among the checkpoint's files {files}")
+    if INDEX_NAME not in files and SINGLE_NAME not in files:
+        raise CheckpointError(f"neither {SINGLE_NAME} nor {INDEX_NAME} among the checkpoint's files {files}")
+    return [f for f in files if f in (CONFIG_NAME, INDEX_NAME) or ("/" not in f and f.endswith(".safetensors"))]
+
+
+def read_config_json(folder: Path, source: str) -> dict:
+    """The JSON object in ``folder/config.json``; CheckpointError naming ``source`` otherwise."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{source}: no {CONFIG_NAME}")
+    data = read_json(checked_file(folder, CONFIG_NAME, source), f"{source}/{CONFIG_NAME}")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: {CONFIG_NAME} is not a JSON object")
+    return data
+
+
+# -- reading safetensors -----------------------------------------------------------------------
+
+_BY_NAME = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
+_MAX_HEADER = 100 << 20  # the format's own limit
+_CHUNK = 1 << 30  # a single read() returns at most ~2 GiB on Linux
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where one tensor's bytes are: absolute ``[start, end)`` in ``file``, checked against its size."""
+
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    def read(self, f: BinaryIO) -> torch.Tensor:
+        """The tensor, read from the open binary file ``f`` into fresh CPU memory (no other copy)."""
+        buf = torch.empty(self.end - self.start, dtype=torch.uint8)
+        view = memoryview(buf.numpy())
+        f.seek(self.start)
+        done = 0
+        while done < len(view):
+            n = f.readinto(view[done : done + _CHUNK])
+            if not n:
+                raise CheckpointError(f"{self.file}: truncated (expected {len(view)} bytes at {self.start})")
+            done += n
+        return buf.view(self.dtype).reshape(self.shape)
+
+    def load(self) -> torch.Tensor:
+        """:meth:`read`, opening the file for this one tensor (loaders that run one tensor at a time)."""
         try:
-            with safe_open(str(path), framework="pt") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path}: cannot read safetensors ({e})") from None
+            with open(self.file, "rb") as f:
+                return self.read(f)
+        except OSError as e:
+            raise CheckpointError(f"{self.file}: cannot read ({e})") from None
+
+
+def read_safetensors_file(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
+    """Every tensor one safetensors file holds (from its header alone) and its ``__metadata__``.
+
+    Every shape is bounded by :func:`check_shape` and every offset checked against the file's
+    size, so nothing here or in :meth:`StoredTensor.read` allocates what a header merely claims.
+    """
+    header, data_start = _read_header(path)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
+    size = path.stat().st_size
+    return {name: _entry(path, name, info, data_start, size) for name, info in header.items()}, metadata
+
+
+def list_tensors(folder: str | Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
+    """Every tensor of a checkpoint folder (single file or shards) and the first shard's metadata.
+
+    Nothing is read but headers; load a tensor with :meth:`StoredTensor.load` (or ``read`` on an
+    open file, as :func:`pali.loading.materialize` does for a whole shard).
+    """
+    folder = Path(folder)
+    entries: dict[str, StoredTensor] = {}
+    metadata: dict[str, str] | None = None
+    for path in shard_files(folder):
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: shard {path.name} is named in the index but missing")
+        file_entries, file_meta = read_safetensors_file(path)
+        metadata = file_meta if metadata is None else metadata
+        for name, entry in file_entries.items():
+            if name in entries:
+                raise CheckpointError(f"{folder}: tensor {name!r} is stored twice ({entries[name].file.name}, {path.name})")
+            entries[name] = entry
+    return entries, metadata or {}
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            size = path.stat().st_size
+            if len(raw) < 8:
+                raise CheckpointError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(_MAX_HEADER, size - 8):
+                raise CheckpointError(f"{path}: not a safetensors file (header length {n} exceeds the file)")
+            text = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e})") from None
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, deep nesting, 5000-digit numbers
+        raise CheckpointError(f"{path}: corrupt safetensors header ({type(e).__name__}: {e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    return header, 8 + n
+
+
+def _entry(path: Path, name: str, info: object, data_start: int, file_size: int) -> StoredTensor:
+    try:
+        dtype = _BY_NAME[info["dtype"]]
+        begin, end = info["data_offsets"]
+        if not all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end)):
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has an unsupported or corrupt header entry {str(info)[:200]}"
+        ) from None
+    shape = check_shape(info.get("shape"), dtype.itemsize, f"{path}: tensor {name!r}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if end - begin != nbytes or begin < 0 or data_start + end > file_size:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} {info['dtype']} {list(shape)} needs {nbytes} bytes, "
+            f"header gives offsets {[begin, end]} in a {file_size - data_start}-byte data section"
+        )
+    return StoredTensor(path, dtype, shape, data_start + begin, data_start + end)

@@ -1,14 +1,16 @@
 """``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` / ``from_unimodal`` for PaliModel.
 
-The model code knows nothing of files or the Hub: this mixin only gives the methods their names
-and signatures and hands the work to :mod:`pali.hub`, imported on first use so ``import pali``
-does not pull in ``huggingface_hub``.
+The model code knows nothing of files or the Hub: each method here is the one definition of its
+operation (name, signature, documentation) and composes the pieces that do the work:
+:mod:`pali.hub.download` (a name -> a local folder), :mod:`pali.loading` (a folder <-> a model),
+:mod:`pali.hub.push` and :mod:`pali.hub.unimodal`, imported on first use so ``import pali`` does
+not pull in ``huggingface_hub``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -21,7 +23,7 @@ class PretrainedMixin:
 
     #: Provenance of the weights (tower, source, revision, format, license): set by
     #: ``from_unimodal``, kept through save/load in the safetensors metadata, shown in the card.
-    weight_sources: list[dict[str, Any]] = []
+    weight_sources: Sequence[dict[str, Any]] = ()
     #: The repo id or folder the model was loaded from, if any.
     name_or_path: str | None = None
 
@@ -48,12 +50,18 @@ class PretrainedMixin:
         file, a private repo without ``token``, offline with an empty cache) raise
         :class:`pali.hub.HubError`. ``HF_HUB_OFFLINE=1`` or ``local_files_only`` reads the cache only.
         """
-        from .hub.load import load_pretrained
+        from .checkpoint import layout_files
+        from .hub.download import fetch
+        from .loading import load_model
 
-        return load_pretrained(
-            cls, name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-            token=token, dtype=dtype, device=device, strict=strict,
+        snapshot = fetch(
+            name_or_path, layout_files, revision=revision, cache_dir=cache_dir,
+            local_files_only=local_files_only, token=token,
         )
+        source = snapshot.source if snapshot.is_local else f"{snapshot.source}@{snapshot.commit}"
+        model = load_model(cls, snapshot.folder, source=source, dtype=dtype, device=device, strict=strict)
+        model.name_or_path = snapshot.source
+        return model
 
     @classmethod
     def from_unimodal(
@@ -81,13 +89,14 @@ class PretrainedMixin:
         randomly initialised, with a warning. The projection is always fresh; the vision tower is
         frozen unless ``freeze_vision=False``.
         """
-        from .hub.unimodal import from_unimodal
+        from .hub.unimodal import seed_from_towers
 
-        return from_unimodal(
-            cls, preset_or_config, vision=vision, text=text, vision_revision=vision_revision,
-            text_revision=text_revision, cache_dir=cache_dir, local_files_only=local_files_only,
-            token=token, dtype=dtype, device=device, freeze_vision=freeze_vision,
+        model = seed_from_towers(
+            cls, preset_or_config, {"vision": (vision, vision_revision), "text": (text, text_revision)},
+            fetch_options=dict(cache_dir=cache_dir, local_files_only=local_files_only, token=token),
+            dtype=dtype, device=device,
         )
+        return model.freeze_vision(freeze_vision)
 
     def save_pretrained(
         self,
@@ -105,11 +114,12 @@ class PretrainedMixin:
         ``PaliProcessor``); its files land in the same folder. ``license`` overrides the one
         derived from the weight sources for the card.
         """
-        from .hub.save import save_pretrained
+        from .checkpoint import atomic_directory
+        from .loading import write_model
 
-        return save_pretrained(
-            self, directory, max_shard_size=max_shard_size, overwrite=overwrite, processor=processor, license=license
-        )
+        with atomic_directory(directory, overwrite=overwrite) as tmp:
+            write_model(self, tmp, max_shard_size=max_shard_size, processor=processor, license=license)
+        return Path(directory)
 
     def push_to_hub(
         self,
@@ -125,9 +135,13 @@ class PretrainedMixin:
         license: str | None = None,
     ):
         """Create ``repo_id`` if needed and upload what :meth:`save_pretrained` writes, as one commit."""
-        from .hub.save import push_to_hub
+        from .hub.push import push_folder
+        from .loading import write_model
 
-        return push_to_hub(
-            self, repo_id, private=private, token=token, revision=revision, commit_message=commit_message,
-            create_pr=create_pr, max_shard_size=max_shard_size, processor=processor, license=license,
+        return push_folder(
+            repo_id, lambda folder: write_model(
+                self, folder, max_shard_size=max_shard_size, processor=processor, license=license),
+            token=token, create_options=dict(private=private),
+            upload_options=dict(revision=revision, create_pr=create_pr,
+                                commit_message=commit_message or f"Upload {self.config.preset or 'PaLI'} model with pali"),
         )

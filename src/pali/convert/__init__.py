@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CONFIG_NAME, atomic_directory, read_json, shard_files, write_safetensors
+from ..checkpoint import CONFIG_NAME, atomic_directory, list_tensors, read_json, write_safetensors
 from ..config import Config, PaliConfig, VisionConfig
 from ..errors import CheckpointError, RegistryError
 from ..registry import TEXT_STACKS, VISION_ENCODERS
@@ -173,12 +173,7 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _compare(conversion: Conversion, directory: Path, progress: bool = False) -> int:
-    from safetensors import safe_open
-
-    files = {}
-    for path in shard_files(directory):
-        with safe_open(str(path), framework="pt") as f:
-            files.update(dict.fromkeys(f.keys(), path))
+    files, _ = list_tensors(directory)
     expected = {item.target for item in conversion.items}
     problems = []
     if set(files) != expected:
@@ -186,8 +181,7 @@ def _compare(conversion: Conversion, directory: Path, progress: bool = False) ->
     for name, tensor in _progress(conversion, progress, "verify"):
         if name not in files:
             continue
-        with safe_open(str(files[name]), framework="pt") as f:
-            written = f.get_tensor(name)
+        written = files[name].load()
         if not _same_bits(tensor, written):
             problems.append(f"{name}: written {written.dtype} {list(written.shape)} differs from the source "
                             f"{tensor.dtype} {list(tensor.shape)}")
@@ -203,10 +197,7 @@ def verify(src: str | Path, out: str | Path, format: str | None = None, *, progr
     """
     out = Path(out)
     config = load_config(out)
-    from safetensors import safe_open
-
-    with safe_open(str(shard_files(out)[0]), framework="pt") as f:
-        metadata = f.metadata() or {}
+    _, metadata = list_tensors(out)
     if metadata.get("pali.tower") not in ("vision", "text"):
         raise CheckpointError(f"{out}: not a converted tower checkpoint (metadata pali.tower missing)")
     format = format or metadata.get("pali.source_format") or None

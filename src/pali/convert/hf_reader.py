@@ -2,8 +2,8 @@
 
 A HF directory holds ``config.json`` and weights as ``model.safetensors`` (or shards with
 ``model.safetensors.index.json``) or ``pytorch_model.bin`` (or shards with
-``pytorch_model.bin.index.json``). safetensors are opened per tensor (the file is memory-mapped,
-only the requested tensor is copied); ``.bin`` files are loaded with ``mmap=True,
+``pytorch_model.bin.index.json``). safetensors go through :mod:`pali.checkpoint` (headers
+checked first, then one tensor read at a time); ``.bin`` files are loaded with ``mmap=True,
 weights_only=True`` so their tensors page in on use. ``config.json``'s ``model_type`` picks the
 key map: mT5/T5 v1.1, SigLIP, CLIP (vision towers, also out of two-tower checkpoints) or ViT.
 """
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..checkpoint import check_shape, checked_file, index_shards, read_json, shard_files
+from ..checkpoint import check_shape, checked_file, index_shards, list_tensors, read_json
 from ..errors import CheckpointError, ConfigError
 from . import blip2, hf
 from .keymap import KeyMap
@@ -37,25 +37,8 @@ MODEL_TYPES: dict[str, tuple[str, KeyMap, Callable[[dict], Any]]] = {
 
 
 def _safetensors_sources(directory: Path) -> list[Source]:
-    from safetensors import SafetensorError, safe_open
-
-    sources = []
-    for path in shard_files(directory):
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                shapes = {name: check_shape(f.get_slice(name).get_shape(), 1, f"{path}: {name}") for name in f.keys()}
-        except (SafetensorError, OSError, TypeError, ValueError) as e:  # TypeError: a dtype torch lacks
-            raise CheckpointError(f"{path}: cannot read safetensors ({type(e).__name__}: {e})") from None
-
-        def load(name: str, path: Path = path) -> torch.Tensor:
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    return f.get_tensor(name)
-            except (SafetensorError, OSError, TypeError, ValueError) as e:
-                raise CheckpointError(f"{path}: cannot read tensor {name!r} ({e})") from None
-
-        sources += [Source(name, shape, lambda name=name, load=load: load(name)) for name, shape in shapes.items()]
-    return sources
+    entries, _ = list_tensors(directory)  # headers only, shapes bounded; each tensor read on demand
+    return [Source(name, entry.shape, entry.load) for name, entry in entries.items()]
 
 
 def _bin_sources(directory: Path) -> list[Source]:

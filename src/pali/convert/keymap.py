@@ -1,19 +1,18 @@
 """Rename-and-reshape rules from a foreign checkpoint's tensor names to ours.
 
 A :class:`KeyMap` is an ordered list of regex rules. Each maps a source name to a target name
-(a ``re`` replacement template) and optionally transforms the tensor (transpose, reshape). Tensors
-go through one at a time, so a converter can stream a checkpoint larger than memory.
+(a ``re`` replacement template) and optionally transforms the tensor (transpose, reshape).
+:func:`pali.convert.plan.map_sources` applies it to a checkpoint's tensors, one at a time, so a
+converter can stream a checkpoint larger than memory.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable
 
 import torch
-
-from ..errors import CheckpointError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -41,20 +40,3 @@ class KeyMap:
             if m:
                 return (None if rule.target is None else m.expand(rule.target)), rule.transform
         raise KeyError(name)
-
-    def convert(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield ``(our_name, tensor)`` for each source tensor; unknown names raise, listed."""
-        unknown = []
-        for name, tensor in tensors:
-            try:
-                target, transform = self.map(name)
-            except KeyError:
-                unknown.append(name)
-                continue
-            if target is not None:
-                yield target, tensor if transform is None else transform(tensor)
-        if unknown:
-            raise CheckpointError(f"{self.name}: {len(unknown)} unexpected tensors: {sorted(unknown)}")
-
-    def convert_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return dict(self.convert(state_dict.items()))

@@ -1,9 +1,10 @@
-"""Hugging Face Hub integration: from_pretrained / save_pretrained / push_to_hub / from_unimodal.
+"""Hugging Face Hub integration: the Hub side of from_pretrained / push_to_hub / from_unimodal.
 
-Files and the Hub live here, never in the model code: ``download`` fetches folders, ``load``
-fills a meta-built model from safetensors, ``save`` writes and uploads, ``card`` writes the model
-card, ``unimodal`` seeds a PaLI from public tower checkpoints. ``PaliModel`` reaches them through
-:class:`pali.pretrained.PretrainedMixin`.
+The Hub lives here, never in the model code, and no file format does: ``download`` turns a repo id
+(or a local folder) into a local folder, ``push`` uploads one, ``card`` writes the model card,
+``unimodal`` seeds a PaLI from public tower checkpoints (recipes and a conversion cache).
+Reading and writing the files is :mod:`pali.checkpoint`; a folder becomes a model in
+:mod:`pali.loading`. ``PaliModel`` reaches them through :class:`pali.pretrained.PretrainedMixin`.
 """
 
 from .errors import HubError

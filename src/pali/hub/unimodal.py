@@ -21,17 +21,19 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CONFIG_NAME, INDEX_NAME, SINGLE_NAME, atomic_directory, write_safetensors
+from ..checkpoint import (
+    CONFIG_NAME, INDEX_NAME, SINGLE_NAME, atomic_directory, list_tensors, read_config_json, write_safetensors,
+)
 from ..config import Config, PaliConfig
 from ..convert import read as read_checkpoint
 from ..convert.big_vision import split_selector
 from ..convert.hf_reader import BIN_INDEX, BIN_NAME
 from ..errors import CheckpointError, ConfigError
+from ..loading import common_dtype, materialize, verify
 from ..meta import meta_device
 from ..presets import get_config
 from ..registry import TEXT_STACKS, VISION_ENCODERS
 from .download import Snapshot, fetch
-from .load import common_dtype, materialize, read_config_json, read_index, verify
 
 CONVERTER_VERSION = 1  # bump when a conversion changes its output: invalidates cached conversions
 SOURCE_NAME = "source.json"
@@ -84,32 +86,18 @@ class Tower:
     record: dict[str, Any]  # provenance: tower, source, revision, format, license
 
 
-def from_unimodal(
-    cls: type,
-    preset_or_config: str | PaliConfig | None = None,
-    *,
-    vision: str | Path | None = None,
-    text: str | Path | None = None,
-    vision_revision: str | None = None,
-    text_revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    local_files_only: bool = False,
-    token: str | bool | None = None,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device | None = None,
-    freeze_vision: bool = True,
+def seed_from_towers(
+    cls: type, preset_or_config: str | PaliConfig | None, sources: dict[str, tuple[str | Path | None, str | None]],
+    *, fetch_options: dict[str, Any], dtype: torch.dtype | None, device: str | torch.device | None,
 ) -> Any:
-    """``PaliModel.from_unimodal``: see :meth:`pali.pretrained.PretrainedMixin.from_unimodal`."""
+    """The work of ``PaliModel.from_unimodal``: ``sources`` maps a role to ``(source, revision)``."""
     base = _base_config(preset_or_config)
     recipe = RECIPES.get(preset_or_config) if isinstance(preset_or_config, str) else None
     if recipe is not None:
-        vision = recipe.vision if vision is None else vision
-        text = recipe.text if text is None else text
-    fetch_args = dict(cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+        sources = {role: (getattr(recipe, role) if src is None else src, rev) for role, (src, rev) in sources.items()}
     towers = {
-        role: converted_tower(role, src, revision=rev, **fetch_args)
-        for role, src, rev in (("vision", vision, vision_revision), ("text", text, text_revision))
-        if src is not None
+        role: converted_tower(role, src, revision=rev, **fetch_options)
+        for role, (src, rev) in sources.items() if src is not None
     }
     config = _compose(base, towers)
     random_roles = [r for r in ROLES if r not in towers]
@@ -122,7 +110,7 @@ def from_unimodal(
         model = cls(config)
     entries = {}
     for role, tower in towers.items():
-        tower_entries, _ = read_index(tower.folder)
+        tower_entries, _ = list_tensors(tower.folder)
         # pali.convert's rule: a vision source that carries PaLI's projection stores it under
         # its PaliModel name; it seeds the projection when its shape fits.
         carried = {n: tower_entries.pop(n) for n in list(tower_entries) if n.startswith("projection.")}
@@ -140,7 +128,6 @@ def from_unimodal(
         {"tower": role, "source": "random init", "revision": None, "format": None, "license": None}
         for role in random_roles
     ]
-    model.freeze_vision(freeze_vision)
     return model
 
 
