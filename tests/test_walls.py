@@ -17,7 +17,7 @@ from pali import PaliModel
 ROOT = Path(__file__).resolve().parents[1]
 
 MODEL_CODE = ("pali.vision", "pali.text", "pali.connectors", "pali.attention", "pali.generation")
-FILES = ("pali.hub", "pali.convert", "pali.checkpoint")
+FILES = ("pali.hub", "pali.convert", "pali.checkpoint", "pali.loading")
 ON_TOP = ("pali.heads", "pali.pipeline", "pali.cli")
 PROCESSING = ("pali.processor", "pali.tokenizer", "pali.image_processing")
 FOREIGN_FORMATS = ("huggingface_hub", "safetensors", "transformers")
