@@ -229,3 +229,24 @@ def test_save_is_atomic_and_takes_processor_files(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.save_pretrained(out, overwrite=True)
+
+
+def test_save_into_an_empty_folder_or_over_an_earlier_save(tmp_path):
+    """Like transformers and timm: an existing empty folder, or an earlier save of ours, is
+    written (atomically); a folder with anything else in it needs overwrite=True."""
+    model = _model(0)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    model.save_pretrained(empty)
+    assert (empty / "config.json").is_file()
+    other = _model(1)
+    other.save_pretrained(empty)  # over an earlier save: replaced
+    reloaded = type(other).from_pretrained(empty)
+    for (name, a), b in zip(other.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    (empty / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save_pretrained(empty)
+    assert (empty / "notes.txt").read_text() == "mine"
+    model.save_pretrained(empty, overwrite=True)
+    assert not (empty / "notes.txt").exists()

@@ -27,6 +27,7 @@ import ctypes
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import struct
@@ -214,6 +215,30 @@ def write_safetensors(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return names
+
+
+def replaceable_save(directory: Path, extra_names: tuple[str, ...] = ()) -> bool:
+    """Whether ``directory`` is empty or holds only an earlier save of ours (so writing over it
+    loses nothing a user put there). Raises ``FileExistsError`` naming ``overwrite=True`` when it
+    holds anything else; ``False`` when it does not exist.
+
+    ``extra_names``: other files a save writes beside the checkpoint (model card, processor).
+    """
+    if not directory.exists():
+        return False
+    if not directory.is_dir():
+        raise FileExistsError(f"{directory} exists and is not a directory; pass overwrite=True to replace it")
+    ours = {CONFIG_NAME, SINGLE_NAME, INDEX_NAME, *extra_names}
+    foreign = sorted(
+        p.name for p in directory.iterdir()
+        if p.name not in ours and not re.fullmatch(r"model-\d+-of-\d+\.safetensors", p.name)
+    )
+    if foreign:
+        raise FileExistsError(
+            f"{directory} holds files that are not an earlier pali save ({', '.join(foreign[:5])}"
+            f"{' ...' if len(foreign) > 5 else ''}); pass overwrite=True to replace the whole folder"
+        )
+    return True
 
 
 @contextmanager

@@ -112,11 +112,17 @@ class PretrainedMixin:
         Atomic: written into a temporary sibling and renamed into place, so a failure leaves no
         partial checkpoint. ``processor``: anything with ``save_pretrained(folder)`` (e.g.
         ``PaliProcessor``); its files land in the same folder. ``license`` overrides the one
-        derived from the weight sources for the card.
+        derived from the weight sources for the card. An existing empty folder, or one holding
+        only an earlier save of ours, is replaced the same way; a folder with anything else in it
+        needs ``overwrite=True``.
         """
-        from .checkpoint import atomic_directory
-        from .loading import write_model
+        from .checkpoint import atomic_directory, replaceable_save
+        from .loading import CARD_NAME, write_model
+        from .processor import PROCESSOR_CONFIG_NAME
+        from .tokenizer import SPIECE_NAME
 
+        if not overwrite:
+            overwrite = replaceable_save(Path(directory), (CARD_NAME, PROCESSOR_CONFIG_NAME, SPIECE_NAME))
         with atomic_directory(directory, overwrite=overwrite) as tmp:
             write_model(self, tmp, max_shard_size=max_shard_size, processor=processor, license=license)
         return Path(directory)
