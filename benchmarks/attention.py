@@ -4,7 +4,7 @@ For every shape it first checks both of our bias strategies (output and q/k/v/ta
 against the fp32 reference, then times forward and forward+backward with CUDA events (median of
 ``--reps`` runs after warm-up) for these implementations (``--impls``):
 
-* ``ours_bucket``   -- :func:`pali.kernels.attention`, T5 bucket computed inside the kernel;
+* ``ours_bucket``   -- ``pali.kernels.attention``, T5 bucket computed inside the kernel;
 * ``ours_row``      -- the same with a per-head bias row over all distances, gathered by the
                        kernel (bias shapes only: without a bias both strategies are one kernel);
 * ``sdpa_flash``    -- SDPA flash backend (bias-free shapes without padding only);

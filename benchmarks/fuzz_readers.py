@@ -11,7 +11,7 @@ and its chunk file), ``safetensors`` (``from_pretrained``'s header parsing, chec
 model and tensor reads), ``config`` (``config.json`` as a PaLI or tower config) and ``text`` (the
 tokenizer and processor on arbitrary strings and id lists).
 
-The contract under test: every input either loads or raises :class:`pali.PaliError`; anything
+The contract under test: every input either loads or raises ``pali.PaliError``; anything
 else (another exception, a hang past ``-timeout``, memory past ``-rss_limit_mb``) is a finding.
 ``MAX_TENSOR_BYTES`` is lowered to 64 MiB here so that the memory bound is tight enough to
 notice an allocation that escapes the checks. Findings become regression tests in

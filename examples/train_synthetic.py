@@ -4,7 +4,7 @@ This is the model that ``pali demo`` runs. It trains in plain PyTorch loops, the
 write: a fresh sentencepiece vocabulary from the task text, a tiny ViT + tiny mT5, AdamW with
 warm-up and cosine decay, batches generated on the fly from a seeded world of coloured shapes and
 rendered words (see ``synthetic.py``). Like PaLI, which reuses a pretrained ViT, it has two
-stages: the ViT is first pretrained alone on the world's labels (:func:`pretrain_vision`), then
+stages: the ViT is first pretrained alone on the world's labels (``pretrain_vision``), then
 the whole model learns the task mix. Last comes an evaluation on a held-out seed. The exact
 command of the bundled model is in its model card (``src/pali/bundled/pali-demo/README.md``);
 a smoke run:
@@ -118,7 +118,7 @@ class VisionProbe(nn.Module):
 
 def pretrain_vision(model: PaliModel, processor: PaliProcessor, rng: random.Random, steps: int, batch_size: int,
                     lr: float, bf16: bool) -> list[dict]:
-    """Stage 1: the vision tower alone against :class:`VisionProbe`'s targets (the probe is dropped)."""
+    """Stage 1: the vision tower alone against ``VisionProbe``'s targets (the probe is dropped)."""
     vit = model.vision
     grid = vit.config.image_size // vit.config.patch_size
     probe = VisionProbe(vit.config.hidden_size)

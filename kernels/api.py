@@ -1,7 +1,7 @@
 """``attention``: the public entry point of the fused kernels, with input checks and autograd.
 
 Triton is imported inside the functions that launch kernels, so this module (and the package)
-imports on machines without Triton; calling :func:`attention` there raises a clear error.
+imports on machines without Triton; calling [`attention`][kernels.attention] there raises a clear error.
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ _options = KernelOptions()
 
 
 def kernel_options() -> KernelOptions:
-    """The levers :func:`attention` uses now."""
+    """The levers [`attention`][kernels.attention] uses now."""
     return _options
 
 
 @contextlib.contextmanager
 def use_kernel_options(**changes: object) -> Iterator[KernelOptions]:
-    """Within the block, :func:`attention` uses these levers (e.g. ``bias_strategy="row"``)."""
+    """Within the block, [`attention`][kernels.attention] uses these levers (e.g. ``bias_strategy="row"``)."""
     global _options
     new = replace(_options, **changes)
     if new.bias_strategy not in BIAS_STRATEGIES:
@@ -104,26 +104,29 @@ def attention(
 ) -> torch.Tensor:
     """Fused softmax attention with optional in-kernel T5 relative-position bias.
 
-    Same semantics as :func:`pali.kernels.attention_reference` (minus its dense ``bias``), on
-    ``[B, H, L, D]`` tensors, returning ``[B, H, Lq, D]`` in q's dtype. Differentiable in q, k, v
-    and ``bias_table``.
+    Same semantics as [`pali.kernels.attention_reference`][kernels.attention_reference] (minus its
+    dense ``bias``), on ``[B, H, L, D]`` tensors, returning ``[B, H, Lq, D]`` in q's dtype.
+    Differentiable in q, k, v and ``bias_table``.
 
     Args:
-        q, k, v: fp16, bf16 or fp32 on one CUDA device (or CPU under ``TRITON_INTERPRET=1``);
-            ``k`` and ``v`` are ``[B, H, Lk, D]``, ``D <= 128``.
+        q: ``[B, H, Lq, D]``, ``D <= 128``; fp16, bf16 or fp32 on one CUDA device (or CPU under
+            ``TRITON_INTERPRET=1``).
+        k: ``[B, H, Lk, D]``, same dtype and device as ``q``.
+        v: ``[B, H, Lk, D]``, same dtype and device as ``q``.
         scale: multiplies ``q k^T``; ``None`` means ``1/sqrt(D)``. mT5 uses 1.0.
         causal: query ``i`` (at absolute position ``q_offset + i``) sees keys ``j <= q_offset + i``.
         bias_table: ``[H, num_buckets]`` T5 relative-attention table; the bias of (query, key) is
             ``bias_table[h, bucket(key_pos - query_pos)]``, looked up inside the kernel.
         bias_bidirectional: encoder-style buckets (True) or decoder-style, past-only (False).
-        num_buckets, max_distance: T5 bucket parameters (32 and 128 in mT5).
+        num_buckets: T5 bucket count (32 in mT5).
+        max_distance: T5 distance beyond which all keys share a bucket (128 in mT5).
         q_offset: absolute position of the first query; nonzero for decode steps on a KV cache.
         key_padding_mask: either a ``[B, Lk]`` bool tensor, True where a key may be attended, or
             an integer ``[B]`` tensor of lengths, meaning keys ``j < lengths[b]`` are valid.
 
     A query that may attend to no key returns zeros (and passes no gradient), not NaN. Key
     tiles past a row's last valid key are skipped. The speed levers (bias strategy, exp2, TMA)
-    are set with :func:`use_kernel_options`.
+    are set with ``use_kernel_options``.
     """
     _require_triton()
     _check_tensors(q, k, v)

@@ -6,7 +6,7 @@ kernel owning a key block (dK, dV and the bias-table gradient) and one owning a 
 Scores never leave registers, so neither a ``[H, Lq, Lk]`` bias nor a ``[B, H, Lq, Lk]`` mask
 exists in memory.
 
-Two bias strategies, chosen by :attr:`AttentionSpec.bias_strategy` (both exact, same gradients):
+Two bias strategies, chosen by ``AttentionSpec.bias_strategy`` (both exact, same gradients):
 
 * ``"bucket"``: the kernel computes the T5 bucket of every score near the diagonal (a log and an
   IEEE division) and gathers the ``[H, num_buckets]`` table;
@@ -16,7 +16,7 @@ Two bias strategies, chosen by :attr:`AttentionSpec.bias_strategy` (both exact, 
 
 In both, a tile lying wholly beyond ``max_distance`` adds a single table entry (``_far_bucket``).
 
-Speed levers, each a switch in :class:`AttentionSpec` or chosen from the inputs: ``exp2``
+Speed levers, each a switch in ``AttentionSpec`` or chosen from the inputs: ``exp2``
 (log2(e) folded into the scale and the bias, softmax in base 2); skipping key tiles that padding
 masks out entirely (per-row key lengths, from lengths or the last valid key of a bool mask);
 causal tile skipping; ``tma`` (loads through host-built tensor descriptors, 4-D so strided
@@ -28,7 +28,7 @@ Under ``TRITON_INTERPRET=1`` there is a single autotune config (the interpreter 
 several) and tiles are upcast to fp32 right after loading since its bf16/fp16 arithmetic is
 unreliable; on a GPU 16-bit tiles feed the tensor cores directly and accumulate in fp32.
 
-This module imports Triton at import time; :mod:`pali.kernels.api` imports it lazily.
+This module imports Triton at import time; ``pali.kernels.api`` imports it lazily.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _load_tile(base, b, h, stride_b, stride_h, stride_l, stride_d, start, L,
     """Rows ``start .. start + BLOCK`` of a ``[B, H, L, D]`` tensor as ``[BLOCK, BLOCK_D]``, zero past the ends.
 
     With ``TMA`` the base is a 4-D tensor descriptor whose block is ``[1, 1, BLOCK, BLOCK_D]``
-    (set by :func:`_set_descriptor_blocks`); out-of-bounds rows and columns read as zeros there too.
+    (set by ``_set_descriptor_blocks``); out-of-bounds rows and columns read as zeros there too.
     """
     if TMA:
         tile = base.load([b, h, start, 0]).reshape([BLOCK, BLOCK_D])
@@ -619,7 +619,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tens
     ``table`` must be contiguous ``[H, num_buckets]``; ``key_mask`` a ``[B, Lk]`` uint8 view or
     None; ``key_len`` an int32 ``[B]`` count of leading keys that may be attended, or None. The
     logsumexp is in the kernels' units (base 2 under ``spec.exp2``): pass it only to
-    :func:`backward` with the same spec.
+    ``backward`` with the same spec.
     """
     batch, heads, lq, _ = q.shape
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)

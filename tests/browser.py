@@ -75,7 +75,7 @@ class PageReport:
 
 
 class Chromium:
-    """One headless browser; :meth:`load` opens a page in a new tab and reports on it."""
+    """One headless browser; ``load`` opens a page in a new tab and reports on it."""
 
     def __init__(self, binary: str, profile: Path) -> None:
         to_browser_r, self._to_browser = os.pipe()

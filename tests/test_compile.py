@@ -1,6 +1,6 @@
 """torch.compile: the forward and the cached decode step compile and change nothing.
 
-The decode step is one function, eager or compiled (:class:`pali.text.kv_cache.KVCache` holds its
+The decode step is one function, eager or compiled (``pali.text.kv_cache.KVCache`` holds its
 keys/values); its semantics are checked eagerly, without paying for compilation, and the compiled
 checks run CPU inductor (slow).
 """

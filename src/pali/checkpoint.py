@@ -1,24 +1,26 @@
 """Checkpoint files: ``config.json`` + safetensors shards (+ the Hub's index file), read and written.
 
-The one place that knows the formats on disk: every safetensors file pali reads (our own, a
-Hugging Face model's, a converted tower) goes through :func:`list_tensors` /
-:func:`read_safetensors_file`, every one it writes through :func:`write_safetensors`, every
-directory it writes through :func:`atomic_directory`. Model code never imports this module;
-:mod:`pali.loading` turns what it reads into a model, :mod:`pali.convert` feeds foreign formats
-into the writer.
+The one place that knows the formats on disk: every safetensors file pali reads (our own, a Hugging
+Face model's, a converted tower) goes through [`list_tensors`][pali.checkpoint.list_tensors] /
+``read_safetensors_file``, every one it writes through
+[`write_safetensors`][pali.checkpoint.write_safetensors], every directory it writes through
+[`atomic_directory`][pali.checkpoint.atomic_directory]. Model code never imports this module;
+``pali.loading`` turns what it reads into a model, ``pali.convert`` feeds foreign formats into the
+writer.
 
 Writing streams: each tensor's bytes go to a scratch file as they arrive, and a shard's header is
 written when the shard closes, so peak memory is one tensor, not one shard. Everything is written
 into a temporary directory that is renamed into place only when complete: an exception, Ctrl-C
 or a killed process leaves no half-written checkpoint and any previous one intact.
 
-Reading is defensive, because checkpoints come from strangers: :func:`check_shape` bounds every
-shape a file claims before anything is allocated, :func:`read_json` turns every way JSON can be
-bad into a :class:`CheckpointError`, and :func:`checked_file` keeps names found inside a checkpoint
-from reaching files outside it. safetensors is parsed here, not by the ``safetensors`` library: it
-is a JSON header and raw little-endian bytes, nothing in it can execute, and reading one tensor
-with ``readinto`` at our own checked offsets never maps (or copies) anything else. See
-``docs/reliability.md``.
+Reading is defensive, because checkpoints come from strangers:
+[`check_shape`][pali.checkpoint.check_shape] bounds every shape a file claims before anything is
+allocated, [`read_json`][pali.checkpoint.read_json] turns every way JSON can be bad into a
+[`CheckpointError`][pali.CheckpointError], and [`checked_file`][pali.checkpoint.checked_file] keeps
+names found inside a checkpoint from reaching files outside it. safetensors is parsed here, not by
+the ``safetensors`` library: it is a JSON header and raw little-endian bytes, nothing in it can
+execute, and reading one tensor with ``readinto`` at our own checked offsets never maps (or copies)
+anything else. See ``docs/reliability.md``.
 """
 
 from __future__ import annotations
@@ -299,7 +301,7 @@ def _exchange(a: Path, b: Path) -> None:
 def _remove_stale_siblings(target: Path) -> None:
     """Delete temporary siblings of ``target`` left by dead processes of this host.
 
-    One exception: a process killed inside the two-rename fallback of :func:`_exchange` leaves
+    One exception: a process killed inside the two-rename fallback of ``_exchange`` leaves
     the previous ``target`` as ``<tmp>.old`` and no ``target``; it is put back, not deleted.
     """
     host = socket.gethostname()
@@ -406,7 +408,7 @@ class StoredTensor:
         return buf.view(self.dtype).reshape(self.shape)
 
     def load(self) -> torch.Tensor:
-        """:meth:`read`, opening the file for this one tensor (loaders that run one tensor at a time)."""
+        """``read``, opening the file for this one tensor (loaders that run one tensor at a time)."""
         try:
             with open(self.file, "rb") as f:
                 return self.read(f)
@@ -417,8 +419,9 @@ class StoredTensor:
 def read_safetensors_file(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
     """Every tensor one safetensors file holds (from its header alone) and its ``__metadata__``.
 
-    Every shape is bounded by :func:`check_shape` and every offset checked against the file's
-    size, so nothing here or in :meth:`StoredTensor.read` allocates what a header merely claims.
+    Every shape is bounded by [`check_shape`][pali.checkpoint.check_shape] and every offset checked
+    against the file's size, so nothing here or in ``StoredTensor.read`` allocates what a header
+    merely claims.
     """
     header, data_start = _read_header(path)
     metadata = header.pop("__metadata__", None) or {}
@@ -431,8 +434,8 @@ def read_safetensors_file(path: Path) -> tuple[dict[str, StoredTensor], dict[str
 def list_tensors(folder: str | Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
     """Every tensor of a checkpoint folder (single file or shards) and the first shard's metadata.
 
-    Nothing is read but headers; load a tensor with :meth:`StoredTensor.load` (or ``read`` on an
-    open file, as :func:`pali.loading.materialize` does for a whole shard).
+    Nothing is read but headers; load a tensor with ``StoredTensor.load`` (or ``read`` on an
+    open file, as ``pali.loading.materialize`` does for a whole shard).
     """
     folder = Path(folder)
     entries: dict[str, StoredTensor] = {}

@@ -1,4 +1,4 @@
-"""Architecture configs: one dataclass per tower, composed by :class:`PaliConfig`.
+"""Architecture configs: one dataclass per tower, composed by [`PaliConfig`][pali.PaliConfig].
 
 A tower config names its ``kind``, the registry key of the module that builds it, so a saved
 ``config.json`` says which encoder and text stack to construct and a new backbone needs no edit
@@ -63,7 +63,7 @@ class Config:
     def validate(self) -> None:
         """Check what construction does not: each field's type (JSON may say ``"depth": "12"``).
 
-        Called by :meth:`from_dict`, i.e. on every config read from a file.
+        Called by ``from_dict``, i.e. on every config read from a file.
         """
         hints = {f.name: f.type for f in dataclasses.fields(self)}
         for name, hint in hints.items():
@@ -107,7 +107,7 @@ class Config:
 
 @dataclass
 class VisionConfig(Config):
-    """What every vision encoder config offers to :class:`pali.PaliModel`."""
+    """What every vision encoder config offers to [`pali.PaliModel`][]."""
 
     kind: ClassVar[str] = ""
     image_size: int = 224
@@ -154,7 +154,7 @@ class ConnectorConfig(Config):
     """What every connector config offers: how many visual tokens reach the text encoder.
 
     A connector sits between the vision tower and the text stack; its module is built from the
-    whole :class:`PaliConfig` (it needs both towers' widths).
+    whole [`PaliConfig`][pali.PaliConfig] (it needs both towers' widths).
     """
 
     kind: ClassVar[str] = ""
@@ -212,7 +212,7 @@ class PaliConfig(Config):
         return self.connector.num_tokens(self.vision.num_tokens)
 
     def num_parameters(self) -> int:
-        """Vision tower + projection + text stack, as :meth:`PaliModel.num_parameters` counts them."""
+        """Vision tower + projection + text stack, as ``PaliModel.num_parameters`` counts them."""
         if self.connector.kind == "linear":
             connector = self.vision.width * self.text.d_model + (self.text.d_model if self.projection_bias else 0)
         else:  # a Q-Former and the like: built once on the meta device and counted

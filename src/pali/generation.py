@@ -1,6 +1,6 @@
 """Decoding strategies over an encoder-decoder: greedy, sampling and beam search.
 
-:func:`decoder_step` builds the one step function every strategy shares: ``step(tokens)`` gives
+``decoder_step`` builds the one step function every strategy shares: ``step(tokens)`` gives
 the next-token logits after the decoder tokens so far, and ``reorder(index)`` keeps the batch
 rows that beam search selects. The step runs the decoder on the newest token over its KV cache
 (optionally compiled), or, with ``use_cache=False``, recomputes the whole prefix: the reference
@@ -23,7 +23,7 @@ _NEG = -1.0e9
 
 @dataclass
 class GenerationConfig:
-    """How :meth:`pali.PaliModel.generate` decodes; keywords given to ``generate`` override fields.
+    """How [`pali.PaliModel.generate`][] decodes; keywords given to ``generate`` override fields.
 
     ``eos_token_id`` and ``pad_token_id`` default (None) to the model's text config.
     ``use_cache=False`` recomputes the whole prefix every step (same tokens, slower); ``compile``
@@ -44,7 +44,7 @@ class GenerationConfig:
     compile: bool = False
 
     def updated(self, **overrides: Any) -> "GenerationConfig":
-        """A copy with ``overrides`` applied; an unknown name raises :class:`InputError`."""
+        """A copy with ``overrides`` applied; an unknown name raises [`InputError`][pali.InputError]."""
         names = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - names)
         if unknown:

@@ -15,7 +15,7 @@ Accepted images (one, a list of them, or a 4-D batch array/tensor):
   is grayscale.
 
 Pixel values: ``uint8`` in [0, 255] or floating point in [0, 1]; anything else (a float image in
-[0, 255], NaN, inf, other integer types) is an :class:`InputError` rather than a silently wrong
+[0, 255], NaN, inf, other integer types) is an [`InputError`][pali.InputError] rather than a silently wrong
 picture. Grayscale is repeated to RGB; an alpha channel is dropped, as ``PIL.convert("RGB")`` and
 big_vision's ``decode(channels=3)`` do (composite over a background yourself if you need one).
 

@@ -1,12 +1,12 @@
 """A folder in our layout -> a model, and a model -> a folder; no Hub, no download.
 
 The model is built on the meta device (no memory, no init), every tensor's name, shape and dtype
-is checked against it from the safetensors headers alone (:func:`pali.checkpoint.list_tensors`),
+is checked against it from the safetensors headers alone ([`pali.checkpoint.list_tensors`][]),
 and only then are the bytes read, one tensor at a time, straight into the target device and
 dtype and assigned into the model (the effect of ``load_state_dict(assign=True)``). Peak memory
 is the model plus one tensor. ``PaliModel.from_pretrained`` resolves a name to a folder
-(:mod:`pali.hub.download`) and calls :func:`load_model`; ``from_unimodal`` and any other loader
-(a converted tower, a connector) use :func:`verify` + :func:`materialize` the same way.
+(``pali.hub.download``) and calls ``load_model``; ``from_unimodal`` and any other loader
+(a converted tower, a connector) use ``verify`` + ``materialize`` the same way.
 """
 
 from __future__ import annotations
@@ -115,9 +115,9 @@ def verify(
     """Check ``entries`` against a meta-built model's state dict; return the ones to load.
 
     Missing tensors (except under ``allowed_missing`` prefixes, initialised on purpose) and
-    unexpected ones raise a :class:`CheckpointError` listing them; with ``strict=False`` a warning
-    lists them instead, missing ones keep the model's own initialisation, unexpected ones are
-    skipped. Wrong shapes always raise.
+    unexpected ones raise a [`CheckpointError`][pali.CheckpointError] listing them; with
+    ``strict=False`` a warning lists them instead, missing ones keep the model's own
+    initialisation, unexpected ones are skipped. Wrong shapes always raise.
     """
     missing, unexpected = check_against(entries, expected, source)
     missing = [n for n in missing if not n.startswith(allowed_missing)]
@@ -191,7 +191,7 @@ SOURCES_KEY = "pali_sources"
 
 
 def sources_from_metadata(metadata: Mapping[str, str]) -> list[dict]:
-    """Provenance saved by :func:`write_model` (safetensors metadata)."""
+    """Provenance saved by ``write_model`` (safetensors metadata)."""
     try:
         sources = json.loads(metadata.get(SOURCES_KEY, "[]"))
     except (ValueError, TypeError, RecursionError):  # provenance is informative only: drop it when corrupt

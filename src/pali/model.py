@@ -43,7 +43,7 @@ def shift_right(labels: torch.Tensor, start_token: int, pad_token: int) -> torch
 
 
 class PaliModel(PretrainedMixin, nn.Module):
-    """A PaLI model built from a :class:`PaliConfig` (see :func:`pali.list_presets`).
+    """A PaLI model built from a [`PaliConfig`][pali.PaliConfig] (see [`pali.list_presets`][]).
 
     ``projection`` is the connector (``config.connector.kind``): PaLI's Linear, or BLIP-2's
     Q-Former; the name is kept so every PaLI checkpoint's ``projection.*`` tensors load as they are.
@@ -213,7 +213,7 @@ class PaliModel(PretrainedMixin, nn.Module):
         at a time (default all), so it holds ``[B * batch_size, T, vocab]`` logits at once.
 
         Entry ``[b, c]`` is ``sum_t log p(targets[c, t])`` over the kept positions: the negative of
-        :meth:`forward`'s loss for that pair (a mean) times the number of kept tokens.
+        [`forward`][pali.PaliModel.forward]'s loss for that pair (a mean) times the number of kept tokens.
         """
         if not isinstance(targets, torch.Tensor) or targets.dim() != 2 or 0 in targets.shape or targets.is_floating_point():
             got = f"{targets.dtype} {list(targets.shape)}" if isinstance(targets, torch.Tensor) else type(targets).__name__
@@ -255,9 +255,10 @@ class PaliModel(PretrainedMixin, nn.Module):
     ) -> torch.Tensor:
         """Generated token ids ``[B, T]`` (no start token; rows padded after their eos).
 
-        ``generation_config`` (default: :class:`GenerationConfig`'s defaults) says how to decode;
-        keyword ``options`` override its fields (``max_new_tokens=8``, ``num_beams=4``...), and an
-        unknown one raises :class:`InputError`. ``generator`` seeds sampling.
+        ``generation_config`` (default: [`GenerationConfig`][pali.GenerationConfig]'s defaults) says
+        how to decode; keyword ``options`` override its fields (``max_new_tokens=8``,
+        ``num_beams=4``...), and an unknown one raises [`InputError`][pali.InputError].
+        ``generator`` seeds sampling.
 
         The encoder runs once; cross-attention keys/values are projected once; the decoder's
         self-attention reads and writes its preallocated KV cache (``use_cache=False`` recomputes

@@ -1,4 +1,4 @@
-"""Data-parallel sharding (FSDP2) of a :class:`pali.PaliModel`, applied from outside the model.
+"""Data-parallel sharding (FSDP2) of a [`pali.PaliModel`][], applied from outside the model.
 
 Each transformer block of both towers (ViT blocks, mT5 encoder and decoder layers, and each
 decoder layer's cross-attention) becomes its own ``fully_shard`` unit, so only one block's full weights live on a device at a time. The vision
@@ -36,7 +36,7 @@ def apply_fsdp(
     ``reshard_after_forward``: free each block's gathered weights after its forward (less memory,
     one more all-gather in backward); the root unit always stays gathered until the step ends.
 
-    Freeze parameters (:func:`pali.training.freeze`) before sharding, and build the optimizer
+    Freeze parameters ([`pali.training.freeze`][]) before sharding, and build the optimizer
     after. Units may mix frozen and trainable parameters (FSDP2 in torch 2.13 reduces only the
     gradients that exist; tests/test_fsdp.py trains with half a block frozen).
     """

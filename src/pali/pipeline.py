@@ -1,8 +1,9 @@
 """``pali.pipeline(model, processor)``: one call per task, on top of the heads.
 
 Each method takes one image (and returns one result) or a list of images (and returns a list).
-Generation options (``max_new_tokens``, ``num_beams``...) go to :meth:`PaliModel.generate`; the
-pipeline's own defaults can be set once at construction.
+Generation options (``max_new_tokens``, ``num_beams``...) go to
+[`PaliModel.generate`][pali.PaliModel.generate]; the pipeline's own defaults can be set once at
+construction.
 
 >>> pipe = pali.pipeline(model, processor, max_new_tokens=16)   # doctest: +SKIP
 >>> pipe.caption(image, lang="fr").text                           # doctest: +SKIP
@@ -57,13 +58,13 @@ class Pipeline:
         template: str | None = None,
         length_normalize: bool = False,
     ) -> list[Classification] | list[list[Classification]]:
-        """Labels ranked by likelihood, best first (see :mod:`pali.heads.classify`); ``template``
+        """Labels ranked by likelihood, best first (see ``pali.heads.classify``); ``template``
         defaults to the model's own (its processor config's ``classify_template``)."""
         options = {"template": template, "length_normalize": length_normalize}
         return self.run("classify", images, head_options=options, labels=labels, lang=lang)
 
 
 def pipeline(model, processor, **generate_kwargs: Any) -> Pipeline:
-    """A :class:`Pipeline`; ``generate_kwargs`` are defaults for every generating task."""
+    """A [`Pipeline`][pali.pipeline.Pipeline]; ``generate_kwargs`` are defaults for every generating task."""
     return Pipeline(model, processor, **generate_kwargs)
 

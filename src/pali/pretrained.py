@@ -2,8 +2,8 @@
 
 The model code knows nothing of files or the Hub: each method here is the one definition of its
 operation (name, signature, documentation) and composes the pieces that do the work:
-:mod:`pali.hub.download` (a name -> a local folder), :mod:`pali.loading` (a folder <-> a model),
-:mod:`pali.hub.push` and :mod:`pali.hub.unimodal`, imported on first use so ``import pali`` does
+``pali.hub.download`` (a name -> a local folder), ``pali.loading`` (a folder <-> a model),
+``pali.hub.push`` and ``pali.hub.unimodal``, imported on first use so ``import pali`` does
 not pull in ``huggingface_hub``.
 """
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class PretrainedMixin:
-    """Loading and saving for :class:`pali.PaliModel` (our layout: config.json + safetensors)."""
+    """Loading and saving for [`pali.PaliModel`][] (our layout: config.json + safetensors)."""
 
     #: Provenance of the weights (tower, source, revision, format, license): set by
     #: ``from_unimodal``, kept through save/load in the safetensors metadata, shown in the card.
@@ -40,15 +40,16 @@ class PretrainedMixin:
         device: str | torch.device | None = None,
         strict: bool = True,
     ):
-        """Load a model saved by :meth:`save_pretrained` from a folder or a Hub repo id.
+        """Load a model saved by [`save_pretrained`][pali.PaliModel.save_pretrained] from a folder or
+        a Hub repo id.
 
         Built on the meta device; every tensor's shape and dtype is checked from the safetensors
         headers, then read straight into ``device`` (default CPU) as ``dtype`` (default: the
         stored dtype), so the weights are never held twice. Missing or unexpected tensors raise a
-        :class:`pali.CheckpointError` listing them; ``strict=False`` warns instead and keeps the
+        [`pali.CheckpointError`][] listing them; ``strict=False`` warns instead and keeps the
         model's own initialisation for the missing ones. Hub problems (no such repo, revision or
         file, a private repo without ``token``, offline with an empty cache) raise
-        :class:`pali.hub.HubError`. ``HF_HUB_OFFLINE=1`` or ``local_files_only`` reads the cache only.
+        [`pali.hub.HubError`][]. ``HF_HUB_OFFLINE=1`` or ``local_files_only`` reads the cache only.
         """
         from .checkpoint import layout_files
         from .hub.download import fetch
@@ -84,7 +85,7 @@ class PretrainedMixin:
         ``vision`` / ``text``: a Hub repo id, a local transformers folder, or a JAX checkpoint
         path; each is converted once and cached (keyed by commit hash, or path + size + mtime).
         Without ``preset_or_config`` the architecture is read from the checkpoints; with a preset
-        that has a recipe (:func:`pali.hub.list_recipes`) the missing sources come from the recipe,
+        that has a recipe ([`pali.hub.list_recipes`][]) the missing sources come from the recipe,
         and each checkpoint must have the preset tower's shape. A tower without a source is
         randomly initialised, with a warning. The projection is always fresh; the vision tower is
         frozen unless ``freeze_vision=False``.
@@ -140,7 +141,8 @@ class PretrainedMixin:
         processor: Any = None,
         license: str | None = None,
     ):
-        """Create ``repo_id`` if needed and upload what :meth:`save_pretrained` writes, as one commit."""
+        """Create ``repo_id`` if needed and upload what
+        [`save_pretrained`][pali.PaliModel.save_pretrained] writes, as one commit."""
         from .hub.push import push_folder
         from .loading import write_model
 

@@ -37,7 +37,7 @@ PROCESSOR_CONFIG_NAME = "processor_config.json"
 class ProcessorConfig(Config):
     """``max_length`` bounds prompt tokens and ``max_target_length`` suffix tokens (eos included);
     longer text is truncated, keeping the eos, with a warning (a cut prompt may ask a different
-    question), or with ``truncation=False`` an :class:`InputError`.
+    question), or with ``truncation=False`` an [`InputError`][pali.InputError].
 
     The model's prompt set, saved with it so every caller agrees: ``classify_template`` writes a
     class name as the target text classification scores (what the model was trained on, e.g.

@@ -47,7 +47,7 @@ class Registry(Generic[T]):
         return entry
 
     def decorator(self, name: str) -> Callable[[T], T]:
-        """``@registry.decorator("name")`` form of :meth:`register`."""
+        """``@registry.decorator("name")`` form of [`register`][pali.registry.Registry.register]."""
         return lambda entry: self.register(name, entry, origin=_origin_of(entry))
 
     def _load_plugins(self) -> None:

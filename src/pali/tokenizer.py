@@ -215,7 +215,8 @@ def pad_rows(
     padding: bool | str = "longest",
     max_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id rows into ``[B, T]`` int64 ``(ids, mask)``; see :meth:`Tokenizer.__call__`."""
+    """Right-pad id rows into ``[B, T]`` int64 ``(ids, mask)``; see
+    [`Tokenizer.__call__`][pali.tokenizer.Tokenizer.__call__]."""
     if padding is True:
         padding = "longest"
     if padding not in PADDING:

@@ -1,9 +1,9 @@
 """Fine-tuning helpers: which parameters train, and which module names adapters attach to.
 
-PaLI trains with the vision tower frozen (the projection and the whole encoder-decoder learn);
-its high-resolution phase unfreezes everything; cheaper recipes train the projection and the
-encoder only. :func:`freeze` applies such a policy and then name patterns on top, and reports
-what is left trainable so a typo never silently trains the wrong thing.
+PaLI trains with the vision tower frozen (the projection and the whole encoder-decoder learn); its
+high-resolution phase unfreezes everything; cheaper recipes train the projection and the encoder
+only. [`freeze`][pali.training.freeze] applies such a policy and then name patterns on top, and
+reports what is left trainable so a typo never silently trains the wrong thing.
 
 LoRA (``peft``) finds modules by name. Ours are ``nn.Linear`` layers named:
 
@@ -13,8 +13,9 @@ LoRA (``peft``) finds modules by name. Ours are ``nn.Linear`` layers named:
 * ``fc1``, ``fc2``: the ViT MLP;
 * ``projection``: the vision-to-text linear map.
 
-Bare names like ``"q"`` match both towers; :func:`lora_target_modules` builds the regex that
-picks towers and layer kinds explicitly.
+Bare names like ``"q"`` match both towers;
+[`lora_target_modules`][pali.training.lora_target_modules] builds the regex that picks towers and
+layer kinds explicitly.
 """
 
 from __future__ import annotations

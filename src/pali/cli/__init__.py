@@ -1,7 +1,7 @@
 """The ``pali`` command. Each module named in ``COMMANDS`` exposes ``add_parser(subparsers)``.
 
 ``add_parser`` registers its subcommand(s) and their arguments and sets ``func`` (taking the parsed
-namespace, returning an exit code). Errors derived from :class:`pali.PaliError`, missing files
+namespace, returning an exit code). Errors derived from [`pali.PaliError`][], missing files
 and unreadable inputs become a one-line message and exit code 2, not a traceback; warnings
 (a truncated prompt, a language the model never learned) are one ``warning:`` line each.
 

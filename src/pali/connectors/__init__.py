@@ -3,7 +3,7 @@
 Each module registers itself in ``pali.registry.CONNECTORS`` under its config's ``kind``:
 ``linear`` (PaLI's projection, the default) and ``qformer`` (BLIP-2 / InstructBLIP). A plugin adds
 one through the ``pali.connectors`` entry-point group. A connector is built from the whole
-:class:`pali.PaliConfig` (it needs both towers' widths) and lives at ``PaliModel.projection``,
+[`pali.PaliConfig`][] (it needs both towers' widths) and lives at ``PaliModel.projection``,
 so PaLI checkpoints keep their ``projection.*`` names.
 """
 

@@ -6,7 +6,7 @@
   ``config.json`` is the tower's config with its kind (``{"kind": "vit", ...}``,
   ``{"kind": "mt5", ...}``) and tensor names are relative to the tower module
   (``patch_embed.weight``, ``encoder.layers.0.attn.q.weight``), so ``model.vision`` /
-  ``model.text`` of a :class:`pali.PaliModel` load them as they are. One exception: a vision
+  ``model.text`` of a [`pali.PaliModel`][] load them as they are. One exception: a vision
   source that carries PaLI's projection (big_vision's ``head``) stores it under its PaliModel
   name, ``projection.weight`` / ``projection.bias``; no tower has a ``projection`` attribute, so
   pop those two names and load them into ``model.projection``.
@@ -14,7 +14,8 @@
   ``PaliModel.state_dict()``'s (``vision.*``, ``projection.*``, ``text.*``).
 
 The safetensors metadata says which: ``pali.tower`` is ``"vision"``, ``"text"`` or ``"model"``;
-``pali.source_format`` and ``pali.dtype`` record how a tower was converted (used by :func:`verify`).
+``pali.source_format`` and ``pali.dtype`` record how a tower was converted (used by
+[`verify`][pali.convert.verify]).
 
 **Streaming.** Readers plan a conversion from metadata alone (shapes from npy headers, ``.zarray``
 files, safetensors headers), check names and shapes against the target module built on the meta
@@ -135,17 +136,17 @@ def convert(
 
 
 def convert_big_vision(src: str | Path, out: str | Path, **options) -> Conversion:
-    """:func:`convert` of a big_vision ``.npz`` (``file.npz`` or ``file.npz:img``)."""
+    """[`convert`][pali.convert.convert] of a big_vision ``.npz`` (``file.npz`` or ``file.npz:img``)."""
     return convert(src, out, "big_vision", **options)
 
 
 def convert_t5x(src: str | Path, out: str | Path, **options) -> Conversion:
-    """:func:`convert` of a T5X ``checkpoint_<step>`` directory."""
+    """[`convert`][pali.convert.convert] of a T5X ``checkpoint_<step>`` directory."""
     return convert(src, out, "t5x", **options)
 
 
 def convert_hf(src: str | Path, out: str | Path, **options) -> Conversion:
-    """:func:`convert` of a Hugging Face model directory."""
+    """[`convert`][pali.convert.convert] of a Hugging Face model directory."""
     return convert(src, out, "hf", **options)
 
 

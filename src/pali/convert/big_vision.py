@@ -100,7 +100,7 @@ class NpzFile:
 
     Reads go through ``zipfile``, so a truncated or corrupted member fails its CRC check. Every
     header is checked before any array is read: a numeric dtype (or bf16's ``V2``), a bounded
-    shape (:func:`pali.checkpoint.check_shape`) whose bytes are exactly what the member holds,
+    shape ([`pali.checkpoint.check_shape`][]) whose bytes are exactly what the member holds,
     and a member size the archive's compressed bytes can account for. numpy allocates the
     header's shape before reading, so these checks are what bound memory.
     """

@@ -3,7 +3,7 @@
 Unlike the other readers, which each hold one tower, these checkpoints hold a whole model:
 ``vision_model.*`` (EVA ViT), ``query_tokens`` + ``qformer.*`` + ``language_projection.*`` (our
 Q-Former connector, ``projection.*``) and ``language_model.*`` (T5 v1.1 / mT5). The output is a
-model checkpoint: ``config.json`` is a :class:`~pali.PaliConfig`, names are
+model checkpoint: ``config.json`` is a [`PaliConfig`][pali.PaliConfig], names are
 ``PaliModel.state_dict()``'s.
 
 The vision attention is fused in the source: ``qkv.weight`` ``[3D, D]`` is split into our

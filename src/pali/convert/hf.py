@@ -1,7 +1,7 @@
 """Key maps from Hugging Face transformers checkpoints to pali's tower state dicts.
 
 Targets are relative to the tower (``patch_embed.weight``, ``encoder.layers.0.attn.q.weight``);
-prefix them with ``vision.`` / ``text.`` for a whole :class:`pali.PaliModel`.
+prefix them with ``vision.`` / ``text.`` for a whole [`pali.PaliModel`][].
 """
 
 from __future__ import annotations

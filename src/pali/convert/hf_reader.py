@@ -2,7 +2,7 @@
 
 A HF directory holds ``config.json`` and weights as ``model.safetensors`` (or shards with
 ``model.safetensors.index.json``) or ``pytorch_model.bin`` (or shards with
-``pytorch_model.bin.index.json``). safetensors go through :mod:`pali.checkpoint` (headers
+``pytorch_model.bin.index.json``). safetensors go through ``pali.checkpoint`` (headers
 checked first, then one tensor read at a time); ``.bin`` files are loaded with ``mmap=True,
 weights_only=True`` so their tensors page in on use. ``config.json``'s ``model_type`` picks the
 key map: mT5/T5 v1.1, SigLIP, CLIP (vision towers, also out of two-tower checkpoints) or ViT.
@@ -92,7 +92,7 @@ def read_hf(
     dtype: str | torch.dtype | None = None,
 ) -> Conversion:
     """Plan the conversion of a Hugging Face checkpoint directory (mT5, SigLIP, CLIP or ViT towers;
-    whole BLIP-2 / InstructBLIP models, see :mod:`pali.convert.blip2`)."""
+    whole BLIP-2 / InstructBLIP models, see ``pali.convert.blip2``)."""
     directory = Path(src)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")

@@ -1,8 +1,8 @@
 """Rename-and-reshape rules from a foreign checkpoint's tensor names to ours.
 
-A :class:`KeyMap` is an ordered list of regex rules. Each maps a source name to a target name
+A ``KeyMap`` is an ordered list of regex rules. Each maps a source name to a target name
 (a ``re`` replacement template) and optionally transforms the tensor (transpose, reshape).
-:func:`pali.convert.plan.map_sources` applies it to a checkpoint's tensors, one at a time, so a
+``pali.convert.plan.map_sources`` applies it to a checkpoint's tensors, one at a time, so a
 converter can stream a checkpoint larger than memory.
 """
 

@@ -1,12 +1,12 @@
 """A conversion as a plan: every output tensor's name, shape and loader, checked before any read.
 
-Readers list a checkpoint's tensors as :class:`Source` (name, shape, loader) from its metadata
+Readers list a checkpoint's tensors as ``Source`` (name, shape, loader) from its metadata
 alone (npy headers, ``.zarray`` files, safetensors headers). A key map turns them into
-:class:`Item` (our name, shape after the transform, loader that transforms), the output shape being
+``Item`` (our name, shape after the transform, loader that transforms), the output shape being
 computed by running the transform on a ``meta`` tensor. The plan is then checked against the
 target module, built on the meta device from the config: unknown and missing names and every
 shape mismatch are reported together, before a byte of weights is read or written. Iterating a
-:class:`Conversion` then loads, transforms and yields one tensor at a time.
+``Conversion`` then loads, transforms and yields one tensor at a time.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class Conversion:
 
     ``config`` is the tower's config; names are relative to that tower, plus ``projection.*``
     (PaliModel-level) when a vision source carries PaLI's projection. A whole-model source
-    (BLIP-2) has a :class:`PaliConfig` and PaliModel's names.
+    (BLIP-2) has a [`PaliConfig`][pali.PaliConfig] and PaliModel's names.
     """
 
     config: Config

@@ -9,7 +9,7 @@ TensorStore's ``"bfloat16"``. Spec: https://zarr-specs.readthedocs.io/en/latest/
 
 Paths come from a checkpoint file, so they are untrusted: every array and chunk must resolve to a
 file inside the checkpoint directory (no ``..``, no absolute paths, no symlinks leading out).
-Sizes are untrusted too: the shape is bounded (:func:`pali.checkpoint.check_shape`) before the
+Sizes are untrusted too: the shape is bounded ([`pali.checkpoint.check_shape`][]) before the
 array is allocated, a chunk may not be larger than that bound nor the grid hold more than
 ``MAX_CHUNKS`` chunks, and decompression stops at the chunk's size (no decompression bombs).
 """

@@ -1,9 +1,9 @@
 """Task heads: each turns a task into a prompt and the model's output into a typed result.
 
 Built-in heads (``caption``, ``vqa``, ``ocr``, ``detect``, ``classify``) register themselves in
-:data:`pali.registry.HEADS` when ``pali`` is imported, before any plugin is looked at, so a plugin
+``pali.registry.HEADS`` when ``pali`` is imported, before any plugin is looked at, so a plugin
 head that takes a built-in name fails loudly instead of shadowing it. Registry entries are head
-classes (or any callable returning a head); :func:`get_head` builds one.
+classes (or any callable returning a head); [`get_head`][pali.heads.get_head] builds one.
 """
 
 from typing import Any

@@ -2,7 +2,7 @@
 
 A head turns a task into a prompt (``build_prompt``), the model's output into typed results
 (``parse``), and does both around a model call for a batch of images (``run``). Heads sit on top
-of the model: they use only ``PaliModel``'s public API and a :class:`~pali.PaliProcessor`, so a
+of the model: they use only ``PaliModel``'s public API and a [`PaliProcessor`][pali.PaliProcessor], so a
 head plugin needs nothing else either.
 """
 
@@ -41,7 +41,7 @@ class Head(ABC):
         **prompt_kwargs: Any,
     ) -> list[Any]:
         """One result per image: the same prompt for each, greedy generation unless
-        ``generate_kwargs`` (passed to :meth:`PaliModel.generate`) says otherwise."""
+        ``generate_kwargs`` (passed to [`PaliModel.generate`][pali.PaliModel.generate]) says otherwise."""
         images = split_batch(images)
         prompt = self.build_prompt(**prompt_kwargs)
         if "lang" in prompt_kwargs:

@@ -6,7 +6,7 @@ log-likelihood of its whole target, ``sum log p(token)`` over the label's tokens
 ``</s>`` (the eos makes "cat" and "cat food" differ: a prefix is not a free win). Summed scores
 favour short names; ``length_normalize=True`` ranks by the mean per token instead.
 
-The model's own scoring entry point (:meth:`pali.PaliModel.score`) does the work: all candidates
+The model's own scoring entry point ([`pali.PaliModel.score`][]) does the work: all candidates
 of all images go through the decoder in one batched pass; the vision tower and the encoder run
 once per image (not once per candidate). For a large label set with a 250k vocabulary the
 ``[images x labels, T, V]`` logits are big: ``batch_size`` splits the candidates.
@@ -57,7 +57,7 @@ class ClassifyHead(Head):
         return prompts.caption_prompt(lang)
 
     def parse(self, output: Sequence[float] | torch.Tensor, labels: Sequence[str]) -> list[Classification]:
-        """Rank ``labels`` by their scores (one image's row of :meth:`score`)."""
+        """Rank ``labels`` by their scores (one image's row of [`score`][pali.heads.ClassifyHead.score])."""
         scores = [float(s) for s in output]
         ranked = sorted(zip(labels, scores), key=lambda pair: pair[1], reverse=True)
         return [Classification(label, score) for label, score in ranked]
@@ -87,7 +87,7 @@ class ClassifyHead(Head):
         lang: str = "en",
         batch_size: int | None = None,
     ) -> torch.Tensor:
-        """``[images, labels]`` float32 scores, from :meth:`pali.PaliModel.score`."""
+        """``[images, labels]`` float32 scores, from [`pali.PaliModel.score`][]."""
         images, labels = split_batch(images), _labels(labels)
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")

@@ -5,9 +5,9 @@ PaLI's target for one object is ``ymin xmin ymax xmax label`` with each coordina
 ``v`` in [0, 1] becomes ``round(v * 999)`` and comes back as ``q / 999``, so the image edges are
 exact (``0 0 999 999`` is the whole image).
 
-How coordinates are spelled is a :class:`LocationCodec`: :class:`TextLocationCodec` is PaLI's
+How coordinates are spelled is a ``LocationCodec``: ``TextLocationCodec`` is PaLI's
 plain numbers; a vocabulary with dedicated location tokens (PaliGemma's ``<loc0000>``-
-``<loc1023>``) is :class:`TokenLocationCodec`, or any object with the same two methods.
+``<loc1023>``) is ``TokenLocationCodec``, or any object with the same two methods.
 
 Parsing never raises on model output: a group that is cut short, out of range, upside down
 (``ymin > ymax``) or has no label yields no box, and the well-formed groups around it still do.

@@ -21,7 +21,7 @@ def license_of(sources: list[dict[str, Any]], override: str | None = None) -> st
 
 
 def model_card(model: Any, *, license: str | None = None) -> str:
-    """Markdown with YAML front matter for ``model`` (a :class:`pali.PaliModel`)."""
+    """Markdown with YAML front matter for ``model`` (a [`pali.PaliModel`][])."""
     from huggingface_hub import ModelCardData
 
     config = model.config

@@ -2,7 +2,7 @@
 
 Downloads go through ``huggingface_hub`` (its cache, its progress bars, ``HF_HUB_OFFLINE``,
 ``HF_ENDPOINT``, tokens); nothing here parses weights. The Hub's exceptions are translated into
-:class:`HubError` messages that say which repo, revision or file was wrong and what to do.
+[`HubError`][pali.hub.HubError] messages that say which repo, revision or file was wrong and what to do.
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ def list_files(repo_id: str, revision: str | None, token: str | bool | None) -> 
 def fetch_file(repo_id: str, filename: str, *, revision: str | None = None) -> Path:
     """One file of a Hub repo in the local cache (``HF_HUB_OFFLINE``: the cache only).
 
-    Online, the repo is looked up first (:func:`list_files`: one quick request), so a wrong name
-    or an unreachable Hub is a :class:`HubError` saying what the name is not.
+    Online, the repo is looked up first (``list_files``: one quick request), so a wrong name
+    or an unreachable Hub is a [`HubError`][pali.hub.HubError] saying what the name is not.
     """
     import huggingface_hub
 
@@ -156,7 +156,7 @@ def what_it_is_not(name: str) -> str:
 
 @contextmanager
 def hub_errors(repo_id: str, revision: str | None, offline: bool = False) -> Iterator[None]:
-    """Re-raise ``huggingface_hub`` errors as :class:`HubError` with an actionable message."""
+    """Re-raise ``huggingface_hub`` errors as [`HubError`][pali.hub.HubError] with an actionable message."""
     from huggingface_hub.errors import (
         GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
         RepositoryNotFoundError, RevisionNotFoundError,

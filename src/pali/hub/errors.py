@@ -6,6 +6,6 @@ from ..errors import CheckpointError
 class HubError(CheckpointError):
     """A repo, revision or file that does not exist or cannot be reached, or a missing token.
 
-    A :class:`pali.CheckpointError` (and so a ``ValueError``), so one ``except`` covers "could
+    A [`pali.CheckpointError`][] (and so a ``ValueError``), so one ``except`` covers "could
     not get the weights" whether they were on the Hub or on disk.
     """

@@ -1,6 +1,6 @@
 """Upload a folder of files to a Hub repo as one commit.
 
-``PaliModel.push_to_hub`` writes the same folder ``save_pretrained`` does (:func:`pali.loading.write_model`)
+``PaliModel.push_to_hub`` writes the same folder ``save_pretrained`` does (``pali.loading.write_model``)
 into a temporary directory and hands it here; nothing in this module knows what the files are.
 """
 

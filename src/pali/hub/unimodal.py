@@ -4,7 +4,7 @@ Each tower source (Hub repo id, local transformers directory, or a JAX checkpoin
 converted once into our single-tower layout (``config.json`` with the tower's ``kind`` +
 tower-relative safetensors) in a cache keyed by the source's identity: Hub commit hash, or for
 local paths path + size + mtime of every weight file. The second load reads the cache and converts
-nothing. The towers are then loaded into a meta-built :class:`pali.PaliModel` exactly like
+nothing. The towers are then loaded into a meta-built [`pali.PaliModel`][] exactly like
 ``from_pretrained``; the projection (and any tower without weights) is freshly initialised.
 """
 
@@ -63,7 +63,8 @@ RECIPES: dict[str, Recipe] = {
 
 
 def list_recipes() -> dict[str, Recipe]:
-    """Which presets :meth:`PaliModel.from_unimodal` can seed from public checkpoints, and from what."""
+    """Which presets [`PaliModel.from_unimodal`][pali.PaliModel.from_unimodal] can seed from
+    public checkpoints, and from what."""
     return dict(RECIPES)
 
 
@@ -257,7 +258,7 @@ def _cache_key(role: str, snapshot: Snapshot) -> str:
 def convert_source(role: str, snapshot: Snapshot, out: Path) -> None:
     """Write ``snapshot``'s ``role`` tower into ``out`` in our layout, plus its provenance.
 
-    :func:`pali.convert.read` detects the format and plans the conversion from metadata
+    ``pali.convert.read`` detects the format and plans the conversion from metadata
     (checked names and shapes); tensors then stream through one at a time.
     """
     from huggingface_hub.utils import tqdm

@@ -185,7 +185,7 @@ class Stack(nn.Module):
 class MT5(nn.Module):
     """mT5 encoder-decoder over token embeddings; the encoder also accepts foreign embeddings.
 
-    PaLI feeds the encoder ``concat(visual tokens, embedded prompt)``, so :meth:`encode` takes
+    PaLI feeds the encoder ``concat(visual tokens, embedded prompt)``, so ``encode`` takes
     embeddings and a mask rather than token ids.
     """
 
@@ -241,7 +241,7 @@ class MT5(nn.Module):
         self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor, enc_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Logits ``[B, T, V]`` for every decoder position at once (training, scoring, and the
-        uncached reference of :meth:`decode_step`)."""
+        uncached reference of ``decode_step``)."""
         self.check_ids(decoder_input_ids, "decoder_input_ids")
         cross_kv = [layer.cross_attn.project_kv(encoder_hidden) for layer in self.decoder.layers]
         bias = self.decoder.bias()
@@ -249,11 +249,11 @@ class MT5(nn.Module):
         return self.lm_head(x)
 
     def start_decoding(self, encoder_hidden: torch.Tensor, enc_mask: torch.Tensor | None, max_len: int) -> KVCache:
-        """Fill the decoder's :class:`KVCache` for a generation of up to ``max_len`` tokens.
+        """Fill the decoder's ``KVCache`` for a generation of up to ``max_len`` tokens.
 
         The cross-attention keys/values are projected once here; the self-attention buffers are
         preallocated (and reused from the previous generation when the shapes match, so a
-        compiled :meth:`decode_step` sees the same module and buffers every call).
+        compiled ``decode_step`` sees the same module and buffers every call).
         """
         cfg = self.config
         cross = [layer.cross_attn.project_kv(encoder_hidden) for layer in self.decoder.layers]
@@ -267,7 +267,7 @@ class MT5(nn.Module):
 
     def decode_step(self, ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
         """Logits ``[B, t, V]`` for ``t`` new decoder tokens at positions ``start ..``, written into
-        the cache :meth:`start_decoding` filled.
+        the cache ``start_decoding`` filled.
 
         ``start`` may be a 0-d CPU tensor: a compiled step then compiles once for every position
         (a Python int would be specialized on), and the attention still reads the position on the
