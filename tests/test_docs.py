@@ -15,13 +15,16 @@ and its line (each block is compiled with the page's path and its own line numbe
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import re
 import subprocess
 import sys
 import types
+import zlib
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -196,13 +199,17 @@ def _nav_pages(nav) -> list[str]:
     return [p for item in nav for p in _nav_pages(item)]
 
 
-def test_every_page_is_in_the_nav():
-    """An orphan page builds (mkdocs only logs it) but nobody can reach it: fail instead."""
+def _mkdocs_config() -> dict:
     yaml = pytest.importorskip("yaml", reason="PyYAML comes with the docs extra")
     # mkdocs.yml names Python objects (`!!python/name:` for the Mermaid fence): load them as text.
     loader = type("_Loader", (yaml.SafeLoader,), {})
     loader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: suffix)
-    nav = _nav_pages(yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=loader)["nav"])
+    return yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=loader)
+
+
+def test_every_page_is_in_the_nav():
+    """An orphan page builds (mkdocs only logs it) but nobody can reach it: fail instead."""
+    nav = _nav_pages(_mkdocs_config()["nav"])
     pages = sorted(p.name for p in DOCS.glob("*.md"))
     assert sorted(set(nav)) == pages, (
         f"add to mkdocs.yml's nav: {sorted(set(pages) - set(nav))}; "
@@ -221,20 +228,206 @@ def _find(module: str):
         return None
 
 
-def test_site_builds_strict(tmp_path):
-    """``mkdocs build --strict``: broken links, missing nav pages, unresolvable API objects and
-    docstring warnings fail the build. Offline: no plugin fetches anything."""
+MKDOCS_ENV = {"NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def build_site(config: Path, out: Path, *, strict: bool = True) -> subprocess.CompletedProcess:
+    """``mkdocs build`` of ``config`` into ``out``, offline; the log is the result's stdout + stderr."""
     missing = _missing_docs_tools()
     if missing:
         pytest.skip(f"docs tools not installed ({', '.join(missing)}): pip install -e '.[docs]'")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
-         "-d", str(tmp_path / "site")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", *(["--strict"] if strict else []), "-f", str(config),
+         "-d", str(out)],
+        cwd=config.parent, env={**os.environ, **MKDOCS_ENV}, capture_output=True, text=True, timeout=300,
     )
+
+
+@dataclass(frozen=True)
+class Site:
+    """A built site and its build log."""
+
+    path: Path
+    log: str
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Site:
+    """The project's site, built once for every test here that reads it."""
+    out = tmp_path_factory.mktemp("site")
+    result = build_site(ROOT / "mkdocs.yml", out)
     log = result.stdout + result.stderr
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{log}"
-    assert (tmp_path / "site" / "api" / "index.html").exists()
-    api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
-    assert "from_preset" in api and "key_padding_mask" in api, "the API reference rendered no docstrings"
+    return Site(out, log)
+
+
+def test_site_builds_strict(site):
+    """``mkdocs build --strict``: broken links, missing nav pages, unresolvable API objects,
+    cross-references and docstring warnings fail the build. Offline: no plugin fetches anything."""
+    api = site.path / "api" / "index.html"
+    assert api.exists()
+    html = api.read_text(encoding="utf-8")
+    assert "from_preset" in html and "key_padding_mask" in html, "the API reference rendered no docstrings"
+
+
+# -- docstrings render as written ------------------------------------------------------------------
+#
+# Docstrings are Google style (mkdocs.yml: docstring_style) and link with mkdocstrings' autorefs,
+# [`PaliConfig`][pali.PaliConfig]; reST roles (:class:`PaliConfig`) show up on the site verbatim.
+
+RAW_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|obj|exc|ref):`")
+FIELD_LIST = re.compile(r"\s*:(?:param|type|returns?|rtype|raises?|yields?|var|ivar|cvar)\b[^:]*:")
+UNRESOLVED_REF = re.compile(r"\]\[")  # autorefs leaves a reference it cannot resolve as [text][id]
+# An unparsed Google section reads "Args: name: text" (or "Raises: ValueError: ...") on the page.
+RAW_SECTION = re.compile(
+    r"(?<![\w`])(?:Args|Arguments|Parameters|Returns|Yields|Raises|Attributes): \w[\w.]*(?:, \w+)*(?: \([^)]*\))?:"
+)
+AUTOREF = re.compile(r"\[([^\[\]]+)\]\[([^\[\]]*)\]")
+SOURCE_DIRS = ("src", "kernels", "benchmarks", "examples")
+
+
+class _Prose(HTMLParser):
+    """A page's prose: text outside ``<pre>``, ``<script>`` and ``<style>``, each inline ``<code>``
+    in backticks (so a role that rendered verbatim reads as typed) and without its square
+    brackets (``x[0][1]`` in code is no reference)."""
+
+    HIDDEN = {"pre", "script", "style"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.hidden = self.code = 0
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag in self.HIDDEN:
+            self.hidden += 1
+        elif tag == "code" and not self.hidden:
+            self.code += 1
+            self.parts.append("`" if self.code == 1 else "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.HIDDEN:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag == "code" and self.code:
+            self.code -= 1
+            self.parts.append("`" if self.code == 0 else "")
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.parts.append(data.replace("[", "").replace("]", "") if self.code else data)
+
+
+def prose(html: str) -> str:
+    """The prose of a page, whitespace collapsed."""
+    parser = _Prose()
+    parser.feed(html)
+    parser.close()
+    return " ".join("".join(parser.parts).split())
+
+
+def site_problems(site: Path) -> list[str]:
+    """Raw reST roles, unresolved cross-references and unparsed docstring sections (``Args:``
+    rendered as text: mkdocs.yml's docstring_style is not the docstrings') in every built page."""
+    problems = []
+    for page in sorted(site.rglob("*.html")):
+        text = prose(page.read_text(encoding="utf-8"))
+        for pattern, what in ((RAW_ROLE, "a raw reST role"), (UNRESOLVED_REF, "an unresolved cross-reference"),
+                              (RAW_SECTION, "a docstring section as plain text")):
+            problems += [f"{page.relative_to(site)} shows {what}: ...{text[max(0, m.start() - 50):m.end() + 50]}..."
+                         for m in pattern.finditer(text)]
+    return problems
+
+
+def test_site_shows_no_raw_roles_or_broken_references(site):
+    """Docstrings render as written: no role, section or reference shows up as its source text."""
+    assert "cross-reference" not in site.log, site.log
+    problems = site_problems(site.path)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_checks_catch_a_broken_docstring(tmp_path):
+    """A throwaway project whose one docstring has a raw role, an unresolved and a resolved
+    reference, built with the same handler options as ours: the log names the unresolved target
+    (``--strict`` fails on it), and the page check flags the role and the leftover ``[text][id]``."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.md").write_text("# Example\n\n::: broken_example\n")
+    (tmp_path / "broken_example.py").write_text(
+        'def documented():\n'
+        '    """Uses a :class:`Role`, [`nothing`][no.such.object] and [`itself`][broken_example.documented]."""\n'
+    )
+    options = _mkdocstrings_options()
+    (tmp_path / "mkdocs.yml").write_text(
+        "site_name: broken\ntheme: {name: material, font: false}\nplugins:\n  - mkdocstrings:\n"
+        f"      handlers: {{python: {{paths: [.], options: {options}}}}}\n"
+    )
+    result = build_site(tmp_path / "mkdocs.yml", tmp_path / "site", strict=False)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "Could not find cross-reference target 'no.such.object'" in log
+    problems = site_problems(tmp_path / "site")
+    assert len(problems) == 2, "\n".join(problems)
+    assert "raw reST role" in problems[0] and ":class:`Role`" in problems[0]
+    assert "[`nothing`][no.such.object]" in problems[1] and "broken_example.documented" not in problems[1]
+
+
+def test_an_unparsed_docstring_section_is_recognised():
+    """What a Google ``Args:`` section looks like when the configured style does not parse it,
+    and prose that merely says "Arguments:" before a code name (docs/hub.md does)."""
+    assert RAW_SECTION.search(prose("<p>Same semantics.</p><p>Args:\n    q, k, v: fp16, bf16 or fp32</p>"))
+    assert RAW_SECTION.search(prose("<p>Raises:\n    ValueError: on a bad shape</p>"))
+    assert not RAW_SECTION.search(prose("<p>Arguments: <code>revision</code> (branch, tag or commit)</p>"))
+
+
+def _mkdocstrings_options() -> str:
+    """Our python handler options (mkdocs.yml), as a YAML flow mapping."""
+    import yaml
+
+    config = _mkdocs_config()
+    (plugin,) = [p["mkdocstrings"] for p in config["plugins"] if isinstance(p, dict) and "mkdocstrings" in p]
+    return yaml.safe_dump(plugin["handlers"]["python"]["options"], default_flow_style=True).strip()
+
+
+def _docstrings(path: Path):
+    """(line, docstring) of a Python file's module, classes and functions."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc is not None:
+                yield node.body[0].lineno, doc
+
+
+def _python_sources() -> list[Path]:
+    return sorted(p for d in SOURCE_DIRS for p in (ROOT / d).rglob("*.py"))
+
+
+def test_no_rest_roles_or_field_lists_in_source():
+    """Cheap guard (no site build): a role or ``:param x:`` field would render verbatim."""
+    found = []
+    for path in _python_sources():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if RAW_ROLE.search(line) or FIELD_LIST.match(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not found, (
+        "write [`Name`][pali.full.path] (an object on the API page) or ``name`` instead of reST roles and "
+        "Args:/Returns: sections instead of field lists:\n" + "\n".join(found)
+    )
+
+
+def test_docstring_references_name_objects_on_the_site(site):
+    """Every [text][id] in a docstring, rendered on the site or not, names an object the API page
+    documents (the build checks only the docstrings it renders)."""
+    documented = _inventory(site.path / "objects.inv")
+    broken = []
+    for path in _python_sources():
+        for line, doc in _docstrings(path):
+            for ref in AUTOREF.finditer(re.sub(r"``.*?``", "", doc, flags=re.S)):
+                target = ref[2] or ref[1].strip("`")
+                if target not in documented:
+                    broken.append(f"{path.relative_to(ROOT)}:{line}: {ref[0]}")
+    assert not broken, "cross-references to objects the API page does not document:\n" + "\n".join(broken)
+
+
+def _inventory(path: Path) -> set[str]:
+    """Python object names in a Sphinx ``objects.inv`` (four header lines, then zlib)."""
+    body = zlib.decompress(path.read_bytes().split(b"\n", 4)[4]).decode()
+    return {line.split(" ", 1)[0] for line in body.splitlines() if " py:" in line}

@@ -8,15 +8,12 @@ Chromium binary exists (``apt-get install chromium``; ``PALI_CHROMIUM`` names an
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from browser import Chromium, find_chromium, serve
-from test_docs import ROOT, _missing_docs_tools, code_blocks
+from test_docs import ROOT, build_site, code_blocks
 
 PAGES = {"index.md": "", "model.md": "model/", "tasks.md": "tasks/", "benchmarks.md": "benchmarks/",
          "architecture.md": "architecture/"}
@@ -31,14 +28,8 @@ pytestmark = pytest.mark.slow
 def site(tmp_path_factory) -> Path:
     if find_chromium() is None:
         pytest.skip("no Chromium binary on PATH (apt-get install chromium): the site was not checked in a browser")
-    missing = _missing_docs_tools()
-    if missing:
-        pytest.skip(f"docs tools not installed ({', '.join(missing)}): pip install -e '.[docs]'")
     out = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f",
-                             str(ROOT / "mkdocs.yml"), "-d", str(out)],
-                            cwd=ROOT, env=env, capture_output=True, text=True)
+    result = build_site(ROOT / "mkdocs.yml", out)
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 
