@@ -91,3 +91,13 @@ def test_demo_end_to_end(tmp_path):
     # mean IoU of 0.32 on these samples when it was trained; the margin absorbs CPU float differences.
     right, asked, iou = re.search(r"answers matching the truth: (\d+)/(\d+); detection mean IoU ([\d.]+)", out).groups()
     assert int(asked) == 34 and int(right) >= 22 and float(iou) >= 0.2, (right, asked, iou)
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`pali presets | head -1`: the reader leaves early; no traceback, the shell's SIGPIPE status."""
+    proc = subprocess.Popen([sys.executable, "-m", "pali.cli", "presets"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0)
+    assert proc.stdout.readline().startswith(b"preset")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err, err

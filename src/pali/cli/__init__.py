@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PaliError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as e:
         print(f"pali {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `pali presets | head`: the reader left; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit flush
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe
 
 
 if __name__ == "__main__":  # pragma: no cover
