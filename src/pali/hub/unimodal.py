@@ -10,10 +10,6 @@ nothing. The towers are then loaded into a meta-built :class:`pali.PaliModel` ex
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,22 +17,17 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import (
-    CONFIG_NAME, INDEX_NAME, SINGLE_NAME, atomic_directory, list_tensors, read_config_json, write_safetensors,
-)
+from ..checkpoint import list_tensors, read_config_json
 from ..config import Config, PaliConfig
-from ..convert import read as read_checkpoint
 from ..convert.big_vision import split_selector
-from ..convert.hf_reader import BIN_INDEX, BIN_NAME
 from ..errors import CheckpointError, ConfigError
 from ..loading import common_dtype, materialize, verify
 from ..meta import meta_device
 from ..presets import get_config
 from ..registry import TEXT_STACKS, VISION_ENCODERS
-from .download import Snapshot, fetch
+from .cache import convert_once, convert_source, entry_folder
+from .download import Snapshot, fetch, transformers_files
 
-CONVERTER_VERSION = 1  # bump when a conversion changes its output: invalidates cached conversions
-SOURCE_NAME = "source.json"
 ROLES = ("vision", "text")
 _REGISTRIES = {"vision": VISION_ENCODERS, "text": TEXT_STACKS}
 
@@ -170,14 +161,7 @@ def _check_fits(wanted: Config, tower: Tower, preset: str | None) -> None:
         raise ConfigError(f"{what} does not have the shape of {target}'s {tower.role} tower: " + ", ".join(diff))
 
 
-# -- conversion cache --------------------------------------------------------------------------
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """Where converted towers live: ``cache_dir/pali-converted``, else ``$PALI_HOME/converted``."""
-    if cache_dir is not None:
-        return Path(cache_dir) / "pali-converted"
-    return Path(os.environ.get("PALI_HOME", "~/.cache/pali")).expanduser() / "converted"
+# -- conversion cache (pali.hub.cache) --------------------------------------------------------
 
 
 def converted_tower(
@@ -191,14 +175,8 @@ def converted_tower(
 ) -> Tower:
     """The tower ``source`` in our layout, converting it on the first call only."""
     snapshot = _fetch_source(source, revision, cache_dir, local_files_only, token)
-    key = _cache_key(role, snapshot)
-    name = re.sub(r"[^\w.\-]+", "--", snapshot.source.strip("/"))[-80:]
-    folder = cache_root(cache_dir) / f"{name}--{role}--{key}"
-    if not (folder / SOURCE_NAME).is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_directory(folder, overwrite=True) as tmp:
-            convert_source(role, snapshot, tmp)
-    record = json.loads((folder / SOURCE_NAME).read_text())
+    folder = entry_folder(role, snapshot, cache_dir)
+    record = convert_once(folder, lambda tmp: convert_source(role, snapshot, tmp))
     data = read_config_json(folder, str(folder))
     registry = _REGISTRIES[role]
     try:
@@ -215,74 +193,5 @@ def _fetch_source(source, revision, cache_dir, local_files_only, token) -> Snaps
             raise CheckpointError(f"{file} is a local file: revision={revision!r} does not apply")
         resolved = f"{file.resolve()}:{selector}" if selector else str(file.resolve())
         return Snapshot(Path(resolved), resolved)
-    return fetch(source, _select_source, revision=revision, cache_dir=cache_dir,
+    return fetch(source, transformers_files, revision=revision, cache_dir=cache_dir,
                  local_files_only=local_files_only, token=token)
-
-
-def _select_source(files: list[str]) -> list[str]:
-    """From a transformers repo: config, the PyTorch weights (safetensors preferred), the card."""
-    if "checkpoint" in files or any(re.fullmatch(r"checkpoint_\d+/checkpoint", f) for f in files):
-        return files  # a T5X checkpoint directory: everything in it is the checkpoint
-    if CONFIG_NAME not in files:
-        raise CheckpointError(f"no {CONFIG_NAME} among the files {files}: not a transformers checkpoint")
-    for index, single, shard in ((INDEX_NAME, SINGLE_NAME, r"model-\d+-of-\d+\.safetensors"),
-                                 (BIN_INDEX, BIN_NAME, r"pytorch_model-\d+-of-\d+\.bin")):
-        if index in files:
-            weights = [index] + [f for f in files if re.fullmatch(shard, f)]
-            break
-        if single in files:
-            weights = [single]
-            break
-    else:
-        raise CheckpointError(
-            f"no PyTorch weights ({SINGLE_NAME}, {INDEX_NAME}, {BIN_NAME} or {BIN_INDEX}) among {files}"
-        )
-    return [CONFIG_NAME, *weights] + (["README.md"] if "README.md" in files else [])
-
-
-def _cache_key(role: str, snapshot: Snapshot) -> str:
-    """Hub: the commit hash. Local: every file's path, size and mtime (any edit reconverts)."""
-    if snapshot.is_local:
-        file, _ = split_selector(snapshot.folder)
-        paths = [file] if file.is_file() else sorted(
-            p for p in snapshot.folder.rglob("*") if p.is_file()
-        )
-        identity = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-    else:
-        identity = [snapshot.source, snapshot.commit]
-    blob = json.dumps([CONVERTER_VERSION, role, identity]).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def convert_source(role: str, snapshot: Snapshot, out: Path) -> None:
-    """Write ``snapshot``'s ``role`` tower into ``out`` in our layout, plus its provenance.
-
-    :func:`pali.convert.read` detects the format and plans the conversion from metadata
-    (checked names and shapes); tensors then stream through one at a time.
-    """
-    from huggingface_hub.utils import tqdm
-
-    conversion = read_checkpoint(snapshot.folder)
-    if conversion.tower != role:
-        raise CheckpointError(f"{snapshot.source} holds a {conversion.tower} tower, not a {role} tower")
-    (out / CONFIG_NAME).write_text(json.dumps(conversion.config.to_dict(), indent=2, sort_keys=True) + "\n")
-    tensors = tqdm(conversion, total=len(conversion.items), unit="tensor", desc=f"Converting {snapshot.source}")
-    write_safetensors(tensors, out, metadata={"pali.tower": role, **conversion.metadata})
-    record = {
-        "tower": role, "source": snapshot.source, "revision": snapshot.commit,
-        "format": conversion.metadata.get("pali.source_format"),
-        "license": _card_license(snapshot.folder) if snapshot.folder.is_dir() else None,
-    }
-    (out / SOURCE_NAME).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def _card_license(folder: Path) -> str | None:
-    card = folder / "README.md"
-    if not card.is_file():
-        return None
-    from huggingface_hub import ModelCard
-
-    try:
-        return ModelCard.load(card).data.license
-    except Exception:  # a malformed card must not stop a conversion; the licence is then unknown
-        return None
