@@ -231,3 +231,21 @@ def test_missing_qformer_tensor_and_shape_mismatch_named(tmp_path):
                                               r": checkpoint gives \[31\].*expects \[32\]"):
         PaliModel.from_pretrained(src, cache_dir=tmp_path)
     assert list((tmp_path / "pali-converted").iterdir()) == []  # failed conversions cache nothing
+
+
+@pytest.mark.slow
+def test_load_benchmark_quick(tmp_path):
+    """benchmarks/blip2_load.py runs end to end on a tiny shape and writes its JSON (ratios not asserted)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "blip2_load.py"
+    out = tmp_path / "blip2_load.json"
+    run = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {(r["dtype"], r["row"]) for r in result["rows"]}
+    assert len(rows) == 6 and ("bfloat16", "ours warm (cache)") in rows
+    assert all(r["weights_bytes"] > 0 and r["seconds"] > 0 for r in result["rows"])
