@@ -129,6 +129,8 @@ def test_cache_hit_new_commit_and_offline(checkpoints, hub, tmp_path, monkeypatc
     assert conversions == [first_sha]  # no conversion
     assert len(_weight_requests(hub, "org/cached")) == before  # and no weight file asked for
     assert torch.equal(first.text.lm_head.weight, second.text.lm_head.weight)
+    card = (second.save_pretrained(tmp_path / "saved") / "README.md").read_text()
+    assert "- org/cached" in card and "license: mit" in card  # provenance carried into our card
     new_sha = hub.commit("org/cached", folders["safetensors"])  # same files, a new commit
     PaliModel.from_pretrained("org/cached", cache_dir=tmp_path)
     assert conversions == [first_sha, new_sha]
