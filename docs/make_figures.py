@@ -4,7 +4,7 @@ Inputs (nothing is typed in by hand here):
 
 * ``benchmarks/results/*.json``: measured benchmark results. ``"benchmark": "attention"`` files
   (rows of ``shape``, ``impl``, ``fwd_ms``, ``fwd_tflops``, ``fwd_bwd_ms``...) give one figure each;
-  ``generate`` and ``train_step`` files give the CPU comparisons with transformers;
+  ``generate``, ``train_step`` and ``blip2_load`` files give the CPU comparisons with transformers;
 * the bundled model's ``loss_log.jsonl`` and ``evaluation.json`` (its training curve and held-out
   accuracy), also copied next to its model card so the card is self-contained;
 * ``pali demo --out docs/img/demo.png``: the demo's drawn detections, made by the CLI itself.
@@ -122,7 +122,35 @@ def train_step_figure(plt, result: dict, path: Path) -> None:
     _save(fig, path)
 
 
-BENCHMARKS = {"attention": attention_figure, "generate": generate_figure, "train_step": train_step_figure}
+def blip2_load_figure(plt, result: dict, path: Path) -> None:
+    rows = result["rows"]
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    loads = list(dict.fromkeys(r["row"] for r in rows))
+    by = {(r["dtype"], r["row"]): r for r in rows}
+    colors = {load: (OURS if load.startswith("ours") else PEER) for load in loads}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    width = 0.8 / len(loads)
+    for j, load in enumerate(loads):
+        xs = [i + (j - (len(loads) - 1) / 2) * width for i in range(len(dtypes))]
+        alpha = 0.55 if "warm" in load else 1.0
+        for ax, key in ((axes[0], "ratio"), (axes[1], "seconds_with_read")):
+            values = [by[d, load][key] for d in dtypes]
+            ax.bar(xs, values, width, color=colors[load], alpha=alpha, label=load)
+            for x, v in zip(xs, values):
+                ax.annotate(f"{v:.2f}x" if key == "ratio" else f"{v:.0f} s", (x, v), ha="center", va="bottom")
+    for ax, label in ((axes[0], "peak RSS / weights (lower is better)"),
+                      (axes[1], "s, load + one read (lower is better)")):
+        ax.set_xticks(range(len(dtypes)), dtypes)
+        ax.set_ylabel(label)
+    axes[0].axhline(1.3, color="#e53935", linewidth=0.8, linestyle="--")
+    axes[0].legend(frameon=False, fontsize=8)
+    fig.suptitle(f"Loading a BLIP-2 checkpoint ({result['checkpoint_bytes'] / 1e9:.2f} GB), {result['device']}, "
+                 f"{result['date']}")
+    _save(fig, path)
+
+
+BENCHMARKS = {"attention": attention_figure, "generate": generate_figure, "train_step": train_step_figure,
+              "blip2_load": blip2_load_figure}
 
 
 # -- the bundled model ------------------------------------------------------------------------------

@@ -146,7 +146,8 @@ def load_model(
     if "kind" in data or "model_type" in data:
         what = f"a single {data['kind']!r} tower" if "kind" in data else f"a transformers {data['model_type']!r} model"
         raise CheckpointError(
-            f"{source} holds {what}, not a PaLI model: seed one with PaliModel.from_unimodal(vision=..., text=...)"
+            f"{source} holds {what}, not a PaLI model (of transformers models, from_pretrained converts "
+            "BLIP-2 / InstructBLIP with a T5 or mT5 text model): seed one with PaliModel.from_unimodal(vision=..., text=...)"
         )
     try:
         config = PaliConfig.from_dict(data)

@@ -40,8 +40,9 @@ class PretrainedMixin:
         device: str | torch.device | None = None,
         strict: bool = True,
     ):
-        """Load a model saved by [`save_pretrained`][pali.PaliModel.save_pretrained] from a folder or
-        a Hub repo id.
+        """Load a model saved by [`save_pretrained`][pali.PaliModel.save_pretrained], or a
+        transformers BLIP-2 / InstructBLIP checkpoint (T5 / mT5 text model), from a folder or a Hub
+        repo id.
 
         Built on the meta device; every tensor's shape and dtype is checked from the safetensors
         headers, then read straight into ``device`` (default CPU) as ``dtype`` (default: the
@@ -50,18 +51,23 @@ class PretrainedMixin:
         model's own initialisation for the missing ones. Hub problems (no such repo, revision or
         file, a private repo without ``token``, offline with an empty cache) raise
         [`pali.hub.HubError`][]. ``HF_HUB_OFFLINE=1`` or ``local_files_only`` reads the cache only.
+
+        A BLIP-2 / InstructBLIP checkpoint (safetensors shards or sharded ``pytorch_model-*.bin``,
+        read with ``weights_only=True``) is converted once into our layout in a cache keyed by its
+        Hub commit (``cache_dir/pali-converted`` or ``$PALI_HOME/converted``), then loaded from
+        there like any pali checkpoint: later loads convert nothing. One whose text model is
+        decoder-only (OPT, Vicuna...) raises [`CheckpointError`][pali.CheckpointError] before any weight file
+        is fetched or read.
         """
-        from .checkpoint import layout_files
-        from .hub.download import fetch
+        from .hub.resolve import resolve
         from .loading import load_model
 
-        snapshot = fetch(
-            name_or_path, layout_files, revision=revision, cache_dir=cache_dir,
-            local_files_only=local_files_only, token=token,
-        )
-        source = snapshot.source if snapshot.is_local else f"{snapshot.source}@{snapshot.commit}"
-        model = load_model(cls, snapshot.folder, source=source, dtype=dtype, device=device, strict=strict)
-        model.name_or_path = snapshot.source
+        resolved = resolve(name_or_path, revision=revision, cache_dir=cache_dir,
+                           local_files_only=local_files_only, token=token)
+        model = load_model(cls, resolved.folder, source=resolved.label, dtype=dtype, device=device, strict=strict)
+        if resolved.sources is not None:
+            model.weight_sources = resolved.sources
+        model.name_or_path = resolved.snapshot.source
         return model
 
     @classmethod

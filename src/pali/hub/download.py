@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import bundled
-from ..checkpoint import CONFIG_NAME
+from ..checkpoint import CONFIG_NAME, INDEX_NAME, SINGLE_NAME
 from ..errors import CheckpointError
 from .errors import HubError
 
@@ -102,6 +102,36 @@ def _fetch_repo(repo_id, select, *, revision, cache_dir, local_files_only, token
             + (" and the Hub is offline (HF_HUB_OFFLINE / local_files_only)" if offline else "")
         )
     return Snapshot(folder, repo_id, commit=folder.name)
+
+
+def config_file(files: list[str]) -> list[str]:
+    """Only ``config.json``: what to read before deciding which weight files a checkpoint needs."""
+    if CONFIG_NAME not in files:
+        raise CheckpointError(f"no {CONFIG_NAME} among the checkpoint's files {files}")
+    return [CONFIG_NAME]
+
+
+def transformers_files(files: list[str]) -> list[str]:
+    """From a transformers repo: config, the PyTorch weights (safetensors preferred), the card."""
+    from ..convert.hf_reader import BIN_INDEX, BIN_NAME
+
+    if "checkpoint" in files or any(re.fullmatch(r"checkpoint_\d+/checkpoint", f) for f in files):
+        return files  # a T5X checkpoint directory: everything in it is the checkpoint
+    if CONFIG_NAME not in files:
+        raise CheckpointError(f"no {CONFIG_NAME} among the files {files}: not a transformers checkpoint")
+    for index, single, shard in ((INDEX_NAME, SINGLE_NAME, r"model-\d+-of-\d+\.safetensors"),
+                                 (BIN_INDEX, BIN_NAME, r"pytorch_model-\d+-of-\d+\.bin")):
+        if index in files:
+            weights = [index] + [f for f in files if re.fullmatch(shard, f)]
+            break
+        if single in files:
+            weights = [single]
+            break
+    else:
+        raise CheckpointError(
+            f"no PyTorch weights ({SINGLE_NAME}, {INDEX_NAME}, {BIN_NAME} or {BIN_INDEX}) among {files}"
+        )
+    return [CONFIG_NAME, *weights] + (["README.md"] if "README.md" in files else [])
 
 
 def list_files(repo_id: str, revision: str | None, token: str | bool | None) -> list[str]:

@@ -10,10 +10,6 @@ nothing. The towers are then loaded into a meta-built [`pali.PaliModel`][] exact
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,22 +17,17 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import (
-    CONFIG_NAME, INDEX_NAME, SINGLE_NAME, atomic_directory, list_tensors, read_config_json, write_safetensors,
-)
+from ..checkpoint import list_tensors, read_config_json
 from ..config import Config, PaliConfig
-from ..convert import read as read_checkpoint
 from ..convert.big_vision import split_selector
-from ..convert.hf_reader import BIN_INDEX, BIN_NAME
 from ..errors import CheckpointError, ConfigError
 from ..loading import common_dtype, materialize, verify
 from ..meta import meta_device
 from ..presets import get_config
 from ..registry import TEXT_STACKS, VISION_ENCODERS
-from .download import Snapshot, fetch
+from .cache import convert_once, convert_source, entry_folder
+from .download import Snapshot, fetch, transformers_files
 
-CONVERTER_VERSION = 1  # bump when a conversion changes its output: invalidates cached conversions
-SOURCE_NAME = "source.json"
 ROLES = ("vision", "text")
 _REGISTRIES = {"vision": VISION_ENCODERS, "text": TEXT_STACKS}
 
@@ -171,14 +162,7 @@ def _check_fits(wanted: Config, tower: Tower, preset: str | None) -> None:
         raise ConfigError(f"{what} does not have the shape of {target}'s {tower.role} tower: " + ", ".join(diff))
 
 
-# -- conversion cache --------------------------------------------------------------------------
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """Where converted towers live: ``cache_dir/pali-converted``, else ``$PALI_HOME/converted``."""
-    if cache_dir is not None:
-        return Path(cache_dir) / "pali-converted"
-    return Path(os.environ.get("PALI_HOME", "~/.cache/pali")).expanduser() / "converted"
+# -- conversion cache (pali.hub.cache) --------------------------------------------------------
 
 
 def converted_tower(
@@ -192,14 +176,8 @@ def converted_tower(
 ) -> Tower:
     """The tower ``source`` in our layout, converting it on the first call only."""
     snapshot = _fetch_source(source, revision, cache_dir, local_files_only, token)
-    key = _cache_key(role, snapshot)
-    name = re.sub(r"[^\w.\-]+", "--", snapshot.source.strip("/"))[-80:]
-    folder = cache_root(cache_dir) / f"{name}--{role}--{key}"
-    if not (folder / SOURCE_NAME).is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_directory(folder, overwrite=True) as tmp:
-            convert_source(role, snapshot, tmp)
-    record = json.loads((folder / SOURCE_NAME).read_text())
+    folder = entry_folder(role, snapshot, cache_dir)
+    record = convert_once(folder, lambda tmp: convert_source(role, snapshot, tmp))
     data = read_config_json(folder, str(folder))
     registry = _REGISTRIES[role]
     try:
@@ -216,8 +194,9 @@ def _fetch_source(source, revision, cache_dir, local_files_only, token) -> Snaps
             raise CheckpointError(f"{file} is a local file: revision={revision!r} does not apply")
         resolved = f"{file.resolve()}:{selector}" if selector else str(file.resolve())
         return Snapshot(Path(resolved), resolved)
-    return fetch(source, _select_source, revision=revision, cache_dir=cache_dir,
+    return fetch(source, transformers_files, revision=revision, cache_dir=cache_dir,
                  local_files_only=local_files_only, token=token)
+<<<<<<< HEAD
 
 
 def _select_source(files: list[str]) -> list[str]:
@@ -287,3 +266,5 @@ def _card_license(folder: Path) -> str | None:
         return ModelCard.load(card).data.license
     except Exception:  # a malformed card must not stop a conversion; the licence is then unknown
         return None
+=======
+>>>>>>> loadblip
