@@ -28,6 +28,7 @@ import torch
 
 from .checkpoint import atomic_directory, read_json
 from .config import Config
+from .defaults import MAX_PROMPT_LENGTH, MAX_TARGET_LENGTH
 from .errors import CheckpointError, ConfigError, InputError
 from .image_processing import BACKENDS, RESAMPLE, ImageLike, ImageProcessor, split_batch
 from .model import IGNORE_INDEX
@@ -60,8 +61,8 @@ class ProcessorConfig(Config):
     """
 
     image_size: int = 224
-    max_length: int = 64
-    max_target_length: int = 64
+    max_length: int = MAX_PROMPT_LENGTH
+    max_target_length: int = MAX_TARGET_LENGTH
     extra_ids: int = 100
     truncation: bool = True
     classify_template: str = "{label}"
