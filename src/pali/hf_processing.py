@@ -2,15 +2,18 @@
 
 What is read, and why each file:
 
-* ``preprocessor_config.json`` (``BlipImageProcessor``): the square ``size``, the ``resample``
+* ``preprocessor_config.json`` (``BlipImageProcessor``; transformers 5 nests the same fields
+  under ``image_processor`` in its own ``processor_config.json``): the square ``size``, the ``resample``
   filter (PIL's enum value), ``do_rescale``/``rescale_factor``, ``do_normalize`` with
   ``image_mean``/``image_std``. Images are resized by PIL as that processor does (see
   `pali.image_processing`); RGB conversion always happens (every BLIP-2 repo asks for it, and
   the ViT reads three channels). A centre crop or a non-square size is refused: the model's
   position embeddings expect exactly ``size`` x ``size``.
 * ``spiece.model``: the text model's sentencepiece vocabulary (Flan-T5's 32k, mT0's 250k) with
-  T5's 100 ``<extra_id_N>`` sentinels. transformers' added tokens (the ``<image>`` placeholder
-  of transformers >= 4.47) are not read: we give the model the prompt alone.
+  T5's 100 ``<extra_id_N>`` sentinels; every Hub repo of the family has it (a folder written by
+  transformers 5's ``save_pretrained`` holds only ``tokenizer.json``: copy ``spiece.model`` in).
+  transformers' added tokens (the ``<image>`` placeholder of transformers >= 4.47) are not read:
+  we give the model the prompt alone, and a typed ``<image>`` is plain text.
 * ``config.json``: ``model_type`` and the text model's type choose the prompt set (``blip2``
   for BLIP-2 with T5, ``mblip`` with mT5, ``instructblip``).
 * InstructBLIP only: ``qformer_tokenizer/tokenizer.json`` (or ``qformer_tokenizer/vocab.txt``
@@ -81,10 +84,17 @@ def prompt_set_name(hf_config: Any, where: str) -> str:
     return "mblip" if check_text_model(hf_config) == "mt5" else "blip2"
 
 
-def read(resolve: Resolve, prompt_set: str | None = None) -> tuple[dict[str, Any], Tokenizer, WordPieceTokenizer | None]:
-    """``(ProcessorConfig fields, tokenizer, Q-Former tokenizer or None)`` from a checkpoint."""
-    pre = resolve(PREPROCESSOR_NAME)
-    fields = image_fields(read_json(pre), str(pre))
+def read(
+    resolve: Resolve, processor_config: dict[str, Any] | None = None, prompt_set: str | None = None
+) -> tuple[dict[str, Any], Tokenizer, WordPieceTokenizer | None]:
+    """``(ProcessorConfig fields, tokenizer, Q-Former tokenizer or None)`` from a checkpoint;
+    ``processor_config``: transformers' ``processor_config.json``, if it has one."""
+    nested = (processor_config or {}).get("image_processor")
+    if isinstance(nested, dict):
+        fields = image_fields(nested, "processor_config.json: image_processor")
+    else:
+        pre = resolve(PREPROCESSOR_NAME)
+        fields = image_fields(read_json(pre), str(pre))
     config = resolve(CONFIG_NAME)
     hf_config = read_json(config)
     name = prompt_set or prompt_set_name(hf_config, str(config))

@@ -148,7 +148,7 @@ class PaliProcessor:
             ours, data = e, None
         if data is None or "processor_class" in data:  # none, or transformers' own processor_config.json
             try:
-                fields, tokenizer, qformer = hf_processing.read(resolve, prompt_set)
+                fields, tokenizer, qformer = hf_processing.read(resolve, data, prompt_set)
             except CheckpointError as e:
                 if data is not None or hf_processing.PREPROCESSOR_NAME not in str(e):
                     raise

@@ -118,7 +118,8 @@ def convert(
     The output appears only when complete (written into a temporary sibling, renamed into place);
     an existing ``out`` is refused unless ``force``. ``verify`` re-reads everything written and
     compares it with the source, bit for bit, before the rename. A transformers checkpoint that
-    ships its processor (BLIP-2's ``preprocessor_config.json`` + ``spiece.model``) gets ours
+    ships its processor (BLIP-2's ``preprocessor_config.json`` or transformers 5's
+    ``processor_config.json``, and ``spiece.model``) gets ours
     written beside the weights, so ``out`` is complete for ``pali caption``; if those files are
     incomplete, a warning says why and only the weights are written.
     """
@@ -144,10 +145,10 @@ def convert(
 def _processor(src: str | Path, format: str):
     """The processor a transformers checkpoint folder ships, as ours; None when it ships none."""
     from ..hf_processing import PREPROCESSOR_NAME
-    from ..processor import PaliProcessor
+    from ..processor import PROCESSOR_CONFIG_NAME, PaliProcessor
 
     folder = Path(src)
-    if format != "hf" or not (folder / PREPROCESSOR_NAME).is_file():
+    if format != "hf" or not any((folder / name).is_file() for name in (PREPROCESSOR_NAME, PROCESSOR_CONFIG_NAME)):
         return None
     try:
         return PaliProcessor.from_pretrained(folder)
