@@ -20,7 +20,7 @@ Other model families were trained on other wordings, so each family's are a name
 ``instructblip``, ``mblip``), chosen per checkpoint and saved in its processor config
 (``ProcessorConfig.prompt_set``), so the heads ask every model in the words it learned. A task a
 family was never trained on (BLIP-2 and detection, say) has no template: asking for it is an
-[InputError][pali.errors.InputError] naming the family, never a prompt the model cannot read.
+[InputError][pali.InputError] naming the family, never a prompt the model cannot read.
 """
 
 from __future__ import annotations
