@@ -55,7 +55,7 @@ def photos() -> dict[str, Image.Image]:
         "wide 512x200": full.crop((0, 100, 512, 300)),
         "tall 80x600": full.crop((50, 0, 130, 600)),
         "small 100x90 (upscaled)": full.crop((0, 0, 100, 90)),
-        "large 1100x1300 (reduced)": full.resize((1100, 1300)),
+        "large 1100x1300": full.resize((1100, 1300)),
         "rgba": full.crop((0, 50, 400, 300)).convert("RGBA"),
         "greyscale": full.crop((100, 100, 300, 400)).convert("L"),
         "palette": full.crop((0, 0, 300, 300)).convert("P"),
@@ -357,6 +357,34 @@ def test_prompt_strings():
     assert get_prompt_set("pali").caption_prompt("fr", "un chat") == "Generate the alt_text in fr at 2: un chat <extra_id_0>"
     with pytest.raises(InputError, match="unknown prompt set"):
         get_prompt_set("blip3")
+
+
+def test_instructblip_pipeline_gives_the_instruction_to_the_qformer(folders, monkeypatch):
+    import blip2_reference
+
+    processor = PaliProcessor.from_pretrained(folders["instructblip"])
+    monkeypatch.setattr(blip2_reference, "TEXT_VOCAB", processor.tokenizer.vocab_size)
+    monkeypatch.setattr(blip2_reference, "QFORMER_VOCAB", processor.qformer_tokenizer.vocab_size - 1)
+    small = blip2_reference.pali_twin(blip2_reference.hf_blip2("t5", instruct=True))
+    with pytest.raises(InputError, match="Q-Former tokenizer has .* ids but the model's Q-Former vocabulary only"):
+        pali.pipeline(small, processor).answer(photo(), "What is it?")
+    monkeypatch.setattr(blip2_reference, "QFORMER_VOCAB", processor.qformer_tokenizer.vocab_size)
+    model = blip2_reference.pali_twin(blip2_reference.hf_blip2("t5", instruct=True))
+    processor.config.image_size = blip2_reference.IMAGE
+    processor = PaliProcessor(processor.tokenizer, processor.config, processor.qformer_tokenizer)
+    batch = processor(images=photo(), text="Question: What is it? Short answer:")
+    assert {"qformer_input_ids", "qformer_attention_mask"} <= batch.keys()
+    seen, generate = [], model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: seen.append(kw) or generate(**kw))
+    pipe = pali.pipeline(model, processor, max_new_tokens=6)
+    assert pipe.answer(photo(), "What is it?").text == processor.decode(generate(**batch, max_new_tokens=6)[0])
+    for key in batch:
+        assert torch.equal(seen[0][key].cpu(), batch[key]), key
+    with torch.no_grad():  # and the instruction matters to the model
+        plain = {k: v for k, v in batch.items() if not k.startswith("qformer")}
+        assert not torch.allclose(model.encode(**batch)[0], model.encode(**plain)[0])
+    ranked = pipe.classify(photo(), ["cat", "dog"])  # score takes the Q-Former ids too
+    assert sorted(r.label for r in ranked) == ["cat", "dog"]
 
 
 # -- convert + CLI on a tiny random mBLIP ----------------------------------------------------------

@@ -101,6 +101,13 @@ def model_inputs(model, processor, batch: dict[str, torch.Tensor]) -> dict[str, 
             f"the tokenizer has {processor.tokenizer.vocab_size} ids but the model's vocabulary only "
             f"{model_vocab}: they do not belong together"
         )
+    qformer = getattr(processor, "qformer_tokenizer", None)
+    qformer_vocab = getattr(model.config.connector, "vocab_size", 0)  # 0: no instruction input
+    if qformer is not None and 0 < qformer_vocab < qformer.vocab_size:
+        raise InputError(
+            f"the Q-Former tokenizer has {qformer.vocab_size} ids but the model's Q-Former vocabulary only "
+            f"{qformer_vocab}: they do not belong together"
+        )
     param = next(model.parameters())
     out = {k: v.to(param.device) for k, v in batch.items()}
     if "pixel_values" in out:
