@@ -323,7 +323,8 @@ def test_each_family_is_asked_in_its_own_words(folders, family):
         processor = PaliProcessor.from_pretrained("pali-demo")
     else:
         processor = PaliProcessor.from_pretrained(folders[family])
-    model = Recorder(processor, SimpleNamespace(text=SimpleNamespace(vocab_size=processor.tokenizer.vocab_size)))
+    vocab = SimpleNamespace(vocab_size=processor.tokenizer.vocab_size)
+    model = Recorder(processor, SimpleNamespace(text=vocab, connector=SimpleNamespace()))
     pipe = pali.pipeline(model, processor)
     assert pipe.prompts.name == family
     with warnings.catch_warnings(record=True) as caught:
