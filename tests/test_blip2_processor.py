@@ -27,7 +27,7 @@ from spm_fixture import CORPUS, train_spm
 import pali
 from pali import PaliProcessor
 from pali.cli import main
-from pali.errors import CheckpointError, InputError
+from pali.errors import CheckpointError, ConfigError, InputError
 from pali.heads import get_head
 
 transformers = pytest.importorskip("transformers")
@@ -175,11 +175,17 @@ def test_the_preprocessor_config_is_read(folders, tmp_path):
     ({"do_center_crop": True}, "centre crop"),
     ({"resample": 9}, "not a PIL filter"),
     ({"do_resize": False}, "do_resize is off"),
+    ({"resample": [3]}, "not a PIL filter"),
+    ({"image_mean": [0.5, 0.5]}, "image_mean must be 3 numbers"),
+    ({"image_std": "0.5"}, "image_std must be 3 numbers"),
+    ({"rescale_factor": "1/255"}, "rescale_factor must be a finite float"),
+    ({"size": {"height": "a", "width": "a"}}, "image_size must be a positive integer"),
+    ([1, 2], "expected a JSON object"),
 ])
 def test_image_settings_pali_cannot_follow_are_refused(folders, tmp_path, settings, match):
     folder = shutil.copytree(folders["blip2"], tmp_path / "b")
     (folder / "preprocessor_config.json").write_text(json.dumps(settings))
-    with pytest.raises(CheckpointError, match=match):
+    with pytest.raises((CheckpointError, ConfigError), match=match):
         PaliProcessor.from_pretrained(folder)
 
 

@@ -58,16 +58,16 @@ def image_fields(data: Any, where: str) -> dict[str, Any]:
         raise CheckpointError(f"{where}: size {size!r} is not a square {{'height': S, 'width': S}}")
     names = {int(v): k for k, v in RESAMPLE.items()}
     resample = data.get("resample", int(RESAMPLE["bicubic"]))
-    if resample not in names:
+    if not isinstance(resample, int) or resample not in names:
         raise CheckpointError(f"{where}: resample {resample!r} is not a PIL filter number {sorted(names)}")
     normalize = data.get("do_normalize", True)
-    return {
+    return {  # values as the file has them: ProcessorConfig checks their types and sizes
         "image_size": side,
         "resample": names[resample],
         "image_backend": "pil",
-        "rescale_factor": float(data.get("rescale_factor", 1 / 255)) if data.get("do_rescale", True) else 1.0,
-        "image_mean": list(data.get("image_mean", CLIP_MEAN)) if normalize else [0.0] * 3,
-        "image_std": list(data.get("image_std", CLIP_STD)) if normalize else [1.0] * 3,
+        "rescale_factor": data.get("rescale_factor", 1 / 255) if data.get("do_rescale", True) else 1.0,
+        "image_mean": data.get("image_mean", CLIP_MEAN) if normalize else [0.0] * 3,
+        "image_std": data.get("image_std", CLIP_STD) if normalize else [1.0] * 3,
     }
 
 
