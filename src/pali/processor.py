@@ -146,7 +146,7 @@ class PaliProcessor:
             data = read_json(path)
         except CheckpointError as e:
             ours, data = e, None
-        if data is None or "processor_class" in data:  # none, or transformers' own processor_config.json
+        if data is None or (isinstance(data, dict) and "processor_class" in data):  # none, or transformers' own
             try:
                 fields, tokenizer, qformer = hf_processing.read(resolve, data, prompt_set)
             except CheckpointError as e:
