@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from hub_fixtures import hub  # noqa: F401  (fixture)
@@ -167,6 +168,21 @@ def test_the_preprocessor_config_is_read(folders, tmp_path):
     assert config.rescale_factor == pytest.approx(0.5 / 255)
     white = PaliProcessor.from_pretrained(folder)(images=Image.new("RGB", (9, 7), "white"))["pixel_values"]
     torch.testing.assert_close(white[0, :, 0, 0], (0.5 - torch.tensor([0.1, 0.2, 0.3])) / torch.tensor([0.5, 0.6, 0.7]))
+
+
+def test_both_resize_backends_keep_pixels_in_range_and_follow_their_reference():
+    from pali.image_processing import ImageProcessor
+
+    full = photo()
+    array = np.array(full)
+    torch_bicubic = ImageProcessor(48, resample="bicubic")([full, torch.from_numpy(array).permute(2, 0, 1)])
+    assert torch_bicubic.min() >= -1 and torch_bicubic.max() <= 1  # bicubic overshoots; clamped to pixels
+    pil = ImageProcessor(48, resample="lanczos", backend="pil", mean=(0, 0, 0), std=(1, 1, 1))
+    expected = torch.from_numpy(np.asarray(full.resize((48, 48), Image.Resampling.LANCZOS))).permute(2, 0, 1) / 255
+    for form in (full, array, torch.from_numpy(array).float() / 255):  # every input form, one picture
+        torch.testing.assert_close(pil(form)[0], expected, atol=0, rtol=0)
+    with pytest.raises(InputError, match="not one the torch backend has"):
+        ImageProcessor(48, resample="lanczos")
 
 
 @pytest.mark.parametrize("settings, match", [
