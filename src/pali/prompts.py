@@ -12,7 +12,7 @@ mT5's span-corruption pretraining, and the model writes what the sentinel stands
   ``ymin xmin ymax xmax label`` per object (see :mod:`pali.heads.detect`). The paper describes the
   task and its target but we could not check its exact prompt wording offline; this one is ours.
 
-``{lang}`` is one of mT5's 101 language codes (`LANGUAGES`; Hebrew is ``iw`` as in mC4,
+``{lang}`` is one of mT5's 101 language codes (:data:`LANGUAGES`; Hebrew is ``iw`` as in mC4,
 ``he`` is accepted). Whitespace is collapsed, which changes no token: sentencepiece does the same.
 
 Other model families were trained on other wordings, so each family's are a named
