@@ -20,7 +20,7 @@ def main() -> None:
 
     model = pali.PaliModel.from_pretrained(args.model)
     processor = pali.PaliProcessor.from_pretrained(args.model)
-    pipe = pali.pipeline(model, processor, max_new_tokens=32)
+    pipe = pali.pipeline(model, processor)
     image = Image.open(args.image).convert("RGB")
 
     for lang in ("en", "fr", "de", "zh", "hi"):

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from .defaults import MAX_NEW_TOKENS
 from .errors import InputError
 
 _NEG = -1.0e9
@@ -30,7 +31,7 @@ class GenerationConfig:
     runs the cached step through ``torch.compile`` (once per batch size and length, never per token).
     """
 
-    max_new_tokens: int = 32
+    max_new_tokens: int = MAX_NEW_TOKENS
     num_beams: int = 1
     do_sample: bool = False
     temperature: float = 1.0

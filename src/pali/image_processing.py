@@ -1,10 +1,18 @@
-"""Images in any common form -> the ``[B, 3, H, W]`` float32 batch in [-1, 1] that PaLI's ViT reads.
+"""Images in any common form -> the ``[B, 3, H, W]`` float32 batch a vision tower reads.
 
-big_vision's PaLI input pipeline: decode to RGB, resize to the model's square resolution with
-antialiased bilinear interpolation (aspect ratio not kept), scale ``x / 127.5 - 1``. Here the
-resize is ``torch.nn.functional.interpolate(mode="bilinear", antialias=True)`` (the same filter as
-PIL's ``BILINEAR``) on float pixels in [0, 1], then ``2x - 1``, which is that same scaling. Unlike
-big_vision we do not round the resized image back to uint8 (a difference below 1/127.5).
+big_vision's PaLI input pipeline (the default): decode to RGB, resize to the model's square
+resolution with antialiased bilinear interpolation (aspect ratio not kept), scale
+``x / 127.5 - 1``. Here the resize is ``torch.nn.functional.interpolate(mode="bilinear",
+antialias=True)`` (the same filter as PIL's ``BILINEAR``) on float pixels in [0, 1], then
+``(x - 0.5) / 0.5``, which is that same scaling. Unlike big_vision we do not round the resized
+image back to uint8 (a difference below 1/127.5).
+
+Checkpoints trained with transformers' image processors (BLIP-2: bicubic, CLIP's mean/std) are
+read with ``backend="pil"``: the resize is then PIL's own on the uint8 RGB image, as those
+processors do it, because torch's bicubic differs from PIL's (PIL resizes one axis at a time
+through a rounded uint8 image) by up to 0.2 after normalisation, and PIL's gives the pixels
+the model was trained on (identical to ``BlipImageProcessor``'s). The normalisation is then
+``(x * rescale_factor - mean) / std`` per channel on the 0-255 values.
 
 Accepted images (one, a list of them, or a 4-D batch array/tensor):
 
@@ -39,26 +47,71 @@ from .errors import InputError
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
 CHANNELS = (1, 3, 4)
+BACKENDS = ("torch", "pil")
+#: Filters by name; PIL's enum values are what transformers' ``preprocessor_config.json`` stores.
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
+    "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
+}
+TORCH_RESAMPLE = ("bilinear", "bicubic")  # the antialiased filters torch's interpolate has
 
 
 class ImageProcessor:
-    """Resize + scale images for a vision tower of square resolution ``image_size``."""
+    """Resize + normalise images for a vision tower of square resolution ``image_size``.
 
-    def __init__(self, image_size: int = 224) -> None:
+    Defaults are PaLI's (bilinear in torch, to [-1, 1]); see the module docstring for ``backend``.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        *,
+        resample: str = "bilinear",
+        backend: str = "torch",
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        rescale_factor: float = 1 / 255,
+    ) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
             raise InputError(f"image_size must be a positive int, got {image_size!r}")
-        self.image_size = image_size
+        if backend not in BACKENDS:
+            raise InputError(f"image backend must be one of {BACKENDS}, got {backend!r}")
+        allowed = TORCH_RESAMPLE if backend == "torch" else tuple(RESAMPLE)
+        if resample not in allowed:
+            raise InputError(f"resample {resample!r} is not one the {backend} backend has: {allowed}")
+        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+            raise InputError(f"mean and std need 3 channels (std > 0), got {list(mean)} and {list(std)}")
+        self.image_size, self.resample, self.backend = image_size, resample, backend
+        self.mean = torch.tensor([float(m) for m in mean])[:, None, None]
+        self.std = torch.tensor([float(s) for s in std])[:, None, None]
+        self.scale = float(rescale_factor) * 255  # on pixels in [0, 1], i.e. 0-255 values / 255
 
     def __call__(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
-        """``[B, 3, image_size, image_size]`` float32 in [-1, 1]."""
+        """``[B, 3, image_size, image_size]`` float32, normalised."""
         size = (self.image_size, self.image_size)
         out = []
         for i, image in enumerate(split_batch(images)):
-            rgb = to_rgb_tensor(self._reduce(image), index=i)
-            if rgb.shape[1:] != size:
-                rgb = F.interpolate(rgb[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-            out.append(rgb * 2 - 1)
+            if self.backend == "pil":
+                rgb = self._pil_resize(image, i)
+            else:
+                rgb = to_rgb_tensor(self._reduce(image), index=i)
+                if rgb.shape[1:] != size:
+                    rgb = F.interpolate(rgb[None], size=size, mode=self.resample, antialias=True, align_corners=False)[0]
+                    rgb = rgb.clamp(0, 1)  # bicubic overshoots; pixels stay pixels
+            out.append((rgb * self.scale - self.mean) / self.std)
         return torch.stack(out)
+
+    def _pil_resize(self, image: ImageLike, index: int) -> torch.Tensor:
+        """PIL's resize of the uint8 RGB image (float input rounded to uint8 first)."""
+        if not isinstance(image, Image.Image) or 0 in image.size:
+            rgb = to_rgb_tensor(image, index=index)  # checks and converts every other form
+            image = Image.fromarray((rgb * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+        size = (self.image_size, self.image_size)
+        image = image.convert("RGB")
+        if image.size != size:
+            image = image.resize(size, RESAMPLE[self.resample])
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
 
     def _reduce(self, image: ImageLike) -> ImageLike:
         """A large PIL image shrunk by whole factors to no less than twice ``image_size``."""

@@ -203,6 +203,8 @@ class PaliModel(PretrainedMixin, nn.Module):
         *,
         targets: torch.Tensor,
         batch_size: int | None = None,
+        qformer_input_ids: torch.Tensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Log-likelihood of each candidate target text under each input: ``[B, C]`` float32.
 
@@ -214,6 +216,7 @@ class PaliModel(PretrainedMixin, nn.Module):
 
         Entry ``[b, c]`` is ``sum_t log p(targets[c, t])`` over the kept positions: the negative of
         [`forward`][pali.PaliModel.forward]'s loss for that pair (a mean) times the number of kept tokens.
+        ``qformer_input_ids``/``qformer_attention_mask``: InstructBLIP's instruction, as in ``generate``.
         """
         if not isinstance(targets, torch.Tensor) or targets.dim() != 2 or 0 in targets.shape or targets.is_floating_point():
             got = f"{targets.dtype} {list(targets.shape)}" if isinstance(targets, torch.Tensor) else type(targets).__name__
@@ -221,7 +224,9 @@ class PaliModel(PretrainedMixin, nn.Module):
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         _check_labels(targets, self.config.text.vocab_size, "targets")
-        encoder_hidden, mask = self.encode(pixel_values, input_ids, attention_mask)
+        encoder_hidden, mask = self.encode(
+            pixel_values, input_ids, attention_mask, qformer_input_ids, qformer_attention_mask
+        )
         targets = targets.to(encoder_hidden.device)
         step = batch_size or targets.shape[0]
         chunks = [self._score_chunk(encoder_hidden, mask, targets[i : i + step]) for i in range(0, targets.shape[0], step)]

@@ -3,7 +3,10 @@
 Each method takes one image (and returns one result) or a list of images (and returns a list).
 Generation options (``max_new_tokens``, ``num_beams``...) go to
 [`PaliModel.generate`][pali.PaliModel.generate]; the pipeline's own defaults can be set once at
-construction.
+construction (``generation_config`` shows them: the library's
+[`GenerationConfig`][pali.GenerationConfig] defaults, e.g. ``pali.defaults.MAX_NEW_TOKENS``, unless
+set). Prompts are worded in the processor's prompt set (``pipe.prompts``: PaLI's, BLIP-2's,
+mBLIP's...).
 
 >>> pipe = pali.pipeline(model, processor, max_new_tokens=16)   # doctest: +SKIP
 >>> pipe.caption(image, lang="fr").text                           # doctest: +SKIP
@@ -14,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .generation import GenerationConfig
 from .heads import Answer, Caption, Classification, Detection, OcrText, get_head
+from .heads.base import prompt_set_of
+from .prompts import PromptSet
 from .image_processing import is_batch
 
 
@@ -24,7 +30,13 @@ class Pipeline:
     def __init__(self, model, processor, **generate_kwargs: Any) -> None:
         self.model = model
         self.processor = processor
+        self.generation_config = GenerationConfig().updated(**generate_kwargs)  # an unknown option fails here
         self.generate_kwargs = generate_kwargs
+
+    @property
+    def prompts(self) -> PromptSet:
+        """The prompt set the heads word their prompts in: the processor's (its model family's)."""
+        return prompt_set_of(self.processor)
 
     def run(self, task: str, images, *, head_options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """Any registered head (plugins included) by name; ``kwargs`` go to its ``run``."""

@@ -14,12 +14,20 @@ mT5's span-corruption pretraining, and the model writes what the sentinel stands
 
 ``{lang}`` is one of mT5's 101 language codes (``LANGUAGES``; Hebrew is ``iw`` as in mC4,
 ``he`` is accepted). Whitespace is collapsed, which changes no token: sentencepiece does the same.
+
+Other model families were trained on other wordings, so each family's are a named
+[PromptSet][pali.prompts.PromptSet] in `PROMPT_SETS` (``pali``: the above; ``blip2``,
+``instructblip``, ``mblip``), chosen per checkpoint and saved in its processor config
+(``ProcessorConfig.prompt_set``), so the heads ask every model in the words it learned. A task a
+family was never trained on (BLIP-2 and detection, say) has no template: asking for it is an
+[InputError][pali.InputError] naming the family, never a prompt the model cannot read.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .errors import InputError
 
@@ -73,31 +81,109 @@ def language(code: str) -> str:
     raise InputError(f"unknown language {code!r}; near matches: {hint}")
 
 
+@dataclass(frozen=True)
+class PromptSet:
+    """One model family's task prompts; ``None``: the family was not trained on that task.
+
+    Templates may use ``{lang}`` (the mC4 code), ``{language}`` (its English name, for families
+    instructed in English sentences such as mBLIP's ``Describe the image in German.``),
+    ``{question}``, ``{answer}``, ``{labels}`` and, in captions, ``{prefix}`` (the start of the
+    caption) and ``{pos}`` (its length in words). A caption template without ``{prefix}`` cannot
+    continue a caption. ``classify_template`` and ``languages`` are the family's defaults for
+    the processor config fields of the same names (what classification scores, what it learned).
+    """
+
+    name: str
+    caption: str
+    vqa: str
+    ocr: str | None = None
+    vqg: str | None = None
+    detect: str | None = None
+    classify_template: str = "{label}"
+    languages: tuple[str, ...] = ()
+
+    def caption_prompt(self, lang: str = "en", prefix: str = "") -> str:
+        """Caption (continue ``prefix``, if any) in ``lang``."""
+        prefix = _text(prefix, "prefix", allow_empty=True)
+        if prefix.strip() and "{prefix}" not in self.caption:
+            raise InputError(f"the {self.name} prompt set cannot continue a caption: give no prefix")
+        return self._render("caption", lang, prefix=prefix, pos=len(prefix.split()))
+
+    def vqa_prompt(self, question: str, lang: str = "en") -> str:
+        return self._render("vqa", lang, question=_text(question, "question"))
+
+    def ocr_prompt(self, lang: str = "en") -> str:
+        return self._render("ocr", lang)
+
+    def vqg_prompt(self, answer: str, lang: str = "en") -> str:
+        return self._render("vqg", lang, answer=_text(answer, "answer"))
+
+    def detect_prompt(self, labels: str | Sequence[str]) -> str:
+        """Detect every object of the given class(es)."""
+        names = [labels] if isinstance(labels, str) else list(labels)
+        if not names:
+            raise InputError("detect needs at least one label")
+        names = [_text(n, "label") for n in names]
+        return self._render("detect", "en", labels=LABEL_SEPARATOR.join(names))
+
+    def _render(self, task: str, lang: str, **fields: str | int) -> str:
+        template = getattr(self, task)
+        if template is None:
+            raise InputError(
+                f"{task} is not a task the {self.name} prompt set's models were trained on; "
+                f"they do {', '.join(self.tasks)}"
+            )
+        code = language(lang)
+        return _clean(template.format(lang=code, language=LANGUAGES[code], **fields))
+
+    @property
+    def tasks(self) -> list[str]:
+        return [t for t in ("caption", "vqa", "ocr", "vqg", "detect") if getattr(self, t) is not None]
+
+
+PALI = PromptSet("pali", CAPTION, VQA, ocr=OCR, vqg=VQG, detect=DETECT)
+#: BLIP-2 (Flan-T5): captions from the "a photo of" prompt of its paper's zero-shot captioning,
+#: VQA as "Question: {q} Answer:" (the paper's and transformers' examples); English only.
+BLIP2 = PromptSet("blip2", "a photo of", "Question: {question} Answer:", languages=("en",))
+#: InstructBLIP: the paper's instruction templates for short captions and short VQA answers.
+INSTRUCTBLIP = PromptSet(
+    "instructblip", "A short image description:", "Question: {question} Short answer:", languages=("en",)
+)
+#: mBLIP (mT0): English instructions naming the output language. Its model card gives the
+#: captioning example "Describe the image in German."; the VQA wording is ours, in the same style.
+MBLIP = PromptSet("mblip", "Describe the image in {language}.", "Answer in {language}: {question}")
+PROMPT_SETS: dict[str, PromptSet] = {p.name: p for p in (PALI, BLIP2, INSTRUCTBLIP, MBLIP)}
+
+
+def get_prompt_set(name: str | PromptSet) -> PromptSet:
+    """The prompt set called ``name`` (a [PromptSet][pali.prompts.PromptSet] is returned as is)."""
+    if isinstance(name, PromptSet):
+        return name
+    if name not in PROMPT_SETS:
+        raise InputError(f"unknown prompt set {name!r}; choose from {', '.join(PROMPT_SETS)}")
+    return PROMPT_SETS[name]
+
+
 def caption_prompt(lang: str = "en", prefix: str = "") -> str:
-    """Caption (continue ``prefix``, if any) in ``lang``."""
-    prefix = _text(prefix, "prefix", allow_empty=True)
-    return _clean(CAPTION.format(lang=language(lang), pos=len(prefix.split()), prefix=prefix))
+    """PaLI's caption prompt: caption (continue ``prefix``, if any) in ``lang``."""
+    return PALI.caption_prompt(lang, prefix)
 
 
 def ocr_prompt(lang: str = "en") -> str:
-    return _clean(OCR.format(lang=language(lang)))
+    return PALI.ocr_prompt(lang)
 
 
 def vqa_prompt(question: str, lang: str = "en") -> str:
-    return _clean(VQA.format(lang=language(lang), question=_text(question, "question")))
+    return PALI.vqa_prompt(question, lang)
 
 
 def vqg_prompt(answer: str, lang: str = "en") -> str:
-    return _clean(VQG.format(lang=language(lang), answer=_text(answer, "answer")))
+    return PALI.vqg_prompt(answer, lang)
 
 
 def detect_prompt(labels: str | Sequence[str]) -> str:
-    """Detect every object of the given class(es)."""
-    names = [labels] if isinstance(labels, str) else list(labels)
-    if not names:
-        raise InputError("detect needs at least one label")
-    names = [_text(n, "label") for n in names]
-    return _clean(DETECT.format(labels=LABEL_SEPARATOR.join(names)))
+    """PaLI's detection prompt for the given class(es)."""
+    return PALI.detect_prompt(labels)
 
 
 def _text(value: str, what: str, *, allow_empty: bool = False) -> str:

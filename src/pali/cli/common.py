@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..defaults import MAX_NEW_TOKENS
 from ..errors import InputError
 
 DEFAULT_MODEL = "pali-demo"
@@ -32,8 +33,8 @@ def add_model_argument(parser: argparse.ArgumentParser, *, generates: bool = Tru
     )
     if generates:
         parser.add_argument(
-            "--max-new-tokens", type=_positive, metavar="N",
-            help="longest answer in tokens (default: PaliModel.generate's)",
+            "--max-new-tokens", type=_positive, metavar="N", default=MAX_NEW_TOKENS,
+            help=f"longest answer in tokens (default: {MAX_NEW_TOKENS}, as PaliModel.generate's)",
         )
 
 
@@ -59,7 +60,7 @@ def load_pipeline(args: argparse.Namespace):
     if not args.threads and model.num_parameters() < SMALL_MODEL:
         torch.set_num_threads(1)
     processor = PaliProcessor.from_pretrained(args.model)
-    options = {} if getattr(args, "max_new_tokens", None) is None else {"max_new_tokens": args.max_new_tokens}
+    options = {"max_new_tokens": args.max_new_tokens} if hasattr(args, "max_new_tokens") else {}
     return pipeline(model, processor, **options)
 
 

@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         verify=args.verify, progress=not args.quiet,
     )
     checked = " (verified)" if args.verify else ""
-    print(f"wrote {len(conversion.items)} tensors, {conversion.tower} tower "
-          f"{conversion.config.kind}, to {args.out}{checked}")
+    config = conversion.config
+    what = (f"a whole model ({config.vision.kind} + {config.connector.kind} + {config.text.kind})"
+            if conversion.tower == "model" else f"{conversion.tower} tower {config.kind}")
+    print(f"wrote {len(conversion.items)} tensors, {what}, to {args.out}{checked}")
     return 0

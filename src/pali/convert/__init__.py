@@ -25,6 +25,7 @@ device, then load, transform and write one tensor at a time. See ``docs/convert.
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -117,13 +118,18 @@ def convert(
 
     The output appears only when complete (written into a temporary sibling, renamed into place);
     an existing ``out`` is refused unless ``force``. ``verify`` re-reads everything written and
-    compares it with the source, bit for bit, before the rename.
+    compares it with the source, bit for bit, before the rename. A transformers checkpoint that
+    ships its processor (BLIP-2's ``preprocessor_config.json`` or transformers 5's
+    ``processor_config.json``, and ``spiece.model``) gets ours
+    written beside the weights, so ``out`` is complete for ``pali caption``; if those files are
+    incomplete, a warning says why and only the weights are written.
     """
     out = Path(out)
     if out.exists() and not force:
         raise CheckpointError(f"{out} exists; pass force=True / --force to replace it")
     conversion = read(src, format, vision_preset=vision_preset, text_preset=text_preset,
                       image_size=image_size, dtype=dtype)
+    processor = _processor(src, format or detect_format(src))
     dtype_name = str(conversion.dtype).removeprefix("torch.") if conversion.dtype else ""
     metadata = {"pali.tower": conversion.tower, "pali.dtype": dtype_name, **conversion.metadata}
     with atomic_directory(out, overwrite=force) as tmp:
@@ -132,7 +138,24 @@ def convert(
                           metadata=metadata)
         if verify:
             _compare(conversion, tmp, progress)
+        if processor is not None:
+            processor.save_pretrained(tmp)
     return conversion
+
+
+def _processor(src: str | Path, format: str):
+    """The processor a transformers checkpoint folder ships, as ours; None when it ships none."""
+    from ..hf_processing import PREPROCESSOR_NAME
+    from ..processor import PROCESSOR_CONFIG_NAME, PaliProcessor
+
+    folder = Path(src)
+    if format != "hf" or not any((folder / name).is_file() for name in (PREPROCESSOR_NAME, PROCESSOR_CONFIG_NAME)):
+        return None
+    try:
+        return PaliProcessor.from_pretrained(folder)
+    except CheckpointError as e:
+        warnings.warn(f"{src}: its processor files are not converted ({e}); only the weights are", stacklevel=3)
+        return None
 
 
 def convert_big_vision(src: str | Path, out: str | Path, **options) -> Conversion:

@@ -9,7 +9,7 @@ classes (or any callable returning a head); [`get_head`][pali.heads.get_head] bu
 from typing import Any
 
 from ..registry import HEADS
-from .base import Head, generate_texts
+from .base import FamilyHead, Head, generate_texts
 from .classify import Classification, ClassifyHead
 from .detect import (
     DetectHead,
@@ -28,6 +28,6 @@ def get_head(name: str, **options: Any) -> Head:
 
 __all__ = [
     "Answer", "Caption", "CaptionHead", "Classification", "ClassifyHead", "DetectHead", "Detection",
-    "Head", "LocationCodec", "OCRHead", "OcrText", "TextLocationCodec", "TokenLocationCodec",
+    "FamilyHead", "Head", "LocationCodec", "OCRHead", "OcrText", "TextLocationCodec", "TokenLocationCodec",
     "VQAHead", "generate_texts", "get_head",
 ]

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import InputError
 from ..image_processing import ImageLike, split_batch
+from ..prompts import PALI, PromptSet, get_prompt_set
 
 
 class Head(ABC):
@@ -43,7 +44,7 @@ class Head(ABC):
         """One result per image: the same prompt for each, greedy generation unless
         ``generate_kwargs`` (passed to [`PaliModel.generate`][pali.PaliModel.generate]) says otherwise."""
         images = split_batch(images)
-        prompt = self.build_prompt(**prompt_kwargs)
+        prompt = self.prompt(processor, **prompt_kwargs)
         if "lang" in prompt_kwargs:
             check_language(processor, prompt_kwargs["lang"])
         texts = generate_texts(model, processor, images, [prompt] * len(images), generate_kwargs)
@@ -55,6 +56,24 @@ class Head(ABC):
     def parse_context(self, processor, image: ImageLike, prompt_kwargs: dict[str, Any]) -> dict[str, Any]:
         """What ``parse`` needs beyond the text for ``image`` (e.g. its size); nothing by default."""
         return {}
+
+    def prompt(self, processor, **kwargs: Any) -> str:
+        """The prompt ``run`` gives the model: ``build_prompt``'s, whatever the processor."""
+        return self.build_prompt(**kwargs)
+
+
+class FamilyHead(Head):
+    """A built-in task head: it words its prompt in the prompt set the processor names
+    (``ProcessorConfig.prompt_set``, see `pali.prompts`), so each model family is asked in
+    the words it was trained on; ``build_prompt`` takes that set as ``prompt_set``."""
+
+    def prompt(self, processor, **kwargs: Any) -> str:
+        return self.build_prompt(**kwargs, prompt_set=prompt_set_of(processor))
+
+
+def prompt_set_of(processor) -> PromptSet:
+    """The processor's prompt set (PaLI's for a processor whose config names none)."""
+    return get_prompt_set(getattr(processor.config, "prompt_set", PALI.name))
 
 
 def check_language(processor, lang: str) -> None:
@@ -81,6 +100,13 @@ def model_inputs(model, processor, batch: dict[str, torch.Tensor]) -> dict[str, 
         raise InputError(
             f"the tokenizer has {processor.tokenizer.vocab_size} ids but the model's vocabulary only "
             f"{model_vocab}: they do not belong together"
+        )
+    qformer = getattr(processor, "qformer_tokenizer", None)
+    qformer_vocab = getattr(model.config.connector, "vocab_size", 0)  # 0: no instruction input
+    if qformer is not None and 0 < qformer_vocab < qformer.vocab_size:
+        raise InputError(
+            f"the Q-Former tokenizer has {qformer.vocab_size} ids but the model's Q-Former vocabulary only "
+            f"{qformer_vocab}: they do not belong together"
         )
     param = next(model.parameters())
     out = {k: v.to(param.device) for k, v in batch.items()}

@@ -24,9 +24,10 @@ from .. import prompts
 from ..errors import InputError
 from ..image_processing import ImageLike, split_batch
 from ..model import IGNORE_INDEX
+from ..prompts import PromptSet
 from ..registry import HEADS
 from ..tokenizer import pad_rows
-from .base import Head, check_language, model_inputs
+from .base import FamilyHead, check_language, model_inputs
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Classification:
     score: float
 
 
-class ClassifyHead(Head):
+class ClassifyHead(FamilyHead):
     """``run(model, processor, images, labels, lang="en")`` -> per image, labels best first.
 
     ``template`` writes a label as target text (e.g. ``"a photo of a {label}"``); by default the
@@ -53,8 +54,9 @@ class ClassifyHead(Head):
         self.template = template
         self.length_normalize = length_normalize
 
-    def build_prompt(self, lang: str = "en") -> str:
-        return prompts.caption_prompt(lang)
+    def build_prompt(self, lang: str = "en", prompt_set: str | PromptSet = prompts.PALI) -> str:
+        """The captioning prompt (of the processor's prompt set, in ``run``)."""
+        return prompts.get_prompt_set(prompt_set).caption_prompt(lang)
 
     def parse(self, output: Sequence[float] | torch.Tensor, labels: Sequence[str]) -> list[Classification]:
         """Rank ``labels`` by their scores (one image's row of [`score`][pali.heads.ClassifyHead.score])."""
@@ -92,7 +94,8 @@ class ClassifyHead(Head):
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         check_language(processor, lang)
-        batch = model_inputs(model, processor, processor(images=images, text=[self.build_prompt(lang)] * len(images)))
+        prompt = self.prompt(processor, lang=lang)
+        batch = model_inputs(model, processor, processor(images=images, text=[prompt] * len(images)))
         template = self.template or getattr(processor.config, "classify_template", "{label}")
         rows = [processor.tokenizer.encode(template.format(label=label)) for label in labels]
         targets = pad_rows(rows, IGNORE_INDEX)[0]

@@ -22,8 +22,9 @@ from typing import Any, Protocol
 
 from .. import prompts
 from ..errors import InputError
+from ..prompts import PromptSet
 from ..registry import HEADS
-from .base import Head
+from .base import FamilyHead
 
 NormBox = tuple[float, float, float, float]  # ymin, xmin, ymax, xmax in [0, 1]
 
@@ -122,7 +123,7 @@ class TokenLocationCodec(_QuantisedCodec):
         return f"<loc{q:04d}>"
 
 
-class DetectHead(Head):
+class DetectHead(FamilyHead):
     """``build_prompt(labels)`` (one class name or several); results in original-image pixels."""
 
     name = "detect"
@@ -130,8 +131,9 @@ class DetectHead(Head):
     def __init__(self, codec: LocationCodec | None = None) -> None:
         self.codec = codec or TextLocationCodec()
 
-    def build_prompt(self, labels: str | Sequence[str]) -> str:
-        return prompts.detect_prompt(labels)
+    def build_prompt(self, labels: str | Sequence[str], prompt_set: str | PromptSet = prompts.PALI) -> str:
+        """PaLI's prompt; a prompt set without detection (BLIP-2's) raises InputError."""
+        return prompts.get_prompt_set(prompt_set).detect_prompt(labels)
 
     def parse(self, output: str, image_size: tuple[int, int] = (1, 1)) -> list[Detection]:
         """Boxes from generated text; ``image_size`` is the original ``(height, width)``

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .. import prompts
+from ..prompts import PALI, PromptSet, get_prompt_set
 from ..registry import HEADS
-from .base import Head
+from .base import FamilyHead
 
 
 @dataclass
@@ -25,13 +25,13 @@ class OcrText:
     text: str
 
 
-class CaptionHead(Head):
+class CaptionHead(FamilyHead):
     """``build_prompt(lang="en", prefix="")``; the result is the whole caption, prefix included."""
 
     name = "caption"
 
-    def build_prompt(self, lang: str = "en", prefix: str = "") -> str:
-        return prompts.caption_prompt(lang, prefix)
+    def build_prompt(self, lang: str = "en", prefix: str = "", prompt_set: str | PromptSet = PALI) -> str:
+        return get_prompt_set(prompt_set).caption_prompt(lang, prefix)
 
     def parse(self, output: str, prefix: str = "") -> Caption:
         return Caption(" ".join(filter(None, (" ".join(prefix.split()), output.strip()))))
@@ -40,25 +40,25 @@ class CaptionHead(Head):
         return {"prefix": prompt_kwargs.get("prefix", "")}
 
 
-class VQAHead(Head):
+class VQAHead(FamilyHead):
     """``build_prompt(question, lang="en")``."""
 
     name = "vqa"
 
-    def build_prompt(self, question: str, lang: str = "en") -> str:
-        return prompts.vqa_prompt(question, lang)
+    def build_prompt(self, question: str, lang: str = "en", prompt_set: str | PromptSet = PALI) -> str:
+        return get_prompt_set(prompt_set).vqa_prompt(question, lang)
 
     def parse(self, output: str) -> Answer:
         return Answer(output.strip())
 
 
-class OCRHead(Head):
-    """``build_prompt(lang="en")``."""
+class OCRHead(FamilyHead):
+    """``build_prompt(lang="en")``; a prompt set without OCR (BLIP-2's) raises InputError."""
 
     name = "ocr"
 
-    def build_prompt(self, lang: str = "en") -> str:
-        return prompts.ocr_prompt(lang)
+    def build_prompt(self, lang: str = "en", prompt_set: str | PromptSet = PALI) -> str:
+        return get_prompt_set(prompt_set).ocr_prompt(lang)
 
     def parse(self, output: str) -> OcrText:
         return OcrText(output.strip())
