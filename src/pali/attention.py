@@ -201,6 +201,10 @@ class Attention(nn.Module):
     checkpoint key maps one-to-one and let LoRA target each by name.
     """
 
+    #: Methods besides ``forward`` that run this module's weights: sharded as an FSDP unit of its
+    #: own (``pali.parallel.apply_fsdp``), it gathers them around these calls too.
+    fsdp_forward_methods = ("project_kv",)
+
     def __init__(
         self,
         dim: int,
