@@ -245,7 +245,8 @@ class MT5(nn.Module):
 
         ``start`` may be a 0-d CPU tensor: a compiled step then compiles once for every position
         (a Python int would be specialized on), and the attention still reads the position on the
-        host, so the fused kernels are launched without a device sync.
+        host, so the fused kernels are launched without a device sync. Run eagerly, the position
+        is read once here and the step attends over the filled cache only (``KVCache.write``).
         """
         cache = self.decoder.kv_cache
         if not torch.compiler.is_compiling():
