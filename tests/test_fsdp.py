@@ -1,18 +1,14 @@
 """FSDP2 on CPU: 2 gloo processes, each with half of a fixed global batch, match one process
 training on the whole batch (a few AdamW steps, fp32), and the full state dict gathers on rank 0."""
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
-from torch import nn
+from toy_tower import ToyTowerConfig, register
 
-from pali import PaliConfig, PaliModel, QFormerConfig, VisionConfig, get_config
+from pali import PaliConfig, PaliModel, QFormerConfig, get_config
 from pali.errors import InputError
-from pali.registry import VISION_ENCODERS
 from pali.training import freeze
 
 STEPS = 3
@@ -125,50 +121,11 @@ def test_apply_fsdp_needs_a_process_group():
 # -- units named by the towers: a plugin vision tower and the Q-Former ----------------------------
 
 
-@dataclass
-class ToyVisionConfig(VisionConfig):
-    kind = "toy-fsdp"
-    patch_size: int = 8
-    hidden_size: int = 16
-    depth: int = 2
-
-    @property
-    def width(self) -> int:
-        return self.hidden_size
-
-    @property
-    def num_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-
-class ToyVision(nn.Module):
-    """No ``blocks``: its residual layers are called ``stages``, and it names them as its units."""
-
-    config_class = ToyVisionConfig
-
-    def __init__(self, config: ToyVisionConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.embed = nn.Linear(3 * config.patch_size**2, config.hidden_size)
-        self.stages = nn.ModuleList(nn.Linear(config.hidden_size, config.hidden_size) for _ in range(config.depth))
-
-    def fsdp_units(self) -> list[nn.Module]:
-        return list(self.stages)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        p = self.config.patch_size
-        x = self.embed(F.unfold(pixel_values, p, stride=p).transpose(1, 2))
-        for stage in self.stages:
-            x = x + stage(x)
-        return x
-
-
 def _plugin_model() -> PaliModel:
-    if "toy-fsdp" not in VISION_ENCODERS:
-        VISION_ENCODERS.register("toy-fsdp", ToyVision)
+    register()
     torch.manual_seed(0)
     connector = QFormerConfig(num_query_tokens=4, hidden_size=16, depth=2, num_heads=2, mlp_dim=32)
-    config = PaliConfig(vision=ToyVisionConfig(image_size=16), text=get_config("mt5-tiny"), connector=connector)
+    config = PaliConfig(vision=ToyTowerConfig(), text=get_config("mt5-tiny"), connector=connector)
     return PaliModel(config).train()
 
 

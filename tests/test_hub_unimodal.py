@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass
-
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from hf_reference import hf_clip, hf_mt5, hf_siglip
 from hub_fixtures import hub  # noqa: F401  (fixture)
-from pali import CheckpointError, ConfigError, PaliConfig, PaliModel, VisionConfig, get_config
+from toy_tower import ToyTower, ToyTowerConfig, register
+from pali import CheckpointError, ConfigError, PaliConfig, PaliModel, get_config
 from pali.checkpoint import write_safetensors
 from pali.hub import HubError, list_recipes
 from pali.hub import unimodal
 from pali.model import shift_right
-from pali.registry import VISION_ENCODERS
 
 ATOL = 1e-5
 
@@ -188,44 +184,11 @@ def test_sharded_transformers_tower_from_the_hub(towers, hub, tmp_path):  # noqa
 # -- a plugin tower: its config names its shape fields ---------------------------------------------
 
 
-@dataclass
-class ToyShapeConfig(VisionConfig):
-    """A plugin vision tower whose ``init`` switch does not change any parameter's shape."""
-
-    kind = "toy-shape"
-    shape_fields = ("image_size", "patch_size", "hidden_size")
-    patch_size: int = 8
-    hidden_size: int = 16
-    init: str = "normal"
-
-    @property
-    def width(self) -> int:
-        return self.hidden_size
-
-    @property
-    def num_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-
-class ToyShapeVision(nn.Module):
-    config_class = ToyShapeConfig
-
-    def __init__(self, config: ToyShapeConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.proj = nn.Linear(3 * config.patch_size**2, config.hidden_size)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        p = self.config.patch_size
-        return self.proj(F.unfold(pixel_values, p, stride=p).transpose(1, 2))
-
-
 def test_plugin_tower_declares_its_shape_fields(towers, tmp_path, monkeypatch):
     """from_unimodal compares a plugin tower on the fields its config names, nothing else."""
-    if "toy-shape" not in VISION_ENCODERS:
-        VISION_ENCODERS.register("toy-shape", ToyShapeVision, origin=__name__)
+    register()
     torch.manual_seed(0)
-    saved = ToyShapeVision(ToyShapeConfig(image_size=16, init="zeros"))
+    saved = ToyTower(ToyTowerConfig(init="zeros"))
     folder = tmp_path / "toy"
     folder.mkdir()
     write_safetensors(saved.state_dict().items(), folder)
@@ -237,12 +200,13 @@ def test_plugin_tower_declares_its_shape_fields(towers, tmp_path, monkeypatch):
         return unimodal.Tower(role, folder, saved.config, {"source": "toy", "revision": None})
 
     monkeypatch.setattr(unimodal, "converted_tower", tower)
-    base = PaliConfig(vision=ToyShapeConfig(image_size=16), text=get_config("mt5-tiny"))
+    base = PaliConfig(vision=ToyTowerConfig(), text=get_config("mt5-tiny"))
     model = PaliModel.from_unimodal(base, vision="toy", text=towers["dirs"]["mt5"], cache_dir=tmp_path)
     assert model.config.vision == saved.config  # the checkpoint's layout ("zeros") wins
-    assert torch.equal(model.vision.proj.weight, saved.proj.weight)
+    loaded, expected = model.vision.state_dict(), saved.state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
     _check_text(model, towers["mt5"])
-    wide = PaliConfig(vision=ToyShapeConfig(image_size=16, hidden_size=24), text=get_config("mt5-tiny"))
+    wide = PaliConfig(vision=ToyTowerConfig(hidden_size=24), text=get_config("mt5-tiny"))
     with pytest.raises(ConfigError, match=r"vision checkpoint toy does not have the shape of the given config's "
                                           r"vision tower: hidden_size: 16 \(wanted 24\)"):
         PaliModel.from_unimodal(wide, vision="toy", text=towers["dirs"]["mt5"], cache_dir=tmp_path)
