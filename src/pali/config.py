@@ -31,10 +31,6 @@ SIZE_LIMITS: tuple[tuple[str, int], ...] = (
 )
 
 
-def _type_name(hint: Any) -> str:
-    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-
-
 def size_limit(name: str) -> int:
     """The largest value size field ``name`` may take (see ``SIZE_LIMITS``)."""
     return next(limit for part, limit in SIZE_LIMITS if part in name)
@@ -43,7 +39,7 @@ def size_limit(name: str) -> int:
 def _conforms(value: Any, hint: Any) -> bool:
     """Whether ``value`` is of type ``hint`` as JSON can carry it: bool is not an int, an int is a
     float, a float is finite; ``X | None``, ``tuple[X, ...]``, ``list[X]`` and nested configs
-    are checked through; ``Any`` (and any hint not listed) takes anything of its class."""
+    are checked through; ``Any`` takes anything, any other class its instances."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return True
@@ -64,8 +60,12 @@ def _conforms(value: Any, hint: Any) -> bool:
             return all(_conforms(v, args[0]) for v in value)
         return not args or (len(args) == len(value) and all(map(_conforms, value, args)))
     if origin is list:
-        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value) if args else isinstance(value, list)
+        return isinstance(value, list) and (not args or all(_conforms(v, args[0]) for v in value))
     return isinstance(value, origin or hint)
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch import nn
 from .errors import InputError
 
 
-def fsdp_units(model: nn.Module) -> list[nn.Module]:
+def _units(model: nn.Module) -> list[nn.Module]:
     """The units ``apply_fsdp`` shards before the vision tower and the root, inner ones first:
     what each part's ``fsdp_units()`` names."""
     parts = (model.vision, model.projection, model.text)
@@ -54,7 +54,7 @@ def apply_fsdp(
         raise InputError(f"mixed_precision must be a MixedPrecisionPolicy, got {type(mixed_precision).__name__}")
     kwargs = dict(mesh=mesh, mp_policy=mixed_precision or MixedPrecisionPolicy(),
                   reshard_after_forward=reshard_after_forward)
-    for unit in fsdp_units(model):
+    for unit in _units(model):
         fully_shard(unit, **kwargs)
         # Methods other than forward that run the unit's weights (an attention's ``project_kv``,
         # called on the encoder output before the decoder layers run) gather them like forward.
