@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
 
-    from pali.text.mt5 import MT5Config
+    from pali.text.mt5_config import MT5Config
 
     config = MT5Config(vocab_size=args.vocab, d_model=2048, d_ff=5120, num_heads=32, d_kv=64,
                        num_encoder_layers=args.layers, num_decoder_layers=args.layers)

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from toy_tower import ToyTowerConfig, register
 
-from pali import PaliModel
+from pali import PaliConfig, PaliModel, QFormerConfig, get_config
 from pali.errors import InputError
 from pali.training import freeze
 
@@ -115,3 +116,59 @@ def test_apply_fsdp_needs_a_process_group():
     with pytest.raises(InputError, match="torch.distributed"):
         apply_fsdp(_model("vision"))
 
+
+
+# -- units named by the towers: a plugin vision tower and the Q-Former ----------------------------
+
+
+def _plugin_model() -> PaliModel:
+    register()
+    torch.manual_seed(0)
+    connector = QFormerConfig(num_query_tokens=4, hidden_size=16, depth=2, num_heads=2, mlp_dim=32)
+    config = PaliConfig(vision=ToyTowerConfig(), text=get_config("mt5-tiny"), connector=connector)
+    return PaliModel(config).train()
+
+
+def _plugin_loss(model: PaliModel) -> torch.Tensor:
+    g = torch.Generator().manual_seed(2)
+    px = torch.randn(2, 3, 16, 16, generator=g)
+    ids, labels = torch.randint(2, 256, (2, 5), generator=g), torch.randint(2, 256, (2, 4), generator=g)
+    return model(px, ids, labels=labels).loss
+
+
+def _plugin_worker(rank, init_file, out):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=1)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+
+        from pali.parallel import apply_fsdp
+
+        model = apply_fsdp(_plugin_model())
+        units = {
+            "vision.stages": list(model.vision.stages), "projection.layers": list(model.projection.layers),
+            "text.encoder.layers": list(model.text.encoder.layers),
+            "text.decoder cross_attn": [layer.cross_attn for layer in model.text.decoder.layers],
+        }
+        sharded = {name: all(isinstance(u, FSDPModule) for u in modules) for name, modules in units.items()}
+        loss = _plugin_loss(model)
+        loss.backward()
+        grad = model.vision.stages[0].weight.grad.full_tensor()
+        torch.save((sharded, loss.detach(), grad), out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_towers_name_their_fsdp_units(tmp_path):
+    """apply_fsdp shards what each part's fsdp_units() names: a plugin tower without ``blocks``,
+    the Q-Former's layers, mT5's layers and cross-attention; training matches the unsharded model."""
+    out = tmp_path / "out.pt"
+    mp.spawn(_plugin_worker, args=(str(tmp_path / "init"), str(out)), nprocs=1, join=True)
+    sharded, loss, grad = torch.load(out)
+    assert sharded == dict.fromkeys(sharded, True)
+    reference = _plugin_model()
+    expected = _plugin_loss(reference)
+    expected.backward()
+    assert torch.allclose(loss, expected.detach(), atol=1e-6)
+    assert torch.allclose(grad, reference.vision.stages[0].weight.grad, atol=1e-6)

@@ -122,7 +122,8 @@ def test_offline_reads_the_filled_cache_and_nothing_else(pushed, hub, tmp_path, 
 
 
 def test_hub_errors_name_the_problem(pushed, hub, tmp_path):  # noqa: F811
-    _model(6).push_to_hub("org/errs")
+    pushed_model = _model(6)
+    pushed_model.push_to_hub("org/errs")
     with pytest.raises(HubError, match="'org/nope' not found"):
         PaliModel.from_pretrained("org/nope", cache_dir=tmp_path)
     with pytest.raises(HubError, match="revision 'v9' does not exist in Hub repo 'org/errs'"):
@@ -130,7 +131,7 @@ def test_hub_errors_name_the_problem(pushed, hub, tmp_path):  # noqa: F811
     hub.make_private("org/errs", "secret")
     with pytest.raises(HubError, match="private: pass token"):
         PaliModel.from_pretrained("org/errs", cache_dir=tmp_path)
-    assert PaliModel.from_pretrained("org/errs", cache_dir=tmp_path, token="secret") is not None
+    assert _same_weights(pushed_model, PaliModel.from_pretrained("org/errs", cache_dir=tmp_path, token="secret"))
 
 
 def test_missing_file_in_repo(hub, tmp_path):  # noqa: F811

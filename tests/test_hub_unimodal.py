@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import pickle
-
 import pytest
 import torch
 
 from hf_reference import hf_clip, hf_mt5, hf_siglip
 from hub_fixtures import hub  # noqa: F401  (fixture)
+from toy_tower import ToyTower, ToyTowerConfig, register
 from pali import CheckpointError, ConfigError, PaliConfig, PaliModel, get_config
+from pali.checkpoint import write_safetensors
 from pali.hub import HubError, list_recipes
 from pali.hub import unimodal
 from pali.model import shift_right
@@ -139,7 +140,9 @@ def test_wrong_inputs_are_named(towers, hub, tmp_path):  # noqa: F811
     with pytest.raises(ConfigError, match=r"shape of preset 'pali-tiny'.*d_model: 48 \(wanted 32\)"):
         PaliModel.from_unimodal("pali-tiny", vision=dirs["siglip"], text=wide, cache_dir=tmp_path)
     custom = PaliConfig(vision=get_config("vit-tiny"), text=get_config("mt5-tiny"))
-    assert PaliModel.from_unimodal(custom, vision=dirs["siglip"], text=dirs["mt5"], cache_dir=tmp_path) is not None
+    seeded = PaliModel.from_unimodal(custom, vision=dirs["siglip"], text=dirs["mt5"], cache_dir=tmp_path)
+    _check_text(seeded, towers["mt5"])
+    _check_vision(seeded, towers["siglip"], "siglip")
     with pytest.raises(HubError, match="'org/none' not found"):
         PaliModel.from_unimodal(vision="org/none", text=dirs["mt5"], cache_dir=tmp_path)
     hub.commit("org/configonly", _only_config(dirs["mt5"], tmp_path))
@@ -176,3 +179,34 @@ def test_sharded_transformers_tower_from_the_hub(towers, hub, tmp_path):  # noqa
     hub.commit("org/sharded-mt5", sharded)
     model = PaliModel.from_unimodal(vision=towers["dirs"]["siglip"], text="org/sharded-mt5", cache_dir=tmp_path)
     _check_text(model, towers["mt5"])
+
+
+# -- a plugin tower: its config names its shape fields ---------------------------------------------
+
+
+def test_plugin_tower_declares_its_shape_fields(towers, tmp_path, monkeypatch):
+    """from_unimodal compares a plugin tower on the fields its config names, nothing else."""
+    register()
+    torch.manual_seed(0)
+    saved = ToyTower(ToyTowerConfig(init="zeros"))
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    write_safetensors(saved.state_dict().items(), folder)
+    converted = unimodal.converted_tower
+
+    def tower(role, source, **kwargs):
+        if role == "text":
+            return converted(role, source, **kwargs)
+        return unimodal.Tower(role, folder, saved.config, {"source": "toy", "revision": None})
+
+    monkeypatch.setattr(unimodal, "converted_tower", tower)
+    base = PaliConfig(vision=ToyTowerConfig(), text=get_config("mt5-tiny"))
+    model = PaliModel.from_unimodal(base, vision="toy", text=towers["dirs"]["mt5"], cache_dir=tmp_path)
+    assert model.config.vision == saved.config  # the checkpoint's layout ("zeros") wins
+    loaded, expected = model.vision.state_dict(), saved.state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
+    _check_text(model, towers["mt5"])
+    wide = PaliConfig(vision=ToyTowerConfig(hidden_size=24), text=get_config("mt5-tiny"))
+    with pytest.raises(ConfigError, match=r"vision checkpoint toy does not have the shape of the given config's "
+                                          r"vision tower: hidden_size: 16 \(wanted 24\)"):
+        PaliModel.from_unimodal(wide, vision="toy", text=towers["dirs"]["mt5"], cache_dir=tmp_path)

@@ -22,8 +22,8 @@ from pali.config import PaliConfig, size_limit
 from pali.image_processing import ImageProcessor
 from pali.presets import get_config
 from pali.processor import ProcessorConfig
-from pali.text.mt5 import MT5Config
-from pali.vision.vit import ViTConfig
+from pali.text.mt5_config import MT5Config
+from pali.vision.vit_config import ViTConfig
 
 
 def _pali_dict(**text_changes) -> dict:

@@ -45,3 +45,10 @@ def test_checkpoint_at_one_resolution_runs_at_another():
     high.load_state_dict(state)
     out = high(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 64, 32) and torch.isfinite(out).all()
+
+
+def test_every_activation_a_config_may_name_is_implemented():
+    from pali.vision.vit import ACTIVATIONS
+    from pali.vision.vit_config import ACTIVATION_NAMES
+
+    assert sorted(ACTIVATIONS) == sorted(ACTIVATION_NAMES)

@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "ConnectorConfig": "config", "PaliConfig": "config", "TextConfig": "config", "VisionConfig": "config",
-    "LinearConfig": "connectors.linear", "QFormerConfig": "connectors.qformer",
+    "LinearConfig": "connectors.linear_config", "QFormerConfig": "connectors.qformer_config",
     "CheckpointError": "errors", "ConfigError": "errors", "InputError": "errors", "PaliError": "errors",
     "RegistryError": "errors",
     "HubError": "hub", "list_recipes": "hub",
@@ -37,9 +37,9 @@ _EXPORTS = {
     "get_config": "presets", "list_presets": "presets",
     "PaliProcessor": "processor", "ProcessorConfig": "processor",
     "list_connectors": "registry", "list_heads": "registry", "list_text_stacks": "registry", "list_vision_encoders": "registry",
-    "MT5Config": "text.mt5",
+    "MT5Config": "text.mt5_config",
     "Tokenizer": "tokenizer",
-    "ViTConfig": "vision.vit",
+    "ViTConfig": "vision.vit_config",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -73,8 +73,8 @@ sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # what static checkers and IDEs see
     from .config import ConnectorConfig, PaliConfig, TextConfig, VisionConfig  # noqa: F401
-    from .connectors.linear import LinearConfig  # noqa: F401
-    from .connectors.qformer import QFormerConfig  # noqa: F401
+    from .connectors.linear_config import LinearConfig  # noqa: F401
+    from .connectors.qformer_config import QFormerConfig  # noqa: F401
     from .errors import CheckpointError, ConfigError, InputError, PaliError, RegistryError  # noqa: F401
     from .hub import HubError, list_recipes  # noqa: F401
     from .generation import GenerationConfig  # noqa: F401
@@ -84,6 +84,6 @@ if TYPE_CHECKING:  # what static checkers and IDEs see
     from .presets import get_config, list_presets  # noqa: F401
     from .processor import PaliProcessor, ProcessorConfig  # noqa: F401
     from .registry import list_connectors, list_heads, list_text_stacks, list_vision_encoders  # noqa: F401
-    from .text.mt5 import MT5Config  # noqa: F401
+    from .text.mt5_config import MT5Config  # noqa: F401
     from .tokenizer import Tokenizer  # noqa: F401
-    from .vision.vit import ViTConfig  # noqa: F401
+    from .vision.vit_config import ViTConfig  # noqa: F401

@@ -156,7 +156,9 @@ def _sdpa(q, k, v, *, scale, causal, bias, q_offset, key_padding_mask):
     neg = torch.finfo(q.dtype).min / 4
     mask = None if bias is None else bias.to(q.dtype)
     is_causal = False
-    if causal:
+    # Nothing to hide when no key lies after the first query (an eager decode step over the
+    # filled cache): skip building the mask.
+    if causal and not (isinstance(q_offset, int) and lk <= q_offset + 1):
         if mask is None and isinstance(q_offset, int) and q_offset == 0 and lq == lk:
             is_causal = True
         else:
@@ -200,6 +202,10 @@ class Attention(nn.Module):
     key's bias, as BLIP-2's EVA ViT has it, a bias there being a no-op under softmax). Separate projections keep
     checkpoint key maps one-to-one and let LoRA target each by name.
     """
+
+    #: Methods besides ``forward`` that run this module's weights: sharded as an FSDP unit of its
+    #: own (``pali.parallel.apply_fsdp``), it gathers them around these calls too.
+    fsdp_forward_methods = ("project_kv",)
 
     def __init__(
         self,

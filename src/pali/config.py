@@ -9,8 +9,11 @@ business.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -26,7 +29,6 @@ C = TypeVar("C", bound="Config")
 SIZE_LIMITS: tuple[tuple[str, int], ...] = (
     ("layers", 512), ("depth", 512), ("heads", 1024), ("vocab", 1 << 22), ("image_size", 16384), ("", 1 << 16),
 )
-_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "str | None": (str, type(None))}
 
 
 def size_limit(name: str) -> int:
@@ -34,9 +36,58 @@ def size_limit(name: str) -> int:
     return next(limit for part, limit in SIZE_LIMITS if part in name)
 
 
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of type ``hint`` as JSON can carry it: bool is not an int, an int is a
+    float, a float is finite; ``X | None``, ``tuple[X, ...]``, ``list[X]`` and nested configs
+    are checked through; ``Any`` takes anything, any other class its instances."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_conforms(v, args[0]) for v in value)
+        return not args or (len(args) == len(value) and all(map(_conforms, value, args)))
+    if origin is list:
+        return isinstance(value, list) and (not args or all(_conforms(v, args[0]) for v in value))
+    return isinstance(value, origin or hint)
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
 @dataclass
 class Config:
-    """Base: dict/JSON round trip with unknown-field detection."""
+    """Base: dict/JSON round trip with unknown-field detection and type checks from the annotations."""
+
+    #: The fields that fix the parameter shapes of what this config builds. ``from_unimodal``
+    #: (``pali.hub.unimodal``) lets a checkpoint's tower differ from a preset's in any other field
+    #: (its layout, say) but not in these; ``None``: every field counts.
+    shape_fields: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    @functools.cache
+    def field_types(cls) -> dict[str, Any]:
+        """Each field's type, resolved from its annotation (what ``validate`` checks)."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+    def shape(self) -> dict[str, Any]:
+        """The values of ``shape_fields`` (every field when it is ``None``)."""
+        names = self.shape_fields if self.shape_fields is not None else [f.name for f in dataclasses.fields(self)]
+        return {name: getattr(self, name) for name in names}
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -53,8 +104,14 @@ class Config:
         unknown = sorted(set(data) - names - {"kind"})
         if unknown:
             raise ConfigError(f"{cls.__name__}: unknown fields {unknown}")
+        types_ = cls.field_types()
+        # JSON has no tuples: a tuple field comes back as a list.
+        values = {
+            k: tuple(v) if isinstance(v, list) and typing.get_origin(types_[k]) is tuple else v
+            for k, v in data.items() if k in names
+        }
         try:
-            config = cls(**{k: v for k, v in data.items() if k in names})
+            config = cls(**values)
         except TypeError as e:
             raise ConfigError(f"{cls.__name__}: {e}") from None
         config.validate()
@@ -63,17 +120,14 @@ class Config:
     def validate(self) -> None:
         """Check what construction does not: each field's type (JSON may say ``"depth": "12"``).
 
-        Called by ``from_dict``, i.e. on every config read from a file.
+        Called by ``from_dict``, i.e. on every config read from a file. The types come from the
+        annotations (``typing.get_type_hints``), so ``int | None`` or ``tuple[int, ...]`` fields
+        are checked like plain ones.
         """
-        hints = {f.name: f.type for f in dataclasses.fields(self)}
-        for name, hint in hints.items():
-            hint = hint if isinstance(hint, str) else getattr(hint, "__name__", "")
-            value, allowed = getattr(self, name), _TYPES.get(hint)
-            if allowed is None:
-                continue
-            wrong = not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
-            if wrong or (isinstance(value, float) and not math.isfinite(value)):
-                raise ConfigError(f"{type(self).__name__}.{name} must be a finite {hint}, got {value!r}")
+        for name, hint in self.field_types().items():
+            value = getattr(self, name)
+            if not _conforms(value, hint):
+                raise ConfigError(f"{type(self).__name__}.{name} must be a finite {_type_name(hint)}, got {value!r}")
 
     def require_positive(self, *names: str) -> None:
         """Reject non-integer, non-positive or absurdly large sizes before they become tensors."""
@@ -167,20 +221,22 @@ class ConnectorConfig(Config):
         return {"kind": self.kind, **super().to_dict()}
 
 
-def _tower_from_dict(data: Any, registry_getter, what: str) -> Config:
+def _tower_from_dict(data: Any, registry, what: str) -> Config:
+    """A tower's config from its dict, by its ``kind`` in ``registry`` (without building, or
+    for a built-in even importing, the tower's module)."""
     if not isinstance(data, dict) or "kind" not in data:
         raise ConfigError(f"PaliConfig.{what} must be an object with a 'kind' field")
     if not isinstance(data["kind"], str):
         raise ConfigError(f"PaliConfig.{what}.kind must be a string, got {data['kind']!r}")
     try:
-        module_cls = registry_getter(data["kind"])
+        config_class = registry.config_class(data["kind"])
     except RegistryError as e:
         raise ConfigError(f"PaliConfig.{what}: {e}") from None
-    return module_cls.config_class.from_dict(data)
+    return config_class.from_dict(data)
 
 
 def _default_connector() -> ConnectorConfig:
-    from .connectors.linear import LinearConfig
+    from .connectors.linear_config import LinearConfig
 
     return LinearConfig()
 
@@ -231,10 +287,10 @@ class PaliConfig(Config):
         if not isinstance(data, dict):
             raise ConfigError(f"PaliConfig expects a JSON object, got {type(data).__name__}")
         data = dict(data)
-        data["vision"] = _tower_from_dict(data.get("vision"), VISION_ENCODERS.get, "vision")
-        data["text"] = _tower_from_dict(data.get("text"), TEXT_STACKS.get, "text")
+        data["vision"] = _tower_from_dict(data.get("vision"), VISION_ENCODERS, "vision")
+        data["text"] = _tower_from_dict(data.get("text"), TEXT_STACKS, "text")
         if "connector" in data:
-            data["connector"] = _tower_from_dict(data["connector"], CONNECTORS.get, "connector")
+            data["connector"] = _tower_from_dict(data["connector"], CONNECTORS, "connector")
         return super().from_dict(data)
 
     def to_json(self) -> str:

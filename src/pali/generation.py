@@ -93,11 +93,14 @@ def decoder_step(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, 
     filled = [0]
 
     def cached_step(tokens):
-        # The newest token sits at position len - 1; the position goes in as a 0-d CPU tensor so a
-        # compiled step never specializes on it. contiguous: the newest column's strides would
-        # otherwise change every step (a recompile).
+        # The newest token sits at position len - 1. A compiled step takes it as a 0-d CPU tensor
+        # so it never specializes on it, and contiguous ids (the newest column's strides would
+        # otherwise change every step: a recompile); an eager step takes the int as it is.
         filled[0] = tokens.shape[1]
-        return decode_step(tokens[:, -1:].contiguous(), torch.tensor(tokens.shape[1] - 1))
+        position = tokens.shape[1] - 1
+        if cfg.compile:
+            return decode_step(tokens[:, -1:].contiguous(), torch.tensor(position))
+        return decode_step(tokens[:, -1:], position)
 
     return cached_step, lambda index: cache.reorder(index, filled[0])
 

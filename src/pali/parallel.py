@@ -1,11 +1,13 @@
 """Data-parallel sharding (FSDP2) of a [`pali.PaliModel`][], applied from outside the model.
 
-Each transformer block of both towers (ViT blocks, mT5 encoder and decoder layers, and each
-decoder layer's cross-attention) becomes its own ``fully_shard`` unit, so only one block's full weights live on a device at a time. The vision
-tower's remaining parameters (patch embedding, position embedding, norms) form one more unit. The
-root unit holds the rest: the
-projection, the stacks' bias tables and final norms, and the token embedding ``text.embed`` (used
-by both the encoder and the decoder) with the untied ``lm_head``; they are gathered once per step.
+Each part of the model (vision tower, connector, text stack) names its own units in
+``fsdp_units()``: the ViT its blocks, mT5 its encoder and decoder layers and each decoder layer's
+cross-attention, the Q-Former its layers. Each becomes its own ``fully_shard`` unit, so only one
+block's full weights live on a device at a time; a part without ``fsdp_units`` (a plugin's, the
+linear connector) has none. The vision tower's remaining parameters (patch embedding, position
+embedding, norms) form one more unit. The root unit holds the rest: the linear projection, the
+stacks' bias tables and final norms, and the token embedding ``text.embed`` (used by both the
+encoder and the decoder) with the untied ``lm_head``; they are gathered once per step.
 
 Run with ``torchrun --nproc-per-node N``; see ``docs/distributed.md``.
 """
@@ -18,8 +20,11 @@ from torch import nn
 from .errors import InputError
 
 
-def _blocks(model: nn.Module) -> list[nn.Module]:
-    return [*model.vision.blocks, *model.text.encoder.layers, *model.text.decoder.layers]
+def _units(model: nn.Module) -> list[nn.Module]:
+    """The units ``apply_fsdp`` shards before the vision tower and the root, inner ones first:
+    what each part's ``fsdp_units()`` names."""
+    parts = (model.vision, model.projection, model.text)
+    return [unit for part in parts for unit in (part.fsdp_units() if hasattr(part, "fsdp_units") else ())]
 
 
 def apply_fsdp(
@@ -49,14 +54,12 @@ def apply_fsdp(
         raise InputError(f"mixed_precision must be a MixedPrecisionPolicy, got {type(mixed_precision).__name__}")
     kwargs = dict(mesh=mesh, mp_policy=mixed_precision or MixedPrecisionPolicy(),
                   reshard_after_forward=reshard_after_forward)
-    for layer in model.text.decoder.layers:
-        # The decoder projects the encoder output through every layer's cross-attention k/v
-        # before the layers run (once, for all steps): that attention is a unit of its own
-        # whose ``project_kv`` gathers its weights like a forward does.
-        fully_shard(layer.cross_attn, **kwargs)
-        register_fsdp_forward_method(layer.cross_attn, "project_kv")
-    for block in _blocks(model):
-        fully_shard(block, **kwargs)
+    for unit in _units(model):
+        fully_shard(unit, **kwargs)
+        # Methods other than forward that run the unit's weights (an attention's ``project_kv``,
+        # called on the encoder output before the decoder layers run) gather them like forward.
+        for method in getattr(unit, "fsdp_forward_methods", ()):
+            register_fsdp_forward_method(unit, method)
     fully_shard(model.vision, **kwargs)
     # The root is used again right after the forward (the loss, then backward): keep it gathered.
     fully_shard(model, **{**kwargs, "reshard_after_forward": False})

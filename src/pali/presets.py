@@ -1,14 +1,17 @@
 """The paper's PaLI sizes as named presets, composed from the towers' own presets.
 
-Unimodal presets (``vit-g14``, ``mt5-large``, ...) are registered by the module that implements
-each tower; this module adds the PaLI combinations and the lookup helpers.
+Unimodal presets (``vit-g14``, ``mt5-large``, ...) are tables in each tower's config module;
+this module's table holds the PaLI combinations, and the lookup helpers read them all through
+``pali.registry.PRESETS``. Nothing here needs torch.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from .config import Config, PaliConfig, VisionConfig
 from .errors import ConfigError
-from .registry import PRESETS, register_preset
+from .registry import PRESETS, Preset
 
 
 def get_config(name: str, *, image_size: int | None = None) -> Config:
@@ -33,14 +36,17 @@ def list_presets(family: str | None = None) -> list[str]:
     return [n for n in PRESETS.names() if family is None or PRESETS.get(n).family == family]
 
 
-def _pali(name: str, vision: str, text: str, description: str) -> None:
-    def build() -> PaliConfig:
-        return PaliConfig(vision=get_config(vision), text=get_config(text), preset=name)
-
-    register_preset(name, "pali", description)(build)
+def _build_pali(name: str, vision: str, text: str) -> PaliConfig:
+    return PaliConfig(vision=get_config(vision), text=get_config(text), preset=name)
 
 
-_pali("pali-3b", "vit-g14", "mt5-large", "PaLI-3B: ViT-G/14 + mT5-Large")
-_pali("pali-15b", "vit-g14", "mt5-xxl", "PaLI-15B: ViT-G/14 + mT5-XXL")
-_pali("pali-17b", "vit-e14", "mt5-xxl", "PaLI-17B: ViT-e/14 + mT5-XXL")
-_pali("pali-tiny", "vit-tiny", "mt5-tiny", "tiny PaLI for tests")
+def _pali(name: str, vision: str, text: str, description: str) -> Preset:
+    return Preset(name, "pali", partial(_build_pali, name, vision, text), description)
+
+
+PRESET_TABLE = (
+    _pali("pali-3b", "vit-g14", "mt5-large", "PaLI-3B: ViT-G/14 + mT5-Large"),
+    _pali("pali-15b", "vit-g14", "mt5-xxl", "PaLI-15B: ViT-G/14 + mT5-XXL"),
+    _pali("pali-17b", "vit-e14", "mt5-xxl", "PaLI-17B: ViT-e/14 + mT5-XXL"),
+    _pali("pali-tiny", "vit-tiny", "mt5-tiny", "tiny PaLI for tests"),
+)

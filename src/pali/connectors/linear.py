@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ..config import ConnectorConfig
 from ..registry import CONNECTORS
+from .linear_config import LinearConfig
 
 if TYPE_CHECKING:
     from ..config import PaliConfig
-
-
-@dataclass
-class LinearConfig(ConnectorConfig):
-    """No fields of its own: the bias switch is ``PaliConfig.projection_bias`` (older configs)."""
-
-    kind = "linear"
-
-    def num_tokens(self, vision_tokens: int) -> int:
-        return vision_tokens
 
 
 class LinearConnector(nn.Linear):

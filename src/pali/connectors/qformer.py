@@ -15,54 +15,19 @@ projection with a bias, instruction padding masked as keys of the self-attention
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..attention import Attention
-from ..config import ConnectorConfig
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from ..registry import CONNECTORS
-from ..vision.vit import ACTIVATIONS, MlpBlock
+from ..vision.vit import MlpBlock
+from .qformer_config import QFormerConfig
 
 if TYPE_CHECKING:
     from ..config import PaliConfig
-
-
-@dataclass
-class QFormerConfig(ConnectorConfig):
-    """``vocab_size`` 0 is BLIP-2 (queries only); > 0 is InstructBLIP (reads instruction ids)."""
-
-    kind = "qformer"
-    num_query_tokens: int = 32
-    hidden_size: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_dim: int = 3072
-    cross_attention_frequency: int = 2
-    act: str = "gelu"
-    norm_eps: float = 1e-12
-    vocab_size: int = 0
-    max_position_embeddings: int = 512
-
-    def __post_init__(self) -> None:
-        self.require_positive(
-            "num_query_tokens", "hidden_size", "depth", "num_heads", "mlp_dim", "cross_attention_frequency",
-            "max_position_embeddings",
-        )
-        if self.vocab_size:
-            self.require_positive("vocab_size")
-        elif self.vocab_size != 0:
-            raise ConfigError(f"QFormerConfig.vocab_size must be >= 0, got {self.vocab_size!r}")
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(f"QFormerConfig.hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
-        if self.act not in ACTIVATIONS:
-            raise ConfigError(f"QFormerConfig.act {self.act!r} unknown; choose from {sorted(ACTIVATIONS)}")
-
-    def num_tokens(self, vision_tokens: int) -> int:
-        return self.num_query_tokens
 
 
 class QFormerLayer(nn.Module):
@@ -133,6 +98,10 @@ class QFormer(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.query_tokens, std=0.02)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """What ``pali.parallel.apply_fsdp`` shards one by one: the layers."""
+        return list(self.layers)
 
     def embed(self, batch: int, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None):
         """The normalized query (+ instruction) embeddings and the self-attention key mask."""

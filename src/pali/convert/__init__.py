@@ -184,7 +184,7 @@ def load_config(directory: str | Path) -> Config:
     kind = data.get("kind") if isinstance(data, dict) else None
     for registry in (VISION_ENCODERS, TEXT_STACKS) if isinstance(kind, str) else ():
         try:
-            return registry.get(kind).config_class.from_dict(data)
+            return registry.config_class(kind).from_dict(data)
         except RegistryError:
             continue
     raise CheckpointError(f"{path}: no known tower kind {kind!r} and not a PaliConfig")

@@ -24,7 +24,7 @@ import torch
 from ..checkpoint import check_shape
 from ..config import size_limit
 from ..errors import CheckpointError, ConfigError
-from ..vision.vit import ViTConfig
+from ..vision.vit_config import ViTConfig
 from .keymap import KeyMap, Rule
 from .plan import Conversion, Source, check_items, fit_pos_embed, map_sources, parse_dtype, target_config
 

@@ -22,9 +22,9 @@ from typing import Any, Mapping
 import torch
 
 from ..config import PaliConfig
-from ..connectors.qformer import QFormerConfig
+from ..connectors.qformer_config import QFormerConfig
 from ..errors import CheckpointError, ConfigError
-from ..vision.vit import ViTConfig
+from ..vision.vit_config import ViTConfig
 from . import hf
 from .keymap import KeyMap, Rule
 from .plan import Conversion, Item, Source, check_items, map_sources, parse_dtype

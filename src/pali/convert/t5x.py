@@ -26,7 +26,7 @@ import torch
 from ..checkpoint import check_shape
 from ..config import size_limit
 from ..errors import CheckpointError, ConfigError
-from ..text.mt5 import MT5Config
+from ..text.mt5_config import MT5Config
 from .keymap import KeyMap, Rule
 from .plan import Conversion, Source, check_items, map_sources, parse_dtype, target_config
 from .zarr import ZarrArray, safe_join

@@ -59,15 +59,6 @@ def list_recipes() -> dict[str, Recipe]:
     return dict(RECIPES)
 
 
-# The fields that fix a tower's parameter shapes. A checkpoint may differ from a preset's tower in
-# layout (OpenCLIP's class token and pre-norm for ViT-G/14) but not in these.
-_SHAPE_FIELDS = {
-    "vit": ("image_size", "patch_size", "hidden_size", "depth", "mlp_dim", "num_heads"),
-    "mt5": ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers", "num_decoder_layers"),
-}
-
-
-
 @dataclass(frozen=True)
 class Tower:
     """One converted tower in the cache."""
@@ -155,9 +146,11 @@ def _check_fits(wanted: Config, tower: Tower, preset: str | None) -> None:
     target = f"preset {preset!r}" if preset else "the given config"
     if got.kind != wanted.kind:
         raise ConfigError(f"{what} is a {got.kind!r} tower; {target} wants {wanted.kind!r}")
-    a, b = wanted.to_dict(), got.to_dict()
-    fields = _SHAPE_FIELDS.get(got.kind, tuple(a))
-    diff = [f"{f}: {b.get(f)} (wanted {a.get(f)})" for f in fields if a.get(f) != b.get(f)]
+    # Each tower names the fields that fix its parameter shapes (Config.shape_fields): a
+    # checkpoint may differ from a preset's tower in layout (OpenCLIP's class token and pre-norm
+    # for ViT-G/14) but not in these.
+    a, b = wanted.shape(), got.shape()
+    diff = [f"{f}: {b[f]} (wanted {a[f]})" for f in a if a[f] != b[f]]
     if diff:
         raise ConfigError(f"{what} does not have the shape of {target}'s {tower.role} tower: " + ", ".join(diff))
 

@@ -1,11 +1,13 @@
 """The decoder's KV cache: every key/value it attends to during one generation, preallocated.
 
 Self-attention keys/values live in ``[layers, B, H, max_len, D]`` buffers that each step writes at
-its positions (``index_copy_``), and every step attends over the whole buffer: the decoder asks
-for causal attention from the step's position, which hides the slots not written yet. Shapes
-therefore never change from token to token, so a compiled step compiles once, and nothing is
-allocated per token. Cross-attention keys/values are projected once per generation and kept here
-too. The cache stores; it does not decide how attention is called.
+its positions. A compiled step (position a 0-d tensor) writes with ``index_copy_`` and attends over
+the whole buffer: the decoder asks for causal attention from the step's position, which hides the
+slots not written yet, so shapes never change from token to token and the step compiles once. An
+eager step (position an int) writes a slice and attends over the filled prefix only: fewer keys,
+and a one-token step needs no causal mask. Either way nothing is allocated per token.
+Cross-attention keys/values are projected once per generation and kept here too. The cache
+stores; it does not decide how attention is called.
 """
 
 from __future__ import annotations
@@ -60,7 +62,13 @@ class KVCache(nn.Module):
         self, layer: int, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``k``/``v`` ``[B, H, t, D]`` at positions ``start .. start + t``; return the layer's
-        whole buffers ``[B, H, max_len, D]``."""
+        keys/values to attend over: the filled prefix ``[B, H, start + t, D]`` for an int ``start``,
+        the whole buffers ``[B, H, max_len, D]`` for a tensor one (a compiled step)."""
+        if isinstance(start, int):
+            end = start + k.shape[-2]
+            self.k[layer, :, :, start:end] = k
+            self.v[layer, :, :, start:end] = v
+            return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
         positions = torch.arange(k.shape[-2], device=k.device) + start
         self.k[layer].index_copy_(2, positions, k)
         self.v[layer].index_copy_(2, positions, v)

@@ -12,7 +12,6 @@ produces inf/NaN. bf16 needs no guard.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -21,47 +20,16 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..attention import Attention, RelativeBias
-from ..config import TextConfig
-from ..errors import ConfigError, InputError
-from ..registry import TEXT_STACKS, register_preset
+from ..errors import InputError
+from ..registry import TEXT_STACKS
 from .kv_cache import KVCache
+from .mt5_config import MT5Config
 
 _FP16_LIMIT = torch.finfo(torch.float16).max - 1000
 
 
 def _clamp_fp16(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(-_FP16_LIMIT, _FP16_LIMIT) if x.dtype == torch.float16 else x
-
-
-@dataclass
-class MT5Config(TextConfig):
-    kind = "mt5"
-    d_ff: int = 1024
-    num_heads: int = 6
-    d_kv: int = 64
-    num_encoder_layers: int = 8
-    num_decoder_layers: int = 8
-    num_buckets: int = 32
-    max_distance: int = 128
-    norm_eps: float = 1e-6
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.require_positive(
-            "vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
-            "num_decoder_layers", "num_buckets", "max_distance",
-        )
-        if self.num_buckets % 2:
-            raise ConfigError("MT5Config.num_buckets must be even (half per direction in the encoder)")
-
-    def num_parameters(self) -> int:
-        d, inner = self.d_model, self.num_heads * self.d_kv
-        attention, mlp = 4 * d * inner, 3 * d * self.d_ff  # no biases; RMSNorms are d each
-        encoder = self.num_encoder_layers * (attention + mlp + 2 * d)
-        decoder = self.num_decoder_layers * (2 * attention + mlp + 3 * d)
-        stacks = 2 * (self.num_heads * self.num_buckets + d)  # bias table + final norm each
-        return 2 * self.vocab_size * d + encoder + decoder + stacks  # untied embedding and lm_head
-
 
 
 class RMSNorm(nn.Module):
@@ -219,6 +187,12 @@ class MT5(nn.Module):
                     nn.init.normal_(module.wi_1.weight, std=d**-0.5)
                     nn.init.normal_(module.wo.weight, std=cfg.d_ff**-0.5)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What ``pali.parallel.apply_fsdp`` shards one by one, inner ones first: each decoder
+        layer's cross-attention (its keys and values are projected from the encoder output
+        before the decoder layers run, once for all steps), then every encoder and decoder layer."""
+        return [*(layer.cross_attn for layer in self.decoder.layers), *self.encoder.layers, *self.decoder.layers]
+
     def check_ids(self, ids: torch.Tensor, what: str) -> None:
         if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
             raise InputError(f"{what} must be an integer tensor [B, T], got {ids.dtype} {list(ids.shape)}")
@@ -271,36 +245,20 @@ class MT5(nn.Module):
 
         ``start`` may be a 0-d CPU tensor: a compiled step then compiles once for every position
         (a Python int would be specialized on), and the attention still reads the position on the
-        host, so the fused kernels are launched without a device sync.
+        host, so the fused kernels are launched without a device sync. Run eagerly, the position
+        is read once here and the step attends over the filled cache only (``KVCache.write``).
         """
         cache = self.decoder.kv_cache
         if not torch.compiler.is_compiling():
             if cache is None or not cache.allocated:
                 raise InputError("decode_step needs start_decoding first (no KV cache)")
-            cache.check_room(int(start), ids.shape[1])
+            start = int(start)
+            cache.check_room(start, ids.shape[1])
         bias = self.decoder.bias()
         cross_kv = cache.cross_kv()
         x = self.decoder.run(self.embed(ids), lambda i: (bias, cross_kv[i], cache.enc_mask, cache, start, i))
         return self.lm_head(x)
 
 
-TEXT_STACKS.register("mt5", MT5)
+TEXT_STACKS.register(MT5Config.kind, MT5)
 
-
-def _preset(name: str, description: str, **fields) -> None:
-    register_preset(name, "text", description)(lambda: MT5Config(**fields))
-
-
-_SIZES = {
-    "small": dict(d_model=512, d_ff=1024, num_heads=6, num_encoder_layers=8, num_decoder_layers=8),
-    "base": dict(d_model=768, d_ff=2048, num_heads=12, num_encoder_layers=12, num_decoder_layers=12),
-    "large": dict(d_model=1024, d_ff=2816, num_heads=16, num_encoder_layers=24, num_decoder_layers=24),
-    "xl": dict(d_model=2048, d_ff=5120, num_heads=32, num_encoder_layers=24, num_decoder_layers=24),
-    "xxl": dict(d_model=4096, d_ff=10240, num_heads=64, num_encoder_layers=24, num_decoder_layers=24),
-}
-for _size, _fields in _SIZES.items():
-    _preset(f"mt5-{_size}", f"mT5-{_size} (google/mt5-{_size})", **_fields)
-_preset(
-    "mt5-tiny", "tiny mT5 for tests", vocab_size=256, d_model=32, d_ff=64, num_heads=4, d_kv=8,
-    num_encoder_layers=2, num_decoder_layers=2,
-)

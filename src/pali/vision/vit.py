@@ -13,7 +13,6 @@ final norm: ``keep_class_token``), and has biases on the query and value but not
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,71 +20,16 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..attention import Attention
-from ..config import VisionConfig
-from ..errors import ConfigError, InputError
-from ..registry import VISION_ENCODERS, register_preset
+from ..errors import InputError
+from ..registry import VISION_ENCODERS
+from .vit_config import ViTConfig
 
+# One function per name in ``vit_config.ACTIVATION_NAMES`` (what configs may name).
 ACTIVATIONS = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "gelu": F.gelu,
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
 }
-
-
-@dataclass
-class ViTConfig(VisionConfig):
-    kind = "vit"
-    patch_size: int = 14
-    hidden_size: int = 768
-    depth: int = 12
-    mlp_dim: int = 3072
-    num_heads: int = 12
-    act: str = "gelu_tanh"
-    norm_eps: float = 1e-6
-    patch_bias: bool = True
-    qkv_bias: bool = True
-    class_token: bool = False
-    keep_class_token: bool = False
-    key_bias: bool = True
-    pre_norm: bool = False
-    final_norm: bool = True
-
-    def __post_init__(self) -> None:
-        self.require_positive("image_size", "patch_size", "hidden_size", "depth", "mlp_dim", "num_heads")
-        if self.act not in ACTIVATIONS:
-            raise ConfigError(f"ViTConfig.act {self.act!r} unknown; choose from {sorted(ACTIVATIONS)}")
-        if self.image_size % self.patch_size:
-            raise ConfigError(
-                f"ViTConfig.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
-            )
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(f"hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
-        if self.keep_class_token and not self.class_token:
-            raise ConfigError("ViTConfig.keep_class_token needs class_token=True")
-
-    @property
-    def width(self) -> int:
-        return self.hidden_size
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def num_tokens(self) -> int:
-        """Output tokens: the patches, plus the class token when it is kept."""
-        return self.grid**2 + int(self.keep_class_token)
-
-    def num_parameters(self) -> int:
-        d, m = self.hidden_size, self.mlp_dim
-        norm = 2 * d  # LayerNorm: scale + bias
-        attention = 4 * d * d + ((4 if self.key_bias else 3) * d if self.qkv_bias else 0)
-        block = 2 * norm + attention + (d * m + m) + (m * d + d)
-        return (
-            3 * self.patch_size**2 * d + (d if self.patch_bias else 0)
-            + (self.grid**2 + int(self.class_token)) * d + (d if self.class_token else 0)
-            + (norm if self.pre_norm else 0) + self.depth * block + (norm if self.final_norm else 0)
-        )
 
 
 class MlpBlock(nn.Module):
@@ -146,6 +90,10 @@ class ViT(nn.Module):
                 if lin.bias is not None:
                     nn.init.normal_(lin.bias, std=1e-6)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What ``pali.parallel.apply_fsdp`` shards one by one: the blocks."""
+        return list(self.blocks)
+
     def check_input(self, pixel_values: torch.Tensor) -> None:
         cfg = self.config
         expected = (3, cfg.image_size, cfg.image_size)
@@ -198,26 +146,5 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: int, num_prefix_tokens
     return torch.cat([prefix, grid], dim=1)
 
 
-VISION_ENCODERS.register("vit", ViT)
+VISION_ENCODERS.register(ViTConfig.kind, ViT)
 
-
-def _preset(name: str, description: str, **fields) -> None:
-    register_preset(name, "vision", description)(lambda: ViTConfig(**fields))
-
-
-_preset("vit-b16", "ViT-B/16 (big_vision)", patch_size=16, hidden_size=768, depth=12, mlp_dim=3072, num_heads=12)
-_preset("vit-g14", "ViT-G/14, PaLI-3B/15B's tower", hidden_size=1664, depth=48, mlp_dim=8192, num_heads=16)
-_preset("vit-e14", "ViT-e/14, PaLI-17B's tower", hidden_size=1792, depth=56, mlp_dim=15360, num_heads=16)
-_preset("siglip-so400m14", "SigLIP So400m/14 tower", hidden_size=1152, depth=27, mlp_dim=4304, num_heads=16)
-_preset("siglip-b16", "SigLIP B/16 tower", patch_size=16, hidden_size=768, depth=12, mlp_dim=3072, num_heads=12)
-_preset(
-    "clip-vit-bigg14", "OpenCLIP ViT-bigG/14 tower (ViT-G/14 shape, CLIP layout)",
-    hidden_size=1664, depth=48, mlp_dim=8192, num_heads=16, act="gelu", norm_eps=1e-5,
-    patch_bias=False, class_token=True, pre_norm=True,
-)
-_preset(
-    "eva-vit-g14", "BLIP-2's EVA ViT-g/14 tower (class token kept, no key bias)",
-    hidden_size=1408, depth=39, mlp_dim=6144, num_heads=16, act="gelu", class_token=True,
-    keep_class_token=True, key_bias=False,
-)
-_preset("vit-tiny", "tiny ViT for tests", image_size=32, patch_size=8, hidden_size=32, depth=2, mlp_dim=64, num_heads=4)
