@@ -20,9 +20,10 @@ IMAGE_TOKEN = TEXT_VOCAB - 1  # transformers >= 4.47's <image> placeholder id
 QFORMER_VOCAB = 100
 
 
-def hf_blip2(kind: str = "t5", *, instruct: bool = False, seed: int = 0):
+def hf_blip2(kind: str = "t5", *, instruct: bool = False, seed: int = 0, untied: bool = True, **text_fields):
     """A tiny ``Blip2ForConditionalGeneration`` (or InstructBLIP) with every parameter random and
-    an untied lm_head (as Flan-T5 / mT0 have it)."""
+    an untied lm_head (as Flan-T5 / mT0 have it), or with ``untied=False`` the head as
+    transformers builds it (tied to the embedding). ``text_fields`` override the text config."""
     vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                   image_size=IMAGE, patch_size=14, layer_norm_eps=1e-6)
     qformer = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
@@ -30,6 +31,7 @@ def hf_blip2(kind: str = "t5", *, instruct: bool = False, seed: int = 0):
                    max_position_embeddings=64)
     text = dict(model_type=kind, vocab_size=TEXT_VOCAB, d_model=24, d_ff=40, num_heads=4, d_kv=6, num_layers=2,
                 num_decoder_layers=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
+    text = {k: v for k, v in {**text, **text_fields}.items() if v is not None}  # None: transformers' default
     common = dict(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=QUERIES,
                   image_token_index=IMAGE_TOKEN)
     torch.manual_seed(seed)
@@ -39,7 +41,8 @@ def hf_blip2(kind: str = "t5", *, instruct: bool = False, seed: int = 0):
         model = transformers.Blip2ForConditionalGeneration(transformers.Blip2Config(**common))
     model.eval()
     lm = model.language_model
-    lm.lm_head.weight = nn.Parameter(torch.randn(TEXT_VOCAB, 24) * 24**-0.5)
+    if untied:
+        lm.lm_head.weight = nn.Parameter(torch.randn(TEXT_VOCAB, 24) * 24**-0.5)
     with torch.no_grad():
         for name, p in model.named_parameters():
             base = 1.0 if name.endswith("weight") and ("norm" in name.lower()) else 0.0
@@ -50,8 +53,7 @@ def hf_blip2(kind: str = "t5", *, instruct: bool = False, seed: int = 0):
         for t5 in (lm.encoder, lm.decoder):
             t5.block[0].layer[0].SelfAttention.relative_attention_bias.weight.normal_(std=1.0)
             t5.embed_tokens.weight = lm.shared.weight
-    assert lm.lm_head.weight.data_ptr() != lm.shared.weight.data_ptr()
-    assert not getattr(lm.config, "scale_decoder_outputs", False)
+    assert (lm.lm_head.weight.data_ptr() != lm.shared.weight.data_ptr()) == untied
     return model
 
 
@@ -62,9 +64,9 @@ def hf_config_dict(model) -> dict:
 
 
 def pali_twin(model) -> PaliModel:
-    config = blip2_maps.blip2_config(hf_config_dict(model))
-    ours = PaliModel(config).eval()
-    ours.load_state_dict(blip2_maps.map_state_dict(config, model.state_dict()))
+    hf_config = hf_config_dict(model)
+    ours = PaliModel(blip2_maps.blip2_config(hf_config)).eval()
+    ours.load_state_dict(blip2_maps.map_state_dict(hf_config, model.state_dict()))
     return ours
 
 

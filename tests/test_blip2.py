@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from blip2_reference import (
     batch, hf_blip2, hf_config_dict, hf_inputs, pali_twin, qformer_batch, write_bin_layout,
@@ -13,7 +14,7 @@ from blip2_reference import (
 )
 from pali import CheckpointError, InputError, PaliConfig, PaliModel, get_config
 from pali.convert import blip2 as blip2_maps
-from pali.convert import convert, read
+from pali.convert import convert, hf, read
 
 ATOL = 1e-4
 
@@ -132,7 +133,6 @@ def test_decoder_only_text_model_refused_before_reading_weights(tmp_path):
 def test_missing_qformer_weights_and_shape_mismatch_named(tmp_path):
     ref = hf_blip2("t5")
     src = write_safetensors_layout(ref, tmp_path / "src", shards=1)
-    from safetensors.torch import load_file, save_file
 
     shard = next(src.glob("*.safetensors"))
     tensors = load_file(str(shard))
@@ -146,11 +146,71 @@ def test_missing_qformer_weights_and_shape_mismatch_named(tmp_path):
         read(src)
 
 
-def test_tied_text_head_refused():
-    data = hf_config_dict(hf_blip2("t5"))
-    data["text_config"].pop("tie_word_embeddings")
-    with pytest.raises(CheckpointError, match="ties its lm_head"):
-        blip2_maps.blip2_config(data)
+# What transformers' own save_pretrained writes for the text models a BLIP-2 may hold. transformers 5
+# ties every T5/mT5 head in memory (then leaves it out of the files) and writes
+# ``tie_word_embeddings: true`` whatever the weights; T5Config's defaults are the original T5
+# (ReLU feed-forward, head tied, decoder output scaled by d_model ** -0.5).
+SAVED_BY_TRANSFORMERS = {
+    "flan-t5, untied head": dict(kind="t5"),
+    "flan-t5 flags, tied in memory": dict(kind="t5", untied=False),
+    "t5 gated, tied and scaled": dict(kind="t5", untied=False, tie_word_embeddings=None),
+    "original t5 (relu, tied, scaled)": dict(kind="t5", untied=False, tie_word_embeddings=None, feed_forward_proj=None),
+    "mt5, tied in memory": dict(kind="mt5", untied=False),
+}
+
+
+@pytest.mark.parametrize("case", SAVED_BY_TRANSFORMERS)
+def test_transformers_save_pretrained_loads_with_its_head(case, tmp_path):
+    fields = dict(SAVED_BY_TRANSFORMERS[case])
+    ref = hf_blip2(fields.pop("kind"), **fields)
+    ref.save_pretrained(tmp_path / "src")
+    ours = PaliModel.from_pretrained(tmp_path / "src", cache_dir=tmp_path / "cache").eval()
+    head, embed = ours.text.lm_head.weight, ours.text.embed.weight
+    lm = ref.language_model
+    tied, scaled = lm.lm_head.weight is lm.shared.weight, bool(getattr(lm.config, "scale_decoder_outputs", False))
+    assert torch.equal(head, embed * (24**-0.5 if scaled else 1.0)) == tied  # kept untied where it was
+    px, ids, mask = batch(2)
+    dec = torch.randint(0, 120, (2, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = ref(**hf_inputs(px, ids, mask), decoder_input_ids=dec).logits
+        got = ours(px, ids, mask, decoder_input_ids=dec).logits
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+        want = ref.generate(**hf_inputs(px, ids, mask), max_new_tokens=6, do_sample=False, num_beams=1,
+                            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)[:, 1:]
+    assert torch.equal(ours.generate(px, ids, mask, max_new_tokens=6), want)
+
+
+def test_missing_head_of_an_untied_config_is_named(tmp_path):
+    """A config that says the head is untied but files without one: a missing tensor, not a tie."""
+    ref = hf_blip2("t5")
+    src = write_safetensors_layout(ref, tmp_path / "src", shards=1)
+    shard = next(src.glob("*.safetensors"))
+    tensors = load_file(shard)
+    del tensors["language_model.lm_head.weight"]
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    del index["weight_map"]["language_model.lm_head.weight"]
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"missing tensors \['text\.lm_head\.weight'\]"):
+        read(src)
+
+
+@pytest.mark.parametrize(
+    "text, version, tied, scaled",
+    [
+        ({"model_type": "t5", "tie_word_embeddings": False}, "4.31.0", False, False),  # Flan-T5 on the Hub
+        ({"model_type": "mt5", "tie_word_embeddings": False}, "4.31.0", False, False),  # mT0 / mBLIP
+        ({"model_type": "t5"}, "4.31.0", True, True),  # T5Config's old default: the original T5
+        ({"model_type": "mt5"}, None, False, False),
+        ({"model_type": "t5", "tie_word_embeddings": True, "scale_decoder_outputs": False}, "5.24.0", True, False),
+        ({"model_type": "t5", "tie_word_embeddings": True, "scale_decoder_outputs": True}, "5.24.0", True, True),
+        ({"model_type": "mt5", "tie_word_embeddings": True}, "5.24.0", True, False),  # mT5 never scales in 5
+    ],
+)
+def test_head_tying_and_scaling_in_every_config_dialect(text, version, tied, scaled):
+    text = {**text, "d_model": 16}
+    assert hf.head_tied(text, version) == tied
+    assert hf.decoder_output_scale(text, version) == (0.25 if scaled else None)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

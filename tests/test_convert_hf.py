@@ -52,10 +52,41 @@ def test_mt5_logits_match(mt5, tmp_path, weights):
     assert (logits - ref).abs().max().item() <= 1e-5
 
 
-def test_missing_lm_head_is_an_error_not_a_tie(mt5, tmp_path):
+def test_missing_lm_head_of_an_untied_config_is_an_error_not_a_tie(mt5, tmp_path):
     src = _hf_dir(tmp_path / "hf", mt5, drop={"lm_head.weight"})
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
     with pytest.raises(CheckpointError, match=r"missing tensors \['lm_head.weight'\]"):
         read_hf(src)
+
+
+@pytest.mark.parametrize(
+    "model_cls, fields",
+    [
+        ("MT5ForConditionalGeneration", dict(feed_forward_proj="gated-gelu")),  # tied in memory by transformers 5
+        ("T5ForConditionalGeneration", dict()),  # the original T5: ReLU, tied head, scaled decoder output
+    ],
+    ids=["mt5-tied", "t5-v1.0"],
+)
+def test_tied_head_saved_by_transformers_matches_its_reload(model_cls, fields, tmp_path):
+    """transformers leaves a tied head out of its files; the embedding is then the head (scaled
+    for the original T5), as transformers itself reads the same folder."""
+    cls = getattr(transformers, model_cls)
+    config_cls = transformers.MT5Config if model_cls.startswith("MT5") else transformers.T5Config
+    torch.manual_seed(0)
+    model = cls(config_cls(vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                           dropout_rate=0.0, **fields)).eval()
+    _randomize(model)
+    model.save_pretrained(tmp_path / "hf")
+    reloaded = cls.from_pretrained(tmp_path / "hf").eval()
+    convert_hf(tmp_path / "hf", tmp_path / "out")
+    ours = MT5(load_config(tmp_path / "out")).eval()
+    ours.load_state_dict(dict(read_safetensors(tmp_path / "out")))
+    ids, labels = torch.randint(2, 256, (2, 12)), torch.randint(2, 256, (2, 7))
+    with torch.no_grad():
+        ref = reloaded(input_ids=ids, decoder_input_ids=shift_right(labels, 0, 0)).logits
+        logits = ours.decode(shift_right(labels, 0, 0), ours.encode(ours.embed(ids)), None)
+    assert (logits - ref).abs().max().item() <= 1e-5
 
 
 def _vision(model_cls, config_cls, seed, **fields):

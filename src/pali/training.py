@@ -9,7 +9,7 @@ LoRA (``peft``) finds modules by name. Ours are ``nn.Linear`` layers named:
 
 * ``q``, ``k``, ``v``, ``o``: attention projections, in both towers (ViT self-attention; mT5
   encoder self-attention, decoder ``self_attn`` and ``cross_attn``);
-* ``wi_0``, ``wi_1``, ``wo``: mT5's gated MLP;
+* ``wi_0``, ``wi_1``, ``wo``: mT5's gated MLP (``wi``, ``wo`` in an original-T5 stack);
 * ``fc1``, ``fc2``: the ViT MLP;
 * ``projection``: the vision-to-text linear map.
 
@@ -38,7 +38,7 @@ POLICIES: dict[str, tuple[str, ...]] = {
 """Policy name -> glob patterns of the parameters it leaves trainable."""
 
 ATTENTION = ("q", "k", "v", "o")
-MT5_MLP = ("wi_0", "wi_1", "wo")
+MT5_MLP = ("wi_0", "wi_1", "wi", "wo")
 VIT_MLP = ("fc1", "fc2")
 
 

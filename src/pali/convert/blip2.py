@@ -10,7 +10,10 @@ The vision attention is fused in the source: ``qkv.weight`` ``[3D, D]`` is split
 ``q``/``k``/``v``; its biases are ``q_bias``/``v_bias`` in the Hub's files and one ``qkv.bias``
 (zeros in the key third) in files written by transformers 5; either way the key gets none.
 A decoder-only text model (OPT, Vicuna, Llama...) is refused from ``config.json``, before any
-weight is read: PaliModel's text stack is an encoder-decoder.
+weight is read: PaliModel's text stack is an encoder-decoder. The text model's head follows the
+weights, not ``tie_word_embeddings`` alone (transformers 5 writes ``true`` for every T5 and mT5,
+untied or not): an ``lm_head`` in the files stays untied, a missing one is the embedding's where
+the config ties them (``pali.convert.plan.fit_lm_head``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ..errors import CheckpointError, ConfigError
 from ..vision.vit_config import ViTConfig
 from . import hf
 from .keymap import KeyMap, Rule
-from .plan import Conversion, Item, Source, check_items, map_sources, parse_dtype
+from .plan import Conversion, Item, Source, check_items, fit_lm_head, map_sources, parse_dtype
 
 MODEL_TYPES = ("blip-2", "instructblip")
 TEXT_MODEL_TYPES = ("t5", "mt5")
@@ -57,12 +60,6 @@ def check_text_model(config: Mapping[str, Any]) -> str:
             f"model; pali runs BLIP-2 / InstructBLIP with an encoder-decoder text model only: "
             f"{' or '.join(TEXT_MODEL_TYPES)} (Flan-T5, mT0/mT5), e.g. Salesforce/blip2-flan-t5-xl, "
             "Salesforce/instructblip-flan-t5-xl, Gregor/mblip-mt0-xl"
-        )
-    # transformers' T5Config defaulted to a tied head (and T5's output rescaling), MT5Config not.
-    if text.get("tie_word_embeddings", kind == "t5") is not False:
-        raise CheckpointError(
-            f"this checkpoint's {kind} text model ties its lm_head to the embedding (T5 v1.0 style); "
-            "only untied T5 v1.1 / Flan-T5 / mT5 heads are supported"
         )
     return kind
 
@@ -202,16 +199,20 @@ def split_fused_qkv(sources: list[Source]) -> list[Source]:
     return out
 
 
-def map_state_dict(config: PaliConfig, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A transformers BLIP-2 / InstructBLIP state dict in memory -> PaliModel names (tests, notebooks)."""
+def map_state_dict(hf_config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers BLIP-2 / InstructBLIP state dict in memory, with its config as a dict ->
+    PaliModel names (tests, notebooks)."""
     sources = [Source(k, tuple(v.shape), lambda v=v: v) for k, v in state_dict.items()]
-    items = _items(config, sources)
+    items = _items(blip2_config(hf_config), hf_config, sources)
     return {item.target: item.load() for item in items}
 
 
-def _items(config: PaliConfig, sources: list[Source]) -> list[Item]:
+def _items(config: PaliConfig, hf_config: Mapping[str, Any], sources: list[Source]) -> list[Item]:
     instruct = config.connector.vocab_size > 0
-    return map_sources(split_fused_qkv(sources), blip2_keymap(instruct))
+    items = map_sources(split_fused_qkv(sources), blip2_keymap(instruct))
+    text, version = _section(hf_config, "text_config"), hf_config.get("transformers_version")
+    return fit_lm_head(items, tied=hf.head_tied(text, version), scale=hf.decoder_output_scale(text, version),
+                       prefix="text.")
 
 
 def read_blip2(directory: Path, hf_config: Mapping[str, Any], *, dtype: str | torch.dtype | None = None) -> Conversion:
@@ -219,6 +220,6 @@ def read_blip2(directory: Path, hf_config: Mapping[str, Any], *, dtype: str | to
     from .hf_reader import hf_sources
 
     config = blip2_config(hf_config)  # refuses unsupported text models before any weight is read
-    items = _items(config, hf_sources(directory))
+    items = _items(config, hf_config, hf_sources(directory))
     check_items(items, config, f"the {hf_config['model_type']} config")
     return Conversion(config, items, {"pali.source_format": "hf"}, parse_dtype(dtype))

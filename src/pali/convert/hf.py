@@ -106,13 +106,13 @@ MT5 = KeyMap(
         Rule(r"(encoder|decoder)\.final_layer_norm\.weight", r"\1.norm.weight"),
         Rule(r"encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.(q|k|v|o)\.weight", r"encoder.layers.\1.attn.\2.weight"),
         Rule(r"encoder\.block\.(\d+)\.layer\.0\.layer_norm\.weight", r"encoder.layers.\1.attn_norm.weight"),
-        Rule(r"encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.(wi_0|wi_1|wo)\.weight", r"encoder.layers.\1.mlp.\2.weight"),
+        Rule(r"encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.(wi_0|wi_1|wi|wo)\.weight", r"encoder.layers.\1.mlp.\2.weight"),
         Rule(r"encoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight", r"encoder.layers.\1.mlp_norm.weight"),
         Rule(r"decoder\.block\.(\d+)\.layer\.0\.SelfAttention\.(q|k|v|o)\.weight", r"decoder.layers.\1.self_attn.\2.weight"),
         Rule(r"decoder\.block\.(\d+)\.layer\.0\.layer_norm\.weight", r"decoder.layers.\1.self_attn_norm.weight"),
         Rule(r"decoder\.block\.(\d+)\.layer\.1\.EncDecAttention\.(q|k|v|o)\.weight", r"decoder.layers.\1.cross_attn.\2.weight"),
         Rule(r"decoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight", r"decoder.layers.\1.cross_attn_norm.weight"),
-        Rule(r"decoder\.block\.(\d+)\.layer\.2\.DenseReluDense\.(wi_0|wi_1|wo)\.weight", r"decoder.layers.\1.mlp.\2.weight"),
+        Rule(r"decoder\.block\.(\d+)\.layer\.2\.DenseReluDense\.(wi_0|wi_1|wi|wo)\.weight", r"decoder.layers.\1.mlp.\2.weight"),
         Rule(r"decoder\.block\.(\d+)\.layer\.2\.layer_norm\.weight", r"decoder.layers.\1.mlp_norm.weight"),
     ],
 )
@@ -173,11 +173,17 @@ def hf_vit_config(config: Mapping[str, Any]) -> ViTConfig:
     return ViTConfig(**fields, qkv_bias=config.get("qkv_bias", True), class_token=True)
 
 
+_FEED_FORWARD = {"gated-gelu": "gated-gelu", "gated-gelu_new": "gated-gelu", "relu": "relu"}
+
+
 def mt5_config(config: Mapping[str, Any]) -> MT5Config:
-    """Our MT5Config for a HF ``MT5Config``/``T5Config`` dict (T5 v1.1 layout only)."""
+    """Our MT5Config for a HF ``MT5Config``/``T5Config`` dict: T5 v1.1 / mT5 (gated GELU) or the
+    original T5 (ReLU)."""
     ff = config.get("feed_forward_proj", "gated-gelu")
-    if ff not in ("gated-gelu", "gated-gelu_new"):
-        raise CheckpointError(f"feed_forward_proj {ff!r}: only T5 v1.1 / mT5 'gated-gelu' stacks are supported")
+    if ff not in _FEED_FORWARD:
+        raise CheckpointError(
+            f"feed_forward_proj {ff!r}: supported are {sorted(_FEED_FORWARD)} (T5 v1.1 / mT5 and the original T5)"
+        )
     layers = config["num_layers"]
     return MT5Config(
         vocab_size=config["vocab_size"],
@@ -193,4 +199,35 @@ def mt5_config(config: Mapping[str, Any]) -> MT5Config:
         pad_token_id=config.get("pad_token_id", 0),
         eos_token_id=config.get("eos_token_id", 1),
         decoder_start_token_id=config.get("decoder_start_token_id", 0),
+        feed_forward=_FEED_FORWARD[ff],
     )
+
+
+def _major(version: str | None) -> int:
+    """The major version of the transformers that wrote a config (4 when unrecorded)."""
+    major = (version or "4").split(".")[0]
+    return int(major) if major.isdigit() else 4
+
+
+def head_tied(text: Mapping[str, Any], transformers_version: str | None) -> bool:
+    """Whether a T5/mT5 config declares its ``lm_head`` tied to the embedding.
+
+    transformers 4 tied by default for T5 only; transformers 5 ties every T5 and mT5 in memory
+    and writes ``tie_word_embeddings: true`` for all of them, so the flag alone cannot tell an
+    untied Flan-T5 from a tied model: the weights decide where they can (``fit_lm_head``).
+    """
+    default = text.get("model_type") == "t5" or _major(transformers_version) >= 5
+    return text.get("tie_word_embeddings", default) is not False
+
+
+def decoder_output_scale(text: Mapping[str, Any], transformers_version: str | None) -> float | None:
+    """T5's ``d_model ** -0.5`` on the decoder output before ``lm_head``, if this text model has it.
+
+    The original T5 scales; T5 v1.1, Flan-T5, mT5 and mT0 do not. transformers 5 writes
+    ``scale_decoder_outputs`` for T5 and never scales mT5; transformers 4 scaled exactly when the
+    head was tied. ``None``: no scaling.
+    """
+    scale = text.get("scale_decoder_outputs")
+    if not isinstance(scale, bool):
+        scale = _major(transformers_version) < 5 and head_tied(text, transformers_version)
+    return text["d_model"] ** -0.5 if scale else None

@@ -19,7 +19,7 @@ from ..checkpoint import check_shape, checked_file, index_shards, list_tensors, 
 from ..errors import CheckpointError, ConfigError
 from . import blip2, hf
 from .keymap import KeyMap
-from .plan import Conversion, Source, check_items, fit_pos_embed, map_sources, parse_dtype, target_config
+from .plan import Conversion, Source, check_items, fit_lm_head, fit_pos_embed, map_sources, parse_dtype, target_config
 
 BIN_NAME = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -117,5 +117,9 @@ def read_hf(
     items = map_sources(hf_sources(directory), keymap)
     if family == "vision":
         items = fit_pos_embed(items, config)
+    else:
+        version = hf_config.get("transformers_version")
+        items = fit_lm_head(items, tied=hf.head_tied(hf_config, version),
+                            scale=hf.decoder_output_scale(hf_config, version))
     check_items(items, config, against)
     return Conversion(config, items, {"pali.source_format": "hf"}, parse_dtype(dtype))

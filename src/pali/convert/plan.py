@@ -109,6 +109,25 @@ def fit_pos_embed(items: list[Item], config: VisionConfig) -> list[Item]:
     return out
 
 
+def fit_lm_head(items: list[Item], *, tied: bool, scale: float | None, prefix: str = "") -> list[Item]:
+    """The text stack's ``lm_head``, whatever the checkpoint's tying.
+
+    A head in the checkpoint is kept as it is (untied). Where there is none and the config
+    declares the head ``tied`` (transformers leaves a tied head out of its files), the embedding
+    is read for it; an untied config without a head stays a missing tensor (``check_items``
+    names it). ``scale`` is T5's factor on the decoder output before the head
+    (``pali.convert.hf.decoder_output_scale``), folded into the head's weights:
+    ``W (s x) = (s W) x``, so the text stack needs no switch for it.
+    """
+    head, embed = prefix + "lm_head.weight", prefix + "embed.weight"
+    found = {item.target: item for item in items}
+    if tied and head not in found and embed in found:
+        items = [*items, replace(found[embed], target=head, source=f"{found[embed].source} (tied head)")]
+    if scale is None:
+        return items
+    return [item.then(lambda t: (t.float() * scale).to(t.dtype)) if item.target == head else item for item in items]
+
+
 def _module(config: Config) -> torch.nn.Module:
     """The module ``config`` describes: a whole PaliModel or one tower."""
     if isinstance(config, PaliConfig):

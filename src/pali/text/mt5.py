@@ -1,6 +1,7 @@
 """mT5 (T5 v1.1) encoder-decoder with exactly the reference semantics.
 
-RMSNorm (eps 1e-6, no mean subtraction, no bias), gated tanh-GELU MLP ``wo(gelu(wi_0 x) * wi_1 x)``,
+RMSNorm (eps 1e-6, no mean subtraction, no bias), gated tanh-GELU MLP ``wo(gelu(wi_0 x) * wi_1 x)``
+(or the original T5's ``wo(relu(wi x))``, by config),
 no biases anywhere, no 1/sqrt(d) attention scaling, one relative-position-bias table per stack
 (bidirectional in the encoder, causal in the decoder) shared by all its layers, an untied
 ``lm_head`` and no logit rescaling. pad = decoder start = 0, eos = 1.
@@ -49,15 +50,25 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(self.weight.dtype)
 
 
-class GatedMLP(nn.Module):
-    def __init__(self, d_model: int, d_ff: int) -> None:
+class FeedForward(nn.Module):
+    """T5's feed-forward block: ``wo(gelu(wi_0 x) * wi_1 x)`` (gated tanh-GELU: T5 v1.1, mT5,
+    Flan-T5, mT0) or ``wo(relu(wi x))`` (the original T5), as ``MT5Config.feed_forward`` says."""
+
+    def __init__(self, d_model: int, d_ff: int, gated: bool = True) -> None:
         super().__init__()
-        self.wi_0 = nn.Linear(d_model, d_ff, bias=False)
-        self.wi_1 = nn.Linear(d_model, d_ff, bias=False)
+        self.gated = gated
+        if gated:
+            self.wi_0 = nn.Linear(d_model, d_ff, bias=False)
+            self.wi_1 = nn.Linear(d_model, d_ff, bias=False)
+        else:
+            self.wi = nn.Linear(d_model, d_ff, bias=False)
         self.wo = nn.Linear(d_ff, d_model, bias=False)
 
+    def inputs(self) -> list[nn.Linear]:
+        return [self.wi_0, self.wi_1] if self.gated else [self.wi]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)
+        h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x) if self.gated else F.relu(self.wi(x))
         if h.dtype == torch.float16:
             # Run ``wo`` as a module with fp32 copies of all its parameters, so a wrapper around it
             # (a LoRA adapter) takes part instead of being bypassed by a bare ``F.linear``; with
@@ -75,7 +86,7 @@ class EncoderLayer(nn.Module):
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=False, scale=1.0)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = GatedMLP(cfg.d_model, cfg.d_ff)
+        self.mlp = FeedForward(cfg.d_model, cfg.d_ff, cfg.gated)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, bias: RelativeBias, mask: torch.Tensor | None) -> torch.Tensor:
@@ -91,7 +102,7 @@ class DecoderLayer(nn.Module):
         self.cross_attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.cross_attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=False, scale=1.0)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = GatedMLP(cfg.d_model, cfg.d_ff)
+        self.mlp = FeedForward(cfg.d_model, cfg.d_ff, cfg.gated)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -182,9 +193,9 @@ class MT5(nn.Module):
                     nn.init.normal_(module.k.weight, std=d**-0.5)
                     nn.init.normal_(module.v.weight, std=d**-0.5)
                     nn.init.normal_(module.o.weight, std=inner**-0.5)
-                elif isinstance(module, GatedMLP):
-                    nn.init.normal_(module.wi_0.weight, std=d**-0.5)
-                    nn.init.normal_(module.wi_1.weight, std=d**-0.5)
+                elif isinstance(module, FeedForward):
+                    for wi in module.inputs():
+                        nn.init.normal_(wi.weight, std=d**-0.5)
                     nn.init.normal_(module.wo.weight, std=cfg.d_ff**-0.5)
 
     def fsdp_units(self) -> list[nn.Module]:

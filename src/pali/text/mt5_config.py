@@ -13,11 +13,17 @@ from ..config import TextConfig
 from ..errors import ConfigError
 from ..registry import Preset
 
+#: The feed-forward blocks of the T5 family: T5 v1.1 / mT5 / Flan-T5 / mT0 gate a tanh-GELU
+#: (``wo(gelu(wi_0 x) * wi_1 x)``); the original T5 (v1.0) has one ReLU layer (``wo(relu(wi x))``).
+FEED_FORWARD = ("gated-gelu", "relu")
+
 
 @dataclass
 class MT5Config(TextConfig):
     kind = "mt5"
-    shape_fields = ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers", "num_decoder_layers")
+    shape_fields = (
+        "vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers", "num_decoder_layers", "feed_forward",
+    )
     d_ff: int = 1024
     num_heads: int = 6
     d_kv: int = 64
@@ -27,6 +33,7 @@ class MT5Config(TextConfig):
     max_distance: int = 128
     norm_eps: float = 1e-6
     dropout: float = 0.0
+    feed_forward: str = "gated-gelu"
 
     def __post_init__(self) -> None:
         self.require_positive(
@@ -35,10 +42,17 @@ class MT5Config(TextConfig):
         )
         if self.num_buckets % 2:
             raise ConfigError("MT5Config.num_buckets must be even (half per direction in the encoder)")
+        if self.feed_forward not in FEED_FORWARD:
+            raise ConfigError(f"MT5Config.feed_forward must be one of {FEED_FORWARD}, got {self.feed_forward!r}")
+
+    @property
+    def gated(self) -> bool:
+        """Whether the feed-forward block has two input projections (``wi_0``, ``wi_1``) or one (``wi``)."""
+        return self.feed_forward.startswith("gated-")
 
     def num_parameters(self) -> int:
         d, inner = self.d_model, self.num_heads * self.d_kv
-        attention, mlp = 4 * d * inner, 3 * d * self.d_ff  # no biases; RMSNorms are d each
+        attention, mlp = 4 * d * inner, (3 if self.gated else 2) * d * self.d_ff  # no biases; RMSNorms are d each
         encoder = self.num_encoder_layers * (attention + mlp + 2 * d)
         decoder = self.num_decoder_layers * (2 * attention + mlp + 3 * d)
         stacks = 2 * (self.num_heads * self.num_buckets + d)  # bias table + final norm each
