@@ -221,3 +221,12 @@ def test_half_precision_runs_finite(dtype):
         tokens = ours.generate(px.to(dtype), ids, mask, max_new_tokens=4)
         logits = ours(px.to(dtype), ids, mask, decoder_input_ids=tokens).logits
     assert torch.isfinite(logits).all()
+
+
+def test_placeholder_ids_made_for_transformers_are_named():
+    ours = pali_twin(hf_blip2("t5"))
+    px, ids, mask = batch(2)
+    made_for_transformers = hf_inputs(px, ids, mask)
+    with pytest.raises(InputError, match="<image> placeholder id 127.*prompt's ids alone"):
+        ours.generate(**made_for_transformers, max_new_tokens=2)
+    assert ours.generate(px, ids, mask, max_new_tokens=2).shape[0] == 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hub_fixtures import hub, offline  # noqa: F401  (fixtures)
-from pali import CheckpointError, PaliModel
+from pali import CheckpointError, InputError, PaliModel
 from helpers_checkpoint import read_safetensors
 from pali.checkpoint import INDEX_NAME, write_safetensors
 from pali.hub import HubError
@@ -207,6 +207,14 @@ def test_dtype_device_and_provenance(tmp_path):
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: pali" in card and "license: apache-2.0" in card
     assert "- google/mt5-small" in card and "pali-tiny" in card and f"{model.num_parameters():,}" in card
+
+
+def test_torch_dtype_is_dtype_under_transformers_name(tmp_path):
+    out = _model(8).save_pretrained(tmp_path / "m")
+    loaded = PaliModel.from_pretrained(out, torch_dtype=torch.float16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float16}
+    with pytest.raises(InputError, match="disagree"):
+        PaliModel.from_pretrained(out, dtype=torch.bfloat16, torch_dtype=torch.float16)
 
 
 def test_save_is_atomic_and_takes_processor_files(tmp_path):

@@ -136,6 +136,7 @@ class PaliModel(PretrainedMixin, nn.Module):
             parts.append(visual)
             masks.append(torch.ones(batch, visual.shape[1], dtype=torch.bool, device=visual.device))
         if input_ids is not None:
+            self._check_no_placeholders(input_ids)
             parts.append(self.text.embed_tokens(input_ids))
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
@@ -148,6 +149,16 @@ class PaliModel(PretrainedMixin, nn.Module):
         if bool(mask.all()):
             mask = None  # nothing to mask: lets attention skip the padding path entirely
         return self.text.encode(embeds, mask), mask
+
+    def _check_no_placeholders(self, input_ids: torch.Tensor) -> None:
+        placeholder = getattr(self.config.connector, "image_token_index", None)  # a Q-Former's (BLIP-2)
+        if placeholder is None or torch.compiler.is_compiling() or not bool((input_ids == placeholder).any()):
+            return
+        raise InputError(
+            f"input_ids hold the <image> placeholder id {placeholder}, which transformers' BLIP-2 processor "
+            "puts before the prompt; PaliModel places the visual words itself: pass the prompt's ids alone "
+            "(PaliProcessor makes them)"
+        )
 
     def _visual_words(self, pixel_values, qformer_input_ids, qformer_attention_mask) -> torch.Tensor:
         features = self.vision(pixel_values)

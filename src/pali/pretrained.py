@@ -39,6 +39,7 @@ class PretrainedMixin:
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         strict: bool = True,
+        torch_dtype: torch.dtype | None = None,
     ):
         """Load a model saved by [`save_pretrained`][pali.PaliModel.save_pretrained], or a
         transformers BLIP-2 / InstructBLIP checkpoint (T5 / mT5 text model), from a folder or a Hub
@@ -58,8 +59,17 @@ class PretrainedMixin:
         there like any pali checkpoint: later loads convert nothing. One whose text model is
         decoder-only (OPT, Vicuna...) raises [`CheckpointError`][pali.CheckpointError] before any weight file
         is fetched or read.
+
+        ``torch_dtype`` is ``dtype``'s older transformers name, accepted so code written for
+        transformers runs unchanged.
         """
+        from .errors import InputError
         from .hub.resolve import resolve
+
+        if torch_dtype is not None:
+            if dtype is not None and dtype != torch_dtype:
+                raise InputError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; give one")
+            dtype = torch_dtype
         from .loading import load_model
 
         resolved = resolve(name_or_path, revision=revision, cache_dir=cache_dir,

@@ -11,7 +11,13 @@ from ..vision.vit_config import ACTIVATION_NAMES
 
 @dataclass
 class QFormerConfig(ConnectorConfig):
-    """``vocab_size`` 0 is BLIP-2 (queries only); > 0 is InstructBLIP (reads instruction ids)."""
+    """``vocab_size`` 0 is BLIP-2 (queries only); > 0 is InstructBLIP (reads instruction ids).
+
+    ``image_token_index``: the ``<image>`` placeholder id that transformers >= 4.47 puts in
+    ``input_ids`` for these checkpoints. PaliModel places the visual words itself, so a prompt
+    holding that id is a batch made for transformers: [`pali.PaliModel`][] names the mistake
+    instead of reading the placeholders as words.
+    """
 
     kind = "qformer"
     num_query_tokens: int = 32
@@ -24,6 +30,7 @@ class QFormerConfig(ConnectorConfig):
     norm_eps: float = 1e-12
     vocab_size: int = 0
     max_position_embeddings: int = 512
+    image_token_index: int | None = None
 
     def __post_init__(self) -> None:
         self.require_positive(

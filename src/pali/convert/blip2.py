@@ -85,6 +85,7 @@ def blip2_config(config: Mapping[str, Any]) -> PaliConfig:
             act=hf._activation(q.get("hidden_act", "gelu")), norm_eps=q.get("layer_norm_eps", 1e-12),
             vocab_size=q.get("vocab_size", 30522) if instruct else 0,
             max_position_embeddings=q.get("max_position_embeddings", 512),
+            image_token_index=config.get("image_token_index"),
         )
         encoder_width = q.get("encoder_hidden_size", vision.hidden_size)
         if encoder_width != vision.hidden_size:
