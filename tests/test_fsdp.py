@@ -1,6 +1,8 @@
 """FSDP2 on CPU: 2 gloo processes, each with half of a fixed global batch, match one process
 training on the whole batch (a few AdamW steps, fp32), and the full state dict gathers on rank 0."""
 
+import gc
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -50,20 +52,30 @@ def _train(model, rows):
     return first
 
 
+def _shard_and_train(rank, world, out, policy, frozen):
+    from pali.parallel import apply_fsdp, full_state_dict
+
+    model = apply_fsdp(_model(policy, frozen))
+    half = 4 // world
+    grads = _train(model, slice(rank * half, (rank + 1) * half))
+    state = full_state_dict(model)
+    if rank == 0:
+        torch.save((state, grads), out)
+    else:
+        assert state == {}
+
+
 def _worker(rank, world, init_file, out, policy, frozen):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        from pali.parallel import apply_fsdp, full_state_dict
-
-        model = apply_fsdp(_model(policy, frozen))
-        half = 4 // world
-        grads = _train(model, slice(rank * half, (rank + 1) * half))
-        state = full_state_dict(model)
-        if rank == 0:
-            torch.save((state, grads), out)
-        else:
-            assert state == {}
+        _shard_and_train(rank, world, out, policy, frozen)
+        # Teardown in order, on both ranks: the sharded model (and any gloo work its FSDP state
+        # still holds) is freed while the interpreter is whole, and neither rank destroys its
+        # group while the other may still be in a collective. A CI run once lost a rank to
+        # SIGABRT ("terminate called without an active exception") at this point.
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
