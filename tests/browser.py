@@ -31,7 +31,7 @@ FLAGS = (
 )
 # Not a limit on how fast a page must render: only a guard so that a browser which never answers
 # fails the test with a message instead of hanging the suite.
-HANG_GUARD_S = 120.0
+HANG_GUARD_S = 600.0
 
 
 def find_chromium() -> str | None:

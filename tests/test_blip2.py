@@ -9,11 +9,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blip2_reference import (
-    batch, hf_blip2, hf_config_dict, hf_inputs, pali_twin, qformer_batch, write_bin_layout,
+    batch, hf_blip2, hf_inputs, pali_twin, qformer_batch, write_bin_layout,
     write_safetensors_layout,
 )
 from pali import CheckpointError, InputError, PaliConfig, PaliModel, get_config
-from pali.convert import blip2 as blip2_maps
 from pali.convert import convert, hf, read
 
 ATOL = 1e-4

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 
 import pali
 from pali import ConfigError, PaliConfig, RegistryError, get_config, list_presets
@@ -105,14 +104,17 @@ def test_configs_and_presets_load_without_torch():
     )
     paths = json.dumps([str(p) for p in _saved_configs()])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", code, paths], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code, paths], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("torch-free") and "pali-3b" in result.stdout
 
 
 @pytest.mark.parametrize("registry", [VISION_ENCODERS, TEXT_STACKS, CONNECTORS], ids=lambda r: r.kind)
 def test_config_table_names_the_built_in_modules_config_class(registry):
-    assert sorted(registry.configs) == registry.names()  # every built-in named, no plugin installed
+    # Every built-in is named (another test, or a docs page run in this process, may have added
+    # a plugin of its own: those are not pali's modules).
+    built_in = [n for n in registry.names() if registry.get(n).__module__.startswith("pali.")]
+    assert sorted(registry.configs) == built_in
     for kind in registry.configs:
         config_class = registry.config_class(kind)
         assert config_class is registry.get(kind).config_class and config_class.kind == kind
@@ -126,7 +128,7 @@ def test_presets_are_tables_read_by_the_registry():
         "assert PRESETS._entries == {}, sorted(PRESETS._entries)\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     from pali.vision.vit_config import PRESET_TABLE
 

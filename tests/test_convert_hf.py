@@ -154,7 +154,7 @@ def test_bad_hf_directories(mt5, tmp_path):
 
 def _pali(*args):
     script = Path(sys.executable).with_name("pali")
-    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True)
 
 
 def test_cli_end_to_end(mt5, tmp_path, capsys):

@@ -66,13 +66,11 @@ def _interrupt_conversion(src: Path, out: Path, sig: int) -> None:
     ready.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, "-c", _CONVERT, str(src), str(out), str(ready)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not ready.exists():
+    while not ready.exists():  # the conversion writes its first tensor, or ends: then it failed
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "the conversion never started writing"
         time.sleep(0.05)
     proc.send_signal(sig)
-    proc.wait(30)
+    proc.wait()
     assert proc.returncode != 0
 
 

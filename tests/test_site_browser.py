@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from browser import Chromium, find_chromium, serve
-from test_docs import ROOT, build_site, code_blocks
+from docs_site import ROOT, build_site, code_blocks
 
 PAGES = {"index.md": "", "model.md": "model/", "tasks.md": "tasks/", "benchmarks.md": "benchmarks/",
          "architecture.md": "architecture/"}
