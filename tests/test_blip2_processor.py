@@ -111,13 +111,12 @@ def hub_layout(folder: Path, family: str, *, qformer: str = "vocab") -> Path:
 
 def transformers_folder(folder: Path, family: str) -> Path:
     """As transformers 5's processor ``save_pretrained`` writes it (image settings nested in its
-    processor_config.json, no preprocessor_config.json, no spiece.model), plus spiece.model."""
+    processor_config.json, no preprocessor_config.json, the tokenizer as tokenizer.json only)."""
     source = hub_layout(folder.parent / f"{folder.name}-source", family, qformer="json")
     loaded = (transformers.InstructBlipProcessor if family == "instructblip" else transformers.Blip2Processor
               ).from_pretrained(str(source))
     loaded.save_pretrained(str(folder))
     assert not (folder / "preprocessor_config.json").exists() and not (folder / "spiece.model").exists()
-    shutil.copy(source / "spiece.model", folder)
     shutil.copy(source / "config.json", folder)
     return folder
 
@@ -263,18 +262,21 @@ def test_long_prompts_warn_once_per_tokenizer_and_keep_the_closing_token(folders
 def test_from_the_hub_a_local_folder_and_a_reload_agree(folders, hub, hub_cache, tmp_path, family):  # noqa: F811
     hub.commit(f"org/{family}-proc", folders[family])
     from_hub = PaliProcessor.from_pretrained(f"org/{family}-proc")
-    local = PaliProcessor.from_pretrained(transformers_folder(tmp_path / "t5saved", family))
+    t5saved = transformers_folder(tmp_path / "t5saved", family)
+    local = PaliProcessor.from_pretrained(t5saved)
+    hub.commit(f"org/{family}-t5saved", t5saved)  # the Hub's answer for the absent spiece.model: tokenizer.json
+    local_from_hub = PaliProcessor.from_pretrained(f"org/{family}-t5saved")
     from_hub.save_pretrained(tmp_path / "ours")
     reloaded = PaliProcessor.from_pretrained(tmp_path / "ours")
     config = from_hub.config.to_dict()
     assert config["prompt_set"] == family and config["image_backend"] == "pil" and config["resample"] == "bicubic"
     assert config["qformer"] == (family == "instructblip")
-    assert local.config.to_dict() == reloaded.config.to_dict() == config
+    assert local.config.to_dict() == local_from_hub.config.to_dict() == reloaded.config.to_dict() == config
     saved = json.loads((tmp_path / "ours" / "processor_config.json").read_text())
     assert saved == config  # what we read is what we record
     inputs = dict(images=[photo(), photo().convert("L")], text=["a photo of a cat", "what is it?"])
     expected = from_hub(**inputs)
-    for other in (local, reloaded):
+    for other in (local, local_from_hub, reloaded):
         got = other(**inputs)
         assert got.keys() == expected.keys()
         for key in expected:
@@ -288,7 +290,8 @@ def test_missing_files_are_named(folders, tmp_path):
         PaliProcessor.from_pretrained(bare)
     no_spiece = shutil.copytree(folders["blip2"], tmp_path / "nospiece")
     (no_spiece / "spiece.model").unlink()
-    with pytest.raises(CheckpointError, match="spiece.model"):
+    (no_spiece / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="neither spiece.model nor transformers' tokenizer.json"):
         PaliProcessor.from_pretrained(no_spiece)
     no_qformer = shutil.copytree(folders["instructblip"], tmp_path / "noq")
     shutil.rmtree(no_qformer / "qformer_tokenizer")

@@ -10,8 +10,9 @@ What is read, and why each file:
   the ViT reads three channels). A centre crop or a non-square size is refused: the model's
   position embeddings expect exactly ``size`` x ``size``.
 * ``spiece.model``: the text model's sentencepiece vocabulary (Flan-T5's 32k, mT0's 250k) with
-  T5's 100 ``<extra_id_N>`` sentinels; every Hub repo of the family has it (a folder written by
-  transformers 5's ``save_pretrained`` holds only ``tokenizer.json``: copy ``spiece.model`` in).
+  T5's 100 ``<extra_id_N>`` sentinels; every Hub repo of the family has it. A folder written by
+  transformers 5's ``save_pretrained`` holds only ``tokenizer.json``: the sentencepiece model is
+  rebuilt from it (`pali.tokenizer_json`), with the same ids.
   transformers' added tokens (the ``<image>`` placeholder of transformers >= 4.47) are not read:
   we give the model the prompt alone, and a typed ``<image>`` is plain text.
 * ``config.json``: ``model_type`` and the text model's type choose the prompt set (``blip2``
@@ -31,7 +32,8 @@ from .convert.blip2 import MODEL_TYPES, check_text_model
 from .errors import CheckpointError, InputError
 from .image_processing import RESAMPLE
 from .prompts import get_prompt_set
-from .tokenizer import SPIECE_NAME, Tokenizer
+from .tokenizer import Tokenizer
+from .tokenizer import load as load_tokenizer
 from .wordpiece import WordPieceTokenizer
 
 PREPROCESSOR_NAME = "preprocessor_config.json"
@@ -104,11 +106,12 @@ def read(
         raise CheckpointError(str(e)) from None
     instruct = isinstance(hf_config, dict) and hf_config.get("model_type") == "instructblip"
     qformer = qformer_tokenizer(resolve) if instruct else None
+    tokenizer = load_tokenizer(resolve)
     fields.update(
         prompt_set=family.name, languages=list(family.languages), classify_template=family.classify_template,
-        extra_ids=100, qformer=qformer is not None,
+        extra_ids=tokenizer.extra_ids, qformer=qformer is not None,
     )
-    return fields, Tokenizer(resolve(SPIECE_NAME), extra_ids=100), qformer
+    return fields, tokenizer, qformer
 
 
 def qformer_tokenizer(resolve: Resolve) -> WordPieceTokenizer:

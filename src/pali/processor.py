@@ -34,6 +34,7 @@ from .image_processing import BACKENDS, RESAMPLE, ImageLike, ImageProcessor, spl
 from .model import IGNORE_INDEX
 from .prompts import PROMPT_SETS
 from .tokenizer import SPIECE_NAME, Tokenizer, pad_rows, resolve_file
+from .tokenizer import load as load_tokenizer
 from .wordpiece import WordPieceTokenizer
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
@@ -160,7 +161,7 @@ class PaliProcessor:
         if isinstance(data, dict) and prompt_set is not None:
             data = {**data, "prompt_set": prompt_set}
         config = _config(data, path)
-        tokenizer = Tokenizer(resolve(SPIECE_NAME), extra_ids=config.extra_ids)
+        tokenizer = load_tokenizer(resolve, extra_ids=config.extra_ids)
         qformer = WordPieceTokenizer.from_file(resolve(QFORMER_TOKENIZER_NAME)) if config.qformer else None
         return cls(tokenizer, config, qformer)
 

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 import torch
 
-from . import bundled
+from . import bundled, tokenizer_json
 from .errors import CheckpointError, InputError
 
 SPIECE_NAME = "spiece.model"
+TOKENIZER_JSON_NAME = "tokenizer.json"
 SENTINEL = re.compile(r"<extra_id_(\d+)>")
 PADDING = (False, "longest", "max_length")
 
@@ -61,32 +62,73 @@ def resolve_file(source: str | Path, filename: str, *, revision: str | None = No
     return download_from_hub(text, filename, revision=revision)
 
 
+def load(resolve: Callable[[str], Path], *, extra_ids: int | None = None, json_file: bool = False) -> Tokenizer:
+    """The text tokenizer of a checkpoint: its ``spiece.model``, else its ``tokenizer.json``.
+
+    ``resolve`` maps a file name to a local path (`CheckpointError` when the checkpoint has no such
+    file). transformers 5 writes T5's tokenizer as ``tokenizer.json`` only; `pali.tokenizer_json`
+    rebuilds the sentencepiece model from it, with the sentinels it counted (unless ``extra_ids``
+    is given). A corrupt file is an error naming it, never a fall-back to the other.
+    """
+    name = TOKENIZER_JSON_NAME if json_file else SPIECE_NAME
+    try:
+        path = resolve(name)
+    except CheckpointError as first:
+        if json_file or not _absent(first):  # an unreachable Hub, say, is that error: no second try
+            raise
+        try:
+            path, name = resolve(TOKENIZER_JSON_NAME), TOKENIZER_JSON_NAME
+        except CheckpointError:
+            raise CheckpointError(
+                f"no tokenizer: neither {SPIECE_NAME} nor transformers' {TOKENIZER_JSON_NAME} ({first})"
+            ) from None
+    if name == SPIECE_NAME:
+        return Tokenizer(path, extra_ids=100 if extra_ids is None else extra_ids)
+    proto, sentinels = tokenizer_json.read(path)
+    return Tokenizer(proto, extra_ids=sentinels if extra_ids is None else extra_ids, source=str(path))
+
+
+def _absent(error: CheckpointError) -> bool:
+    """Whether ``error`` (from `resolve_file`) says the file does not exist, locally or in the Hub repo."""
+    return f"no {SPIECE_NAME} in this directory" in str(error) or "the repo has no such file" in str(error)
+
+
 class Tokenizer:
     """Text <-> ids for mT5 (see the module docstring for the id layout and the special-text rule)."""
 
-    def __init__(self, model_file: str | Path, *, extra_ids: int = 100) -> None:
-        self.model_file = Path(model_file)
+    def __init__(self, model_file: str | Path | bytes, *, extra_ids: int = 100, source: str | None = None) -> None:
+        """``model_file``: a ``spiece.model`` path, or the model's serialized proto (``source`` names
+        where it came from in errors)."""
+        self.model_file = None if isinstance(model_file, bytes) else Path(model_file)
+        self.source = source or str(self.model_file)
         if extra_ids < 0:
             raise InputError(f"extra_ids must be >= 0, got {extra_ids}")
         self.sp = spm.SentencePieceProcessor()
         try:
-            self.sp.load(str(self.model_file))
+            if self.model_file is None:
+                self.sp.load_from_serialized_proto(model_file)
+            else:
+                self.sp.load(str(self.model_file))
         except (OSError, RuntimeError) as e:
-            raise CheckpointError(f"{self.model_file}: not a sentencepiece model ({e})") from None
+            raise CheckpointError(f"{self.source}: not a sentencepiece model ({e})") from None
         self.extra_ids = extra_ids
         self.pad_id, self.eos_id, self.unk_id = self.sp.pad_id(), self.sp.eos_id(), self.sp.unk_id()
         if self.pad_id < 0 or self.eos_id < 0:
             raise CheckpointError(
-                f"{self.model_file}: the model defines no <pad> or </s> piece (pad_id={self.pad_id}, "
+                f"{self.source}: the model defines no <pad> or </s> piece (pad_id={self.pad_id}, "
                 f"eos_id={self.eos_id}); mT5 vocabularies have pad=0, eos=1"
             )
 
     @classmethod
     def from_pretrained(
-        cls, source: str | Path, *, revision: str | None = None, extra_ids: int = 100
+        cls, source: str | Path, *, revision: str | None = None, extra_ids: int | None = None
     ) -> Tokenizer:
-        """From a ``spiece.model`` file, a directory holding one, or a Hub repo id (``google/mt5-small``)."""
-        return cls(resolve_file(source, SPIECE_NAME, revision=revision), extra_ids=extra_ids)
+        """From a ``spiece.model`` file, a directory holding one, or a Hub repo id (``google/mt5-small``);
+        where there is no ``spiece.model``, from transformers 5's ``tokenizer.json`` (see `load`)."""
+        path = Path(bundled.resolve(source)).expanduser()
+        if path.is_file():
+            return load(lambda name: path, extra_ids=extra_ids, json_file=path.suffix == ".json")
+        return load(lambda name: resolve_file(source, name, revision=revision), extra_ids=extra_ids)
 
     def save(self, path: str | Path) -> None:
         """Write the sentencepiece model (bytes as loaded) to ``path``."""

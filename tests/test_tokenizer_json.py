@@ -1,0 +1,94 @@
+"""transformers 5's ``tokenizer.json`` of T5 / mT5, read back as the sentencepiece model it came from.
+
+The reference is the original ``spiece.model`` run by sentencepiece: every piece, score and piece
+type of the rebuilt model, and the ids of every test text, must equal it. The ``tokenizer.json``
+files are written by transformers itself (``T5TokenizerFast`` converting a ``spiece.model``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import sentencepiece as spm
+from spm_fixture import CORPUS, train_spm
+
+from pali import PaliProcessor
+from pali.errors import CheckpointError
+from pali.tokenizer import Tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+TEXTS = [*CORPUS, "  two  spaces  ", "ﬁ ligature, ＡＢＣ full width, Å", "a <extra_id_0> b <extra_id_7>",
+         "characters it never saw: ☃ ∮ ⟁", "", "tab\tand\nnewline"]
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["t5-unk", "mt5-byte-fallback"])
+def saved(request, tmp_path_factory):
+    """(original spiece.model, a folder holding only what transformers 5 saves: tokenizer.json)."""
+    root = tmp_path_factory.mktemp("tokjson")
+    spiece = train_spm(root / "spm", byte_fallback=request.param, vocab_size=400 if request.param else 156)
+    folder = root / "saved"
+    transformers.T5TokenizerFast.from_pretrained(str(spiece.parent), extra_ids=100).save_pretrained(str(folder))
+    assert (folder / "tokenizer.json").is_file() and not (folder / "spiece.model").exists()
+    return spiece, folder
+
+
+def test_the_rebuilt_model_is_the_original(saved):
+    spiece, folder = saved
+    original, rebuilt = spm.SentencePieceProcessor(model_file=str(spiece)), Tokenizer.from_pretrained(folder).sp
+    assert rebuilt.get_piece_size() == original.get_piece_size()
+    for i in range(original.get_piece_size()):
+        assert rebuilt.id_to_piece(i) == original.id_to_piece(i), i
+        assert rebuilt.get_score(i) == pytest.approx(original.get_score(i), abs=1e-6), i
+        assert (rebuilt.is_control(i), rebuilt.is_unknown(i), rebuilt.is_byte(i)) == (
+            original.is_control(i), original.is_unknown(i), original.is_byte(i)), i
+
+
+def test_ids_and_text_match_the_spiece_model(saved):
+    spiece, folder = saved
+    ours, reference = Tokenizer.from_pretrained(folder), Tokenizer(spiece)
+    assert (ours.vocab_size, ours.extra_ids, ours.pad_id, ours.eos_id, ours.unk_id) == (
+        reference.vocab_size, 100, reference.pad_id, reference.eos_id, reference.unk_id)
+    for text in TEXTS:
+        assert ours.encode(text) == reference.encode(text), text
+        assert ours.decode(ours.encode(text)) == reference.decode(reference.encode(text)), text
+
+
+def test_a_processor_from_a_transformers_5_folder_saves_a_spiece_model(saved, tmp_path):
+    """Read from tokenizer.json, saved as our spiece.model: the reload gives the same ids."""
+    spiece, folder = saved
+    processor = PaliProcessor(Tokenizer.from_pretrained(folder))
+    processor.save_pretrained(tmp_path / "ours")
+    again = PaliProcessor.from_pretrained(tmp_path / "ours")
+    assert (tmp_path / "ours" / "spiece.model").is_file()
+    for text in TEXTS:
+        assert again.tokenizer.encode(text) == Tokenizer(spiece).encode(text)
+
+
+def test_spiece_model_wins_where_both_are_present(saved, tmp_path):
+    spiece, folder = saved
+    both = shutil.copytree(folder, tmp_path / "both")
+    (both / "tokenizer.json").write_text("{}")  # would be an error if it were read
+    shutil.copy(spiece, both / "spiece.model")
+    assert Tokenizer.from_pretrained(both).encode(CORPUS[0]) == Tokenizer(spiece).encode(CORPUS[0])
+
+
+def test_bad_tokenizer_json_files_are_named(saved, tmp_path):
+    _, folder = saved
+    bad = shutil.copytree(folder, tmp_path / "bad")
+    (bad / "tokenizer.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"tokenizer.json: not a readable tokenizer.json"):
+        Tokenizer.from_pretrained(bad)
+    data = json.loads((folder / "tokenizer.json").read_text())
+    (bad / "tokenizer.json").write_text(json.dumps({**data, "model": {"type": "BPE", "vocab": {}, "merges": []}}))
+    with pytest.raises(CheckpointError, match="a BPE tokenizer.json is not a T5 sentencepiece vocabulary"):
+        Tokenizer.from_pretrained(bad)
+    (bad / "tokenizer.json").write_text(json.dumps({**data, "model": {**data["model"], "unk_id": 10**6}}))
+    with pytest.raises(CheckpointError, match="unk_id 1000000 names no piece"):
+        Tokenizer.from_pretrained(bad)
+    neither = tmp_path / "neither"
+    neither.mkdir()
+    with pytest.raises(CheckpointError, match="no tokenizer: neither spiece.model nor transformers' tokenizer.json"):
+        Tokenizer.from_pretrained(neither)
