@@ -11,6 +11,8 @@ import json
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import sentencepiece as spm
 from spm_fixture import CORPUS, train_spm
 
@@ -92,3 +94,27 @@ def test_bad_tokenizer_json_files_are_named(saved, tmp_path):
     neither.mkdir()
     with pytest.raises(CheckpointError, match="no tokenizer: neither spiece.model nor transformers' tokenizer.json"):
         Tokenizer.from_pretrained(neither)
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                           max_leaves=6)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from([("model",), ("model", "type"), ("model", "vocab"), ("model", "unk_id"), ("normalizer",),
+                             ("pre_tokenizer",), ("pre_tokenizer", "pretokenizers", 1), ("added_tokens",), ("model", "vocab", 0), ("model", "vocab", -1)]),
+       value=JSON_VALUES)
+def test_any_field_replaced_loads_or_is_a_checkpoint_error(saved, tmp_path, path, value):
+    """A damaged tokenizer.json gives ids or a named CheckpointError, never another exception."""
+    data = json.loads((saved[1] / "tokenizer.json").read_text())
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    try:
+        Tokenizer.from_pretrained(tmp_path).encode(CORPUS[0])
+    except CheckpointError:
+        pass

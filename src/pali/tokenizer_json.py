@@ -87,7 +87,8 @@ def to_spiece(data: Any) -> tuple[bytes, int]:
     unk = model.get("unk_id")
     if not isinstance(unk, int) or not 0 <= unk < len(pieces):
         raise CheckpointError(f"model.unk_id {unk!r} names no piece")
-    special = {t.get("content") for t in data.get("added_tokens") or [] if isinstance(t, dict) and t.get("special")}
+    added = data.get("added_tokens")
+    special = {t.get("content") for t in added if isinstance(t, dict) and t.get("special")} if isinstance(added, list) else set()
     for name in ("<pad>", "</s>"):
         if name not in pieces:
             raise CheckpointError(f"no {name} piece: T5 vocabularies have <pad> = 0 and </s> = 1")
@@ -100,10 +101,13 @@ def to_spiece(data: Any) -> tuple[bytes, int]:
             return BYTE
         return CONTROL if piece in special or piece in ("<pad>", "</s>") else NORMAL
 
-    proto = b"".join(
-        _field(1, _field(1, piece) + _field(2, float(vocab[i][1])) + _field(3, kind(i, piece)))
-        for i, piece in enumerate(pieces)
-    )
+    try:
+        proto = b"".join(
+            _field(1, _field(1, piece) + _field(2, float(vocab[i][1])) + _field(3, kind(i, piece)))
+            for i, piece in enumerate(pieces)
+        )
+    except (OverflowError, UnicodeEncodeError) as e:  # a score beyond float32, a lone surrogate in a piece
+        raise CheckpointError(f"model.vocab holds a piece sentencepiece cannot store ({e})") from None
     trainer = (
         _field(3, UNIGRAM) + _field(4, len(pieces)) + _field(35, int(byte_fallback))
         + _field(40, unk) + _field(41, -1) + _field(42, pieces.index("</s>")) + _field(43, pieces.index("<pad>"))
@@ -128,7 +132,7 @@ def _normalizer(normalizer: Any, pre_tokenizer: Any) -> bytes:
     metaspace = next((p for p in pre if isinstance(p, dict) and p.get("type") == "Metaspace"), None)
     if metaspace is None:
         raise CheckpointError("no Metaspace pre-tokenizer: not a sentencepiece vocabulary")
-    dummy_prefix = metaspace.get("prepend_scheme", "always") != "never" and metaspace.get("add_prefix_space", True)
+    dummy_prefix = metaspace.get("prepend_scheme", "always") != "never" and bool(metaspace.get("add_prefix_space", True))
     split_spaces = any(isinstance(p, dict) and p.get("type") == "WhitespaceSplit" for p in pre) or any(
         isinstance(s, dict) and s.get("type") == "Replace" for s in steps)
     spec = _field(1, "nmt_nfkc" if charsmap else "identity")
