@@ -20,7 +20,9 @@ def test_train_synthetic_smoke_run_learns(tmp_path):
     out = tmp_path / "model"
     subprocess.run(
         [sys.executable, str(EXAMPLES / "train_synthetic.py"), "--steps", "40", "--vision-steps", "5",
-         "--batch-size", "16", "--warmup", "5", "--eval-size", "2", "--log-every", "1", "--threads", "1", "--out", str(out)],
+         "--batch-size", "16", "--warmup", "5", "--eval-size", "2", "--log-every", "1", "--threads", "1",
+         "--freeze-vision", "--unfreeze-vision-at", "0.5", "--vision-lr", "1e-4", "--mix", "caption=2,ocr=1",
+         "--out", str(out)],
         check=True, capture_output=True, text=True,
     )
     log = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
@@ -29,6 +31,8 @@ def test_train_synthetic_smoke_run_learns(tmp_path):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["training"]["steps"] == 40 and evaluation["training"]["vision_steps"] == 5
+    assert evaluation["training"]["unfreeze_vision_step"] == 20 and evaluation["training"]["mix"] == {"caption": 2, "ocr": 1}
+    assert "frozen until step 20" in (out / "README.md").read_text()
     assert "caption_zh" in evaluation["results"]
     model = PaliModel.from_pretrained(out)  # saved with its processor, loadable as usual
     assert PaliProcessor.from_pretrained(out).tokenizer.vocab_size == model.config.text.vocab_size
@@ -50,6 +54,54 @@ def test_vision_pretraining_targets():
     row = synthetic.SHAPES.index("square")
     assert scene["present"].tolist() == [float(i == row) for i in range(len(synthetic.SHAPES))]
     assert scene["box"][row].tolist() == [8 / 64, 16 / 64, 24 / 64, 32 / 64]
+
+
+def test_letter_targets_cover_the_ink():
+    """Every dark pixel of a rendered word lies in a letter box, and the patches under the letters
+    carry those letters in reading order (a narrow one, such as ``l``, may own no patch); the scene
+    row names the word."""
+    import random
+
+    import numpy as np
+    import synthetic
+
+    rng = random.Random(3)
+    for _ in range(20):
+        example = synthetic.make_example(rng, "ocr")
+        assert "".join(letter for letter, _ in example.glyphs) == example.target
+        ink = np.asarray(example.image).max(-1) < 120
+        inside = np.zeros_like(ink)
+        for _, (x0, y0, x1, y1) in example.glyphs:
+            inside[y0:y1, x0:x1] = True
+        assert ink.any() and not (ink & ~inside).any()
+        char = synthetic.patch_targets(example, grid=8)["char"]
+        letters = [synthetic.ALPHABET[c - 1] for c in char[char.any(1)][0] if c]  # the first labelled row
+        rest = iter(example.target)  # read left to right, the row's letters are the word's, in order
+        assert letters and all(letter in rest for letter in dict.fromkeys(letters)), (letters, example.target)
+        assert synthetic.scene_targets(example)["word"] == 1 + synthetic.WORDS.index(example.target)
+    scene = synthetic.make_example(rng, "caption")
+    assert not synthetic.patch_targets(scene, grid=8)["char"].any() and synthetic.scene_targets(scene)["word"] == 0
+
+
+def test_task_mix_parses_and_names_bad_items():
+    import argparse
+
+    import train_synthetic
+
+    assert train_synthetic.parse_mix("caption=2,ocr=1") == ("caption", "caption", "ocr")
+    for bad in ("caption=two", "speech=1", "caption=0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="task=weight|every weight"):
+            train_synthetic.parse_mix(bad)
+
+
+def test_bundled_samples_are_the_seeded_draw(tmp_path):
+    """The demo's samples are what examples/make_demo_samples.py draws from its seed, not a pick."""
+    import make_demo_samples
+
+    make_demo_samples.main(tmp_path)
+    for path in sorted(tmp_path.iterdir()):
+        assert path.read_bytes() == (bundled.SAMPLES / path.name).read_bytes(), path.name
+    assert sorted(p.name for p in bundled.SAMPLES.iterdir()) == sorted(p.name for p in tmp_path.iterdir())
 
 
 @pytest.mark.slow
@@ -92,6 +144,23 @@ def test_finetune_folder_rejects_bad_data(tmp_path):
     (tmp_path / "data.jsonl").write_text('{"image": "x.png"}\n')
     with pytest.raises(InputError, match="missing"):
         finetune_folder.load_pairs(tmp_path)
+
+
+def test_readme_quotes_the_model_card():
+    """The README's accuracy figures for the bundled model are its evaluation.json's, and meet the
+    demo's targets (captions 98%, VQA 95%, detection IoU 0.7, OCR 80%)."""
+    import re
+
+    results = json.loads((bundled.resolve("pali-demo") / "evaluation.json").read_text())["results"]
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"captions right ([\d.]+)% of the time .*?VQA answers ([\d.]+)%,\s+detection boxes at a mean "
+                      r"IoU of ([\d.]+) \((\d+)% at IoU ≥ 0.5\) and OCR (\d+)%", readme, re.S)
+    assert found, "README's demo paragraph changed shape"
+    caption, vqa, iou, hit, ocr = (float(v) for v in found.groups())
+    assert (caption, vqa, iou, hit, ocr) == (round(100 * results["caption"], 1), round(100 * results["vqa"], 1),
+                                             round(results["detect_iou"], 2), round(100 * results["detect_hit@0.5"]),
+                                             round(100 * results["ocr"]))
+    assert results["caption"] >= 0.98 and results["vqa"] >= 0.95 and results["detect_iou"] >= 0.7 and results["ocr"] >= 0.8
 
 
 @pytest.mark.slow

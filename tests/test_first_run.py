@@ -20,7 +20,7 @@ from pali.cli import main
 from pali.errors import CheckpointError, InputError
 from pali.registry import PRESETS, TEXT_STACKS, VISION_ENCODERS
 
-SCENE = bundled.SAMPLES / "shapes3.png"
+SCENE = bundled.SAMPLES / "shapes1.png"  # one green square
 
 
 def _modules_after(code: str) -> set[str]:
@@ -111,8 +111,8 @@ def pipe():
 
 
 def test_classify_uses_the_models_template(pipe):
-    ranked = pipe.classify(Image.open(SCENE), ["dog", "cat", "blue triangle"])
-    assert ranked[0].label == "blue triangle"
+    ranked = pipe.classify(Image.open(SCENE), ["dog", "cat", "green square"])
+    assert ranked[0].label == "green square"
     assert pipe.processor.config.classify_template == "a {label}"
 
 
