@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_CODE = ("pali.vision", "pali.text", "pali.connectors", "pali.attention", "pali.generation")
 FILES = ("pali.hub", "pali.convert", "pali.checkpoint", "pali.loading")
 ON_TOP = ("pali.heads", "pali.pipeline", "pali.cli")
-PROCESSING = ("pali.processor", "pali.tokenizer", "pali.image_processing", "pali.hf_processing", "pali.wordpiece")
+PROCESSING = ("pali.processor", "pali.tokenizer", "pali.tokenizer_json", "pali.image_processing", "pali.hf_processing",
+              "pali.wordpiece")
 FOREIGN_FORMATS = ("huggingface_hub", "safetensors", "transformers")
 
 # (who imports, what it may not import, why). A name matches a prefix when it is the prefix or a
