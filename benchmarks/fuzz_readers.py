@@ -26,10 +26,8 @@ import shutil
 import sys
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 
-import msgpack
 import numpy as np
 import safetensors  # noqa: F401  (imported before instrumentation: only pali is instrumented)
 import torch
