@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--log-every", type=int, default=10, help="keep every Nth step in loss_log.jsonl")
     parser.add_argument("--bf16", action="store_true",
-                        help="train under bf16 autocast (weights stay fp32); on CPUs without native bf16 "
-                             "(AVX2 only) it was 10x slower than fp32 here")
+                        help="train under bf16 autocast (weights stay fp32); on a CPU without native bf16 "
+                             "(AVX2 only) it was 10x slower than fp32, on one with avx512_bf16 as fast")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     if args.unfreeze_vision_at is not None and not (args.freeze_vision and 0 <= args.unfreeze_vision_at < 1):
@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     log = pretrain_vision(model, processor, rng, args.vision_steps, args.batch_size, args.lr, args.bf16)
     vision = [(n, p) for n, p in model.named_parameters() if n.startswith("vision.")]
     rest = [(n, p) for n, p in model.named_parameters() if not n.startswith("vision.")]
-    vision_scale = (args.vision_lr or args.lr) / args.lr
+    vision_lr = args.vision_lr or args.lr
+    vision_scale = vision_lr / args.lr
     groups = param_groups(rest)
     if args.freeze_vision:
         model.vision.requires_grad_(False)
@@ -308,11 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     results = evaluate(model, processor, args.eval_seed, args.eval_size)
     table = evaluation_table(results, args.eval_size)
     print(table)
+    mix = {task: args.mix.count(task) for task in dict.fromkeys(args.mix)}  # the weights as given
     command = "python examples/train_synthetic.py " + " ".join(argv if argv is not None else sys.argv[1:])
     training = {
         "command": command, "seed": args.seed, "eval_seed": args.eval_seed, "steps": args.steps,
         "vision_steps": args.vision_steps, "freeze_vision": args.freeze_vision, "unfreeze_vision_step": unfreeze_step,
-        "vision_lr": args.vision_lr or args.lr, "mix": {t: args.mix.count(t) for t in dict.fromkeys(args.mix)},
+        "vision_lr": vision_lr, "mix": mix,
         "batch_size": args.batch_size, "train_seconds": round(train_seconds, 1),
         "threads": args.threads, "bf16_autocast": args.bf16, "torch": torch.__version__,
         "final_loss": log[-1]["loss"],
@@ -320,9 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     frozen_note = ""
     if args.freeze_vision:
         frozen_note = " (vision tower frozen" + (
-            f" until step {unfreeze_step}, then trained at a peak learning rate of {args.vision_lr or args.lr:g})"
+            f" until step {unfreeze_step}, then trained at a peak learning rate of {vision_lr:g})"
             if unfreeze_step is not None else ")")
-    mix = ", ".join(f"{t} {args.mix.count(t)}" for t in dict.fromkeys(args.mix))
     card = (
         "\n## How it was made\n\nTrained from scratch by `examples/train_synthetic.py` on a synthetic "
         "multilingual world of coloured shapes and rendered words (captions and VQA in English, French, "
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "demonstrates the pipeline; it knows nothing of real images.\n\n"
         f"- command: `{command}`\n- seed: {args.seed} (evaluation seed {args.eval_seed})\n"
         f"- training: {args.vision_steps} vision-pretraining steps, then {args.steps} PaLI steps"
-        f"{frozen_note}, {args.batch_size} examples each (task mix {mix}), "
+        f"{frozen_note}, {args.batch_size} examples each (task mix {', '.join(f'{t} {n}' for t, n in mix.items())}), "
         f"{train_seconds / 60:.1f} min in all on {args.threads} CPU threads (torch {torch.__version__})\n\n"
         f"## Evaluation\n\n{table}\n"
     )

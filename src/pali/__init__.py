@@ -28,7 +28,7 @@ _EXPORTS = {
     "ConnectorConfig": "config", "PaliConfig": "config", "TextConfig": "config", "VisionConfig": "config",
     "LinearConfig": "connectors.linear_config", "QFormerConfig": "connectors.qformer_config",
     "CheckpointError": "errors", "ConfigError": "errors", "InputError": "errors", "PaliError": "errors",
-    "RegistryError": "errors",
+    "MissingFileError": "errors", "RegistryError": "errors",
     "HubError": "hub", "list_recipes": "hub",
     "GenerationConfig": "generation",
     "ImageProcessor": "image_processing",
@@ -75,7 +75,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see
     from .config import ConnectorConfig, PaliConfig, TextConfig, VisionConfig  # noqa: F401
     from .connectors.linear_config import LinearConfig  # noqa: F401
     from .connectors.qformer_config import QFormerConfig  # noqa: F401
-    from .errors import CheckpointError, ConfigError, InputError, PaliError, RegistryError  # noqa: F401
+    from .errors import CheckpointError, ConfigError, InputError, MissingFileError, PaliError, RegistryError  # noqa: F401
     from .hub import HubError, list_recipes  # noqa: F401
     from .generation import GenerationConfig  # noqa: F401
     from .image_processing import ImageProcessor  # noqa: F401

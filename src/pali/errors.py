@@ -22,6 +22,11 @@ class CheckpointError(PaliError, ValueError):
     """A checkpoint file that is missing, corrupt, or does not match the model."""
 
 
+class MissingFileError(CheckpointError):
+    """A checkpoint (folder or Hub repo) that holds no file of the name asked for, so a caller may
+    look for another one (``spiece.model``, then ``tokenizer.json``) rather than give up."""
+
+
 class RegistryError(PaliError, KeyError):
     """An unknown name (preset, encoder, head), or two registrations under one name."""
 

@@ -26,7 +26,7 @@ import sentencepiece as spm
 import torch
 
 from . import bundled, tokenizer_json
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, MissingFileError
 
 SPIECE_NAME = "spiece.model"
 TOKENIZER_JSON_NAME = "tokenizer.json"
@@ -52,7 +52,7 @@ def resolve_file(source: str | Path, filename: str, *, revision: str | None = No
     if path.is_dir():
         found = path / filename
         if not found.is_file():
-            raise CheckpointError(f"{path}: no {filename} in this directory")
+            raise MissingFileError(f"{path}: no {filename} in this directory")
         return found
     if path.is_file():
         return path
@@ -62,35 +62,32 @@ def resolve_file(source: str | Path, filename: str, *, revision: str | None = No
     return download_from_hub(text, filename, revision=revision)
 
 
-def load(resolve: Callable[[str], Path], *, extra_ids: int | None = None, json_file: bool = False) -> Tokenizer:
+def load(resolve: Callable[[str], Path], *, extra_ids: int | None = None) -> Tokenizer:
     """The text tokenizer of a checkpoint: its ``spiece.model``, else its ``tokenizer.json``.
 
-    ``resolve`` maps a file name to a local path (`CheckpointError` when the checkpoint has no such
-    file). transformers 5 writes T5's tokenizer as ``tokenizer.json`` only; `pali.tokenizer_json`
-    rebuilds the sentencepiece model from it, with the sentinels it counted (unless ``extra_ids``
-    is given). A corrupt file is an error naming it, never a fall-back to the other.
+    ``resolve`` maps a file name to a local path (`MissingFileError` when the checkpoint has no
+    such file). transformers 5 writes T5's tokenizer as ``tokenizer.json`` only. Only an absent
+    ``spiece.model`` leads to the other file: a corrupt one, or an unreachable Hub, is that error.
     """
-    name = TOKENIZER_JSON_NAME if json_file else SPIECE_NAME
     try:
-        path = resolve(name)
-    except CheckpointError as first:
-        if json_file or not _absent(first):  # an unreachable Hub, say, is that error: no second try
-            raise
+        return from_file(resolve(SPIECE_NAME), extra_ids=extra_ids)
+    except MissingFileError as first:
         try:
-            path, name = resolve(TOKENIZER_JSON_NAME), TOKENIZER_JSON_NAME
-        except CheckpointError:
-            raise CheckpointError(
+            path = resolve(TOKENIZER_JSON_NAME)
+        except MissingFileError:
+            raise MissingFileError(
                 f"no tokenizer: neither {SPIECE_NAME} nor transformers' {TOKENIZER_JSON_NAME} ({first})"
             ) from None
-    if name == SPIECE_NAME:
+    return from_file(path, extra_ids=extra_ids)
+
+
+def from_file(path: Path, *, extra_ids: int | None = None) -> Tokenizer:
+    """A ``spiece.model``, or a ``tokenizer.json`` (by its suffix), whose sentencepiece model
+    `pali.tokenizer_json` rebuilds with the sentinels it counted (unless ``extra_ids`` is given)."""
+    if path.suffix != ".json":
         return Tokenizer(path, extra_ids=100 if extra_ids is None else extra_ids)
     proto, sentinels = tokenizer_json.read(path)
     return Tokenizer(proto, extra_ids=sentinels if extra_ids is None else extra_ids, source=str(path))
-
-
-def _absent(error: CheckpointError) -> bool:
-    """Whether ``error`` (from `resolve_file`) says the file does not exist, locally or in the Hub repo."""
-    return f"no {SPIECE_NAME} in this directory" in str(error) or "the repo has no such file" in str(error)
 
 
 class Tokenizer:
@@ -127,7 +124,7 @@ class Tokenizer:
         where there is no ``spiece.model``, from transformers 5's ``tokenizer.json`` (see `load`)."""
         path = Path(bundled.resolve(source)).expanduser()
         if path.is_file():
-            return load(lambda name: path, extra_ids=extra_ids, json_file=path.suffix == ".json")
+            return from_file(path, extra_ids=extra_ids)
         return load(lambda name: resolve_file(source, name, revision=revision), extra_ids=extra_ids)
 
     def save(self, path: str | Path) -> None:

@@ -116,25 +116,31 @@ def to_spiece(data: Any) -> tuple[bytes, int]:
     return proto, sentinels
 
 
+def _steps(node: Any, key: str) -> list[Any]:
+    """The steps of a ``tokenizers`` component: a ``Sequence``'s list under ``key``, or the one step."""
+    if isinstance(node, dict) and node.get("type") == "Sequence":
+        return node.get(key) if isinstance(node.get(key), list) else []
+    return [node] if node else []
+
+
+def _of_type(steps: list[Any], kind: str) -> list[dict]:
+    return [s for s in steps if isinstance(s, dict) and s.get("type") == kind]
+
+
 def _normalizer(normalizer: Any, pre_tokenizer: Any) -> bytes:
     """sentencepiece's NormalizerSpec from transformers' normaliser and pre-tokeniser of T5.
 
     The precompiled character map is sentencepiece's own (``nmt_nfkc``); the Metaspace pre-tokeniser
-    with ``prepend_scheme`` ``always`` is its dummy prefix, and whitespace splitting its removal of
-    extra whitespace.
+    with ``prepend_scheme`` ``always`` is its dummy prefix, and whitespace splitting (or a Replace
+    normaliser) its removal of extra whitespace.
     """
-    steps = normalizer.get("normalizers", []) if isinstance(normalizer, dict) and normalizer.get("type") == "Sequence" \
-        else [normalizer] if normalizer else []
-    charsmap = next((s.get("precompiled_charsmap") for s in steps
-                     if isinstance(s, dict) and s.get("type") == "Precompiled"), None)
-    pre = pre_tokenizer.get("pretokenizers", []) if isinstance(pre_tokenizer, dict) \
-        and pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer] if pre_tokenizer else []
-    metaspace = next((p for p in pre if isinstance(p, dict) and p.get("type") == "Metaspace"), None)
+    steps, pre = _steps(normalizer, "normalizers"), _steps(pre_tokenizer, "pretokenizers")
+    charsmap = next((s.get("precompiled_charsmap") for s in _of_type(steps, "Precompiled")), None)
+    metaspace = next(iter(_of_type(pre, "Metaspace")), None)
     if metaspace is None:
         raise CheckpointError("no Metaspace pre-tokenizer: not a sentencepiece vocabulary")
     dummy_prefix = metaspace.get("prepend_scheme", "always") != "never" and bool(metaspace.get("add_prefix_space", True))
-    split_spaces = any(isinstance(p, dict) and p.get("type") == "WhitespaceSplit" for p in pre) or any(
-        isinstance(s, dict) and s.get("type") == "Replace" for s in steps)
+    split_spaces = bool(_of_type(pre, "WhitespaceSplit") or _of_type(steps, "Replace"))
     spec = _field(1, "nmt_nfkc" if charsmap else "identity")
     if charsmap:
         try:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 from .. import bundled
 from ..checkpoint import CONFIG_NAME, INDEX_NAME, SINGLE_NAME
 from ..errors import CheckpointError
-from .errors import HubError
+from .errors import HubError, HubMissingFileError
 
 Select = Callable[[list[str]], list[str]]
 
@@ -159,10 +159,10 @@ def fetch_file(repo_id: str, filename: str, *, revision: str | None = None) -> P
     try:
         with hub_errors(repo_id, revision, offline):
             if not offline and filename not in list_files(repo_id, revision, None):
-                raise HubError("the repo has no such file")
+                raise HubMissingFileError("the repo has no such file")
             return Path(huggingface_hub.hf_hub_download(repo_id, filename, revision=revision))
     except HubError as e:
-        raise HubError(f"cannot get {filename!r} from Hub repo {repo_id!r}: {e}") from None
+        raise type(e)(f"cannot get {filename!r} from Hub repo {repo_id!r}: {e}") from None
 
 
 def check_not_preset(name: str) -> None:

@@ -1,6 +1,6 @@
 """The Hub's own error: a checkpoint that cannot be fetched (as opposed to one that is wrong)."""
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, MissingFileError
 
 
 class HubError(CheckpointError):
@@ -9,3 +9,7 @@ class HubError(CheckpointError):
     A [`pali.CheckpointError`][] (and so a ``ValueError``), so one ``except`` covers "could
     not get the weights" whether they were on the Hub or on disk.
     """
+
+
+class HubMissingFileError(HubError, MissingFileError):
+    """A Hub repo that exists but holds no file of that name."""
