@@ -108,6 +108,7 @@ def test_page_examples_run(page: Path, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, module.__name__, module)
     dtype = torch.get_default_dtype()
     built = _record_model_sizes(monkeypatch)
+    _isolate_registries(monkeypatch)
     try:
         with torch.random.fork_rng():
             torch.manual_seed(0)
@@ -127,6 +128,19 @@ def test_page_examples_run(page: Path, tmp_path, monkeypatch):
 
 
 TINY = 20_000_000  # parameters a doc example may materialize (meta-device builds are free)
+
+
+def _isolate_registries(monkeypatch) -> None:
+    """What a page registers (plugins.md's toy towers and presets) is gone after it: each registry
+    works on a copy of its tables while the page runs, so later tests in this process see only
+    pali's own entries (a leaked preset of an unregistered tower broke `pali presets`)."""
+    from pali import registry
+
+    for reg in vars(registry).values():
+        if isinstance(reg, registry.Registry):
+            reg._load_plugins()  # loaded into the originals, so restoring them loses nothing
+            for table in ("_entries", "_origins", "configs"):
+                monkeypatch.setattr(reg, table, dict(getattr(reg, table)))
 
 
 def _record_model_sizes(monkeypatch) -> list[int]:
