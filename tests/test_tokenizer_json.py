@@ -118,3 +118,11 @@ def test_any_field_replaced_loads_or_is_a_checkpoint_error(saved, tmp_path, path
         Tokenizer.from_pretrained(tmp_path).encode(CORPUS[0])
     except CheckpointError:
         pass
+
+
+def test_a_corrupt_spiece_model_is_its_error_not_a_fall_back(saved, tmp_path):
+    _, folder = saved
+    both = shutil.copytree(folder, tmp_path / "both")
+    (both / "spiece.model").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="spiece.model: not a sentencepiece model"):
+        Tokenizer.from_pretrained(both)
