@@ -121,7 +121,10 @@ def write_checkpoint(folder: Path, shape: dict) -> int:
 
 def measure(which: str, src: Path, cache: Path, dtype: str, threads: int) -> dict:
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1",
+           # No working directory on the child's path: from the repository root our kernels/ folder
+           # would shadow Hugging Face's ``kernels`` package, which transformers >= 5.25 imports.
+           "PYTHONSAFEPATH": "1"}
     run = subprocess.run([sys.executable, "-c", CHILD, which, str(src), str(cache), dtype, str(threads)],
                          capture_output=True, text=True, env=env)
     if run.returncode:
