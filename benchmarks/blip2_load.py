@@ -94,7 +94,7 @@ def write_checkpoint(folder: Path, shape: dict) -> int:
     """A transformers BLIP-2 folder (fp32 safetensors shards + index + config.json); returns its bytes."""
     import transformers
 
-    from pali.checkpoint import write_safetensors
+    from pali.io import write_safetensors
 
     text = dict(model_type="t5", feed_forward_proj="gated-gelu", tie_word_embeddings=False, **shape["text"])
     config = transformers.Blip2Config(vision_config=shape["vision"], qformer_config=shape["qformer"],
@@ -121,10 +121,7 @@ def write_checkpoint(folder: Path, shape: dict) -> int:
 
 def measure(which: str, src: Path, cache: Path, dtype: str, threads: int) -> dict:
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "HF_HUB_OFFLINE": "1",
-           # No working directory on the child's path: from the repository root our kernels/ folder
-           # would shadow Hugging Face's ``kernels`` package, which transformers >= 5.25 imports.
-           "PYTHONSAFEPATH": "1"}
+           "HF_HUB_OFFLINE": "1"}
     run = subprocess.run([sys.executable, "-c", CHILD, which, str(src), str(cache), dtype, str(threads)],
                          capture_output=True, text=True, env=env)
     if run.returncode:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 # Peak RSS is the child's VmHWM (its own address space's high-water mark). getrusage's ru_maxrss
 # is not used: Linux carries the spawning process's peak across exec (vfork shares the parent's
@@ -44,7 +43,7 @@ print(json.dumps({"base_kb": base, "peak_kb": hwm_kb(), "seconds": time.perf_cou
 
 def _tensors(config):
     """Our MT5 state dict, one random tensor at a time (never the whole model at once)."""
-    from pali.text.mt5 import MT5
+    from pali.models.text.mt5 import MT5
 
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in MT5(config).state_dict().items()}
@@ -55,7 +54,7 @@ def _tensors(config):
 
 def _write_t5x(directory: Path, config) -> None:
     import msgpack
-    from t5x_fixture import _nest, inline, spec, t5x_names, write_zarr
+    from pali.testing.t5x import _nest, inline, spec, t5x_names, write_zarr
 
     directory.mkdir(parents=True)
     leaves = {}
@@ -74,7 +73,7 @@ def _write_t5x(directory: Path, config) -> None:
 
 
 def _write_hf(directory: Path, config) -> None:
-    from pali.checkpoint import write_safetensors
+    from pali.io import write_safetensors
 
     directory.mkdir(parents=True)
     names = {
@@ -119,7 +118,7 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
 
-    from pali.text.mt5_config import MT5Config
+    from pali.models.text.mt5_config import MT5Config
 
     config = MT5Config(vocab_size=args.vocab, d_model=2048, d_ff=5120, num_heads=32, d_kv=64,
                        num_encoder_layers=args.layers, num_decoder_layers=args.layers)

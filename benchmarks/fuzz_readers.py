@@ -32,20 +32,19 @@ import numpy as np
 import safetensors  # noqa: F401  (imported before instrumentation: only pali is instrumented)
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import atheris  # noqa: E402
 
 with atheris.instrument_imports(include=["pali"]):
-    import pali.checkpoint
+    import pali.io
     from pali import PaliError
     from pali.config import PaliConfig
     from pali.convert import load_config, read_big_vision, read_t5x
     from pali.convert.zarr import ZarrArray
-    from pali.checkpoint import list_tensors
-    from pali.loading import verify
+    from pali.io import list_tensors
+    from pali.io.loading import verify
 
-pali.checkpoint.MAX_TENSOR_BYTES = 64 << 20
+pali.io.MAX_TENSOR_BYTES = 64 << 20
 warnings.simplefilter("ignore")
 WORK = Path(tempfile.mkdtemp(prefix="pali-fuzz-"))
 
@@ -61,9 +60,9 @@ def _tiny_model():
 
 
 def _npz_seed() -> bytes:
-    from test_convert_big_vision import big_vision_names
+    from pali.testing.big_vision import big_vision_names
 
-    from hf_reference import hf_siglip
+    from pali.testing.hf_reference import hf_siglip
 
     model = hf_siglip()
     arrays = big_vision_names(model.state_dict(), model.config.num_attention_heads)
@@ -73,10 +72,10 @@ def _npz_seed() -> bytes:
 
 
 def _t5x_dir(directory: Path) -> Path:
-    from t5x_fixture import t5x_names, write_t5x
+    from pali.testing.t5x import t5x_names, write_t5x
 
-    from pali.presets import get_config
-    from pali.text.mt5 import MT5
+    from pali.config.presets import get_config
+    from pali.models.text.mt5 import MT5
 
     torch.manual_seed(0)
     params = t5x_names(MT5(get_config("mt5-tiny")).state_dict())
@@ -179,7 +178,7 @@ PROCESSOR = None
 def fuzz_text(data: bytes) -> None:
     global PROCESSOR
     if PROCESSOR is None:
-        from spm_fixture import train_spm
+        from pali.testing.spm import train_spm
 
         from pali import PaliProcessor, Tokenizer
 

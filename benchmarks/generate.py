@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +28,7 @@ from torch import nn
 
 from pali import PaliConfig, PaliModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers_checkpoint import apply_keymap  # noqa: E402
+from pali.testing.checkpoints import apply_keymap  # noqa: E402
 from pali.convert import hf as hf_maps
 
 FULL = dict(

@@ -27,8 +27,7 @@ import torch
 
 from pali import PaliModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate import FULL, QUICK, Reference, pali_config  # noqa: E402  (the same model pair)
+from generate import FULL, QUICK, Reference, pali_config  # the same model pair (benchmarks/ is sys.path[0])
 
 RESOLUTIONS = {"full": (224, 588), "quick": (32,)}
 BATCH = {224: 2, 588: 1, 32: 2}

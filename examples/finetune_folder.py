@@ -2,7 +2,7 @@
 
 Each line of ``DATA/data.jsonl`` is ``{"image": "cat.png", "prompt": "...", "target": "..."}``,
 image paths relative to ``DATA``. The prompt goes to the encoder with the image, the target is
-what the decoder learns to write (see ``pali.prompts`` for the paper's task prompts).
+what the decoder learns to write (see ``pali.processing.prompts`` for the paper's task prompts).
 
     python examples/finetune_folder.py --model pali-demo --data my_data --out runs/mine \\
         --steps 200 --batch-size 8 --grad-accum 4 --save-every 50

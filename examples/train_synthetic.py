@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synthetic  # noqa: E402
 
 from pali import MT5Config, PaliConfig, PaliModel, ViTConfig  # noqa: E402
-from pali.checkpoint import atomic_directory  # noqa: E402
-from pali.heads.detect import DetectHead, box_iou  # noqa: E402
-from pali.processor import PaliProcessor, ProcessorConfig  # noqa: E402
-from pali.prompts import caption_prompt, detect_prompt, ocr_prompt, vqa_prompt  # noqa: E402
-from pali.tokenizer import Tokenizer  # noqa: E402
+from pali.io import atomic_directory  # noqa: E402
+from pali.tasks.heads.detect import DetectHead, box_iou  # noqa: E402
+from pali.processing.processor import PaliProcessor, ProcessorConfig  # noqa: E402
+from pali.processing.prompts import caption_prompt, detect_prompt, ocr_prompt, vqa_prompt  # noqa: E402
+from pali.processing.tokenizer import Tokenizer  # noqa: E402
 
 
 def prompt_for(example: synthetic.Example) -> str:

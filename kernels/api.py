@@ -6,10 +6,10 @@ imports on machines without Triton; calling [`attention`][kernels.attention] the
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Iterator
+import contextlib
 from dataclasses import dataclass, replace
+import os
 
 import torch
 

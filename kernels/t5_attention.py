@@ -33,9 +33,9 @@ This module imports Triton at import time; ``pali.kernels.api`` imports it lazil
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 import os
-from dataclasses import dataclass
 
 import torch
 import triton

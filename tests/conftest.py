@@ -1,20 +1,10 @@
 """Test-wide setup.
 
-The repository root leaves ``sys.path``: it holds our top-level ``kernels/`` folder, which there
-would shadow Hugging Face's ``kernels`` package that transformers >= 5.25 imports (``python -m
-pytest`` puts the working directory first; every test then failed with ``cannot import name
-'CUDAProperties' from 'kernels'``). ``pali.kernels`` is bound by path and needs no entry there.
-
 ``TRITON_INTERPRET=1`` must be set before Triton is imported anywhere, so the fused kernels run
 on the CPU through Triton's interpreter when no GPU is present.
 """
 
 import os
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 
 import torch  # noqa: E402
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from pali.attention import RelativeBias, attend, resolve_backend
+from pali.nn.attention import RelativeBias, attend, resolve_backend
 from pali.kernels import attention_reference, relative_position_bucket
 
 
@@ -147,7 +147,7 @@ _WITHOUT_TRITON = """
 import sys
 sys.modules["triton"] = None  # `import triton` now raises ImportError, as where it is absent
 import torch, pali
-from pali.attention import resolve_backend
+from pali.nn.attention import resolve_backend
 model = pali.PaliModel.from_preset("pali-tiny").eval()
 assert resolve_backend("auto", torch.device("cuda")) == "sdpa"
 size = model.config.vision.image_size

@@ -151,7 +151,7 @@ def test_bf16_load_and_cache_keeps_source_dtypes(checkpoints, hub, tmp_path):  #
     hub.commit("org/bf16", folders["bin"])
     model = PaliModel.from_pretrained("org/bf16", cache_dir=tmp_path, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    from pali.checkpoint import list_tensors
+    from pali.io import list_tensors
 
     [entry] = (tmp_path / "pali-converted").iterdir()
     stored, metadata = list_tensors(entry)

@@ -23,13 +23,13 @@ import pytest
 import torch
 from hub_fixtures import hub  # noqa: F401  (fixture)
 from PIL import Image
-from spm_fixture import CORPUS, train_spm
+from pali.testing.spm import CORPUS, train_spm
 
 import pali
 from pali import PaliProcessor
 from pali.cli import main
 from pali.errors import CheckpointError, ConfigError, InputError
-from pali.heads import get_head
+from pali.tasks.heads import get_head
 
 transformers = pytest.importorskip("transformers")
 cbook = pytest.importorskip("matplotlib.cbook")
@@ -170,7 +170,7 @@ def test_the_preprocessor_config_is_read(folders, tmp_path):
 
 
 def test_both_resize_backends_keep_pixels_in_range_and_follow_their_reference():
-    from pali.image_processing import ImageProcessor
+    from pali.processing.image import ImageProcessor
 
     full = photo()
     array = np.array(full)
@@ -374,7 +374,7 @@ def test_tasks_a_family_never_learned_are_errors(folders, family):
 
 
 def test_prompt_strings():
-    from pali.prompts import BLIP2, INSTRUCTBLIP, MBLIP, get_prompt_set
+    from pali.processing.prompts import BLIP2, INSTRUCTBLIP, MBLIP, get_prompt_set
 
     assert MBLIP.caption_prompt("de") == "Describe the image in German."
     assert MBLIP.vqa_prompt("Wo ist die Katze?", "de") == "Answer in German: Wo ist die Katze?"

@@ -1,6 +1,6 @@
 """torch.compile: the forward and the cached decode step compile and change nothing.
 
-The decode step is one function, eager or compiled (``pali.text.kv_cache.KVCache`` holds its
+The decode step is one function, eager or compiled (``pali.generation.kv_cache.KVCache`` holds its
 keys/values); its semantics are checked eagerly, without paying for compilation, and the compiled
 checks run CPU inductor (slow).
 """
@@ -43,7 +43,7 @@ def test_cached_step_logits_equal_the_uncached_decoder(model):
 
 
 def _spy_on_the_fused_kernel(monkeypatch):
-    """Replace the kernel entry ``pali.attention`` calls with the reference, recording every call."""
+    """Replace the kernel entry ``pali.nn.attention`` calls with the reference, recording every call."""
     calls = []
 
     def spy(q, k, v, **kwargs):

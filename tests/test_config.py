@@ -11,7 +11,7 @@ import pytest
 import pali
 from pali import ConfigError, PaliConfig, RegistryError, get_config, list_presets
 from pali.config import Config
-from pali.registry import CONNECTORS, PRESETS, TEXT_STACKS, VISION_ENCODERS, Registry
+from pali.config.registry import CONNECTORS, PRESETS, TEXT_STACKS, VISION_ENCODERS, Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,8 +35,8 @@ def test_unknown_preset_lists_known_ones():
 @pytest.mark.parametrize("name", ["pali-3b", "pali-15b", "pali-17b", "pali-tiny"])
 def test_json_round_trip(name, tmp_path):
     config = get_config(name)
-    config.save(tmp_path / "config.json")
-    assert PaliConfig.load(tmp_path / "config.json") == config
+    (tmp_path / "config.json").write_text(config.to_json())
+    assert PaliConfig.from_json((tmp_path / "config.json").read_text()) == config
     assert json.loads(config.to_json())["vision"]["kind"] == "vit"
 
 
@@ -87,13 +87,13 @@ def _saved_configs() -> list[Path]:
 
 
 def test_configs_and_presets_load_without_torch():
-    """``PaliConfig.load``, the presets and the ``pali presets`` listing import no torch: configs
+    """Reading a config.json, the presets and the ``pali presets`` listing import no torch: configs
     are found by kind in the registries' config table, not through the modules that build them."""
     code = (
         "import sys, json\n"
         "from pali import PaliConfig, get_config, list_presets\n"
         "for path in json.loads(sys.argv[1]):\n"
-        "    PaliConfig.load(path)\n"
+        "    PaliConfig.from_json(open(path).read())\n"
         "for name in list_presets():\n"
         "    get_config(name)\n"
         "from pali.cli import main\n"
@@ -123,16 +123,16 @@ def test_config_table_names_the_built_in_modules_config_class(registry):
 def test_presets_are_tables_read_by_the_registry():
     """Importing the modules that define presets registers nothing; the registry reads the tables."""
     code = (
-        "import pali.vision.vit, pali.text.mt5, pali.connectors.qformer, pali.presets\n"
-        "from pali.registry import PRESETS\n"
+        "import pali.models.vision.vit, pali.models.text.mt5, pali.models.connectors.qformer, pali.config.presets\n"
+        "from pali.config.registry import PRESETS\n"
         "assert PRESETS._entries == {}, sorted(PRESETS._entries)\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
-    from pali.vision.vit_config import PRESET_TABLE
+    from pali.models.vision.vit_config import PRESET_TABLE
 
-    table = Registry("preset", tables=("pali.vision.vit_config:PRESET_TABLE",))
+    table = Registry("preset", tables=("pali.models.vision.vit_config:PRESET_TABLE",))
     assert table.names() == sorted(p.name for p in PRESET_TABLE)
     assert table.get("vit-g14").build() == PRESETS.get("vit-g14").build() == get_config("vit-g14")
     assert get_config("vit-g14") is not get_config("vit-g14")  # a fresh config each time

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from big_vision_fixture import big_vision_names
-from hf_reference import hf_siglip
-from helpers_checkpoint import read_safetensors
+from pali.testing.big_vision import big_vision_names
+from pali.testing.hf_reference import hf_siglip
+from pali.testing.checkpoints import read_safetensors
 from pali.convert import convert_big_vision, detect_format, load_config, read_big_vision, verify
 from pali.errors import CheckpointError
-from pali.vision.vit import ViT, resample_pos_embed
+from pali.models.vision.vit import ViT, resample_pos_embed
 
 
 def as_v2(a: np.ndarray) -> np.ndarray:

@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hf_reference import _randomize, hf_mt5, transformers
-from helpers_checkpoint import read_safetensors
+from pali.testing.hf_reference import _randomize, hf_mt5, transformers
+from pali.testing.checkpoints import read_safetensors
 from pali.convert import convert_hf, detect_format, load_config, read_hf
 from pali.errors import CheckpointError
-from pali.model import shift_right
-from pali.text.mt5 import MT5
-from pali.vision.vit import ViT
+from pali.models.pali import shift_right
+from pali.models.text.mt5 import MT5
+from pali.models.vision.vit import ViT
 
 
 def _hf_dir(path: Path, model, weights: str = "safetensors", drop=()) -> Path:

@@ -7,14 +7,14 @@ import msgpack
 import pytest
 import torch
 
-from hf_reference import hf_mt5, pali_mt5_from_hf
-from helpers_checkpoint import read_safetensors
+from pali.testing.hf_reference import hf_mt5, pali_mt5_from_hf
+from pali.testing.checkpoints import read_safetensors
 from pali.convert import convert_t5x, detect_format, load_config, read_t5x, verify
 from pali.errors import CheckpointError
-from pali.model import shift_right
-from pali.presets import get_config
-from pali.text.mt5 import MT5
-from t5x_fixture import spec, t5x_names, write_t5x, write_zarr
+from pali.models.pali import shift_right
+from pali.config.presets import get_config
+from pali.models.text.mt5 import MT5
+from pali.testing.t5x import spec, t5x_names, write_t5x, write_zarr
 
 
 @pytest.fixture(scope="module")

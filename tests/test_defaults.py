@@ -11,7 +11,7 @@ from pali import defaults
 from pali.cli import build_parser
 from pali.cli.common import load_pipeline
 from pali.generation import GenerationConfig
-from pali.processor import ProcessorConfig
+from pali.processing.processor import ProcessorConfig
 
 
 def test_cli_pipeline_and_generate_share_one_max_new_tokens(capsys):

@@ -18,7 +18,7 @@ import pali
 from pali import bundled
 from pali.cli import main
 from pali.errors import CheckpointError, InputError
-from pali.registry import PRESETS, TEXT_STACKS, VISION_ENCODERS
+from pali.config.registry import PRESETS, TEXT_STACKS, VISION_ENCODERS
 
 SCENE = bundled.SAMPLES / "shapes1.png"  # one green square
 
@@ -210,7 +210,7 @@ def test_classify_help_has_no_max_new_tokens(capsys):
 
 
 def test_boxes_print_rounded():
-    det = pali.heads.Detection((12.345678901234, 3.0, 40.987654321, 50.5), "circle")
+    det = pali.tasks.heads.Detection((12.345678901234, 3.0, 40.987654321, 50.5), "circle")
     assert repr(det) == "Detection(box=(12.3, 3.0, 41.0, 50.5), label='circle')"
 
 

@@ -11,7 +11,7 @@ from toy_tower import ToyTowerConfig, register
 
 from pali import PaliConfig, PaliModel, QFormerConfig, get_config
 from pali.errors import InputError
-from pali.training import freeze
+from pali.train.helpers import freeze
 
 STEPS = 3
 
@@ -53,7 +53,7 @@ def _train(model, rows):
 
 
 def _shard_and_train(rank, world, out, policy, frozen):
-    from pali.parallel import apply_fsdp, full_state_dict
+    from pali.train.parallel import apply_fsdp, full_state_dict
 
     model = apply_fsdp(_model(policy, frozen))
     half = 4 // world
@@ -122,7 +122,7 @@ def test_fsdp_two_processes_match_one(tmp_path, policy, frozen):
 
 
 def test_apply_fsdp_needs_a_process_group():
-    from pali.parallel import apply_fsdp
+    from pali.train.parallel import apply_fsdp
 
     assert not dist.is_initialized()
     with pytest.raises(InputError, match="torch.distributed"):
@@ -154,7 +154,7 @@ def _plugin_worker(rank, init_file, out):
     try:
         from torch.distributed.fsdp import FSDPModule
 
-        from pali.parallel import apply_fsdp
+        from pali.train.parallel import apply_fsdp
 
         model = apply_fsdp(_plugin_model())
         units = {

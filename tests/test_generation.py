@@ -121,17 +121,17 @@ def test_kv_cache_is_preallocated(model):
 def test_eager_steps_attend_over_the_filled_cache_only(model, monkeypatch):
     """Run eagerly, step t's self-attention reads t + 1 keys, not the whole preallocated buffer
     (the compiled step's fixed shapes cost a full-length attention and a causal mask per layer)."""
-    import pali.attention
+    import pali.nn.attention
 
     seen = []
-    attend = pali.attention.attend
+    attend = pali.nn.attention.attend
 
     def spy(q, k, v, **kwargs):
         if kwargs.get("causal"):
             seen.append((k.shape[-2], kwargs["q_offset"]))
         return attend(q, k, v, **kwargs)
 
-    monkeypatch.setattr(pali.attention, "attend", spy)
+    monkeypatch.setattr(pali.nn.attention, "attend", spy)
     px, ids, mask, _ = _prompts()
     model.generate(px, ids, mask, max_new_tokens=5, eos_token_id=-1)
     layers = model.config.text.num_decoder_layers

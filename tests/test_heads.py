@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from spm_fixture import train_spm
+from pali.testing.spm import train_spm
 from torch import nn
 
 import pali
 from pali import PaliModel, PaliProcessor, ProcessorConfig, Tokenizer
 from pali.errors import InputError, RegistryError
-from pali.heads import (
+from pali.tasks.heads import (
     Answer,
     Caption,
     Classification,
@@ -24,7 +24,7 @@ from pali.heads import (
     TokenLocationCodec,
     get_head,
 )
-from pali.prompts import (
+from pali.processing.prompts import (
     LANGUAGES,
     caption_prompt,
     detect_prompt,
@@ -54,7 +54,7 @@ def test_languages():
         language("eng")
     with pytest.raises(InputError, match=r"'frnch'.*fr \(French\)"):
         caption_prompt("frnch")
-    with pytest.raises(InputError, match="none; see pali.prompts.LANGUAGES"):
+    with pytest.raises(InputError, match="none; see pali.processing.prompts.LANGUAGES"):
         language("qqqqqqq")
 
 

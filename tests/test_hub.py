@@ -10,8 +10,8 @@ import torch
 
 from hub_fixtures import hub, offline  # noqa: F401  (fixtures)
 from pali import CheckpointError, InputError, PaliModel
-from helpers_checkpoint import read_safetensors
-from pali.checkpoint import INDEX_NAME, write_safetensors
+from pali.testing.checkpoints import read_safetensors
+from pali.io import INDEX_NAME, write_safetensors
 from pali.hub import HubError
 
 

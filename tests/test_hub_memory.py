@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from pali import PaliConfig, PaliModel, get_config
-from pali.checkpoint import write_safetensors
+from pali.io import write_safetensors
 
 # Peak resident size from /proc (VmHWM), not getrusage's ru_maxrss: Linux carries ru_maxrss over
 # from the forking parent (pytest, which just wrote the weights), VmHWM belongs to this process.
 _MEASURE = """
 import sys
-import torch, pali, pali.loading, pali.hub.download  # imports are the baseline, not the load
+import torch, pali, pali.io.loading, pali.hub.download  # imports are the baseline, not the load
 def peak():
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
 base = peak()

@@ -7,14 +7,14 @@ import pickle
 import pytest
 import torch
 
-from hf_reference import hf_clip, hf_mt5, hf_siglip
+from pali.testing.hf_reference import hf_clip, hf_mt5, hf_siglip
 from hub_fixtures import hub  # noqa: F401  (fixture)
 from toy_tower import ToyTower, ToyTowerConfig, register
 from pali import CheckpointError, ConfigError, PaliConfig, PaliModel, get_config
-from pali.checkpoint import write_safetensors
+from pali.io import write_safetensors
 from pali.hub import HubError, list_recipes
 from pali.hub import unimodal
-from pali.model import shift_right
+from pali.models.pali import shift_right
 
 ATOL = 1e-5
 

@@ -5,7 +5,7 @@ import torch
 
 import pali
 from pali import InputError, PaliModel, get_config
-from pali.registry import PRESETS
+from pali.config.registry import PRESETS
 
 
 def vit_params(width, depth, mlp, patch=14, tokens=256):

@@ -6,7 +6,7 @@ import stat
 from PIL import Image
 
 from pali import PaliModel
-from pali.checkpoint import current_umask
+from pali.io import current_umask
 from pali.cli.common import save_png
 
 

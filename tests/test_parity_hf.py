@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_reference import hf_clip, hf_mt5, hf_siglip, pali_mt5_from_hf, pali_vit_from_hf
+from pali.testing.hf_reference import hf_clip, hf_mt5, hf_siglip, pali_mt5_from_hf, pali_vit_from_hf
 
 ATOL = 1e-5
 
@@ -35,7 +35,7 @@ def test_mt5_logits_and_loss_match(mt5_pair, backend):
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask, labels=labels)
         enc = ours.encode(ours.embed_tokens(ids), mask.bool())
-        from pali.model import shift_right
+        from pali.models.pali import shift_right
 
         logits = ours.decode(shift_right(labels, 0, 0), enc, mask.bool())
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)

@@ -4,8 +4,8 @@ SigLIP tower -> linear -> MT5ForConditionalGeneration(inputs_embeds=concat(visua
 import pytest
 import torch
 
-from helpers_checkpoint import apply_keymap
-from hf_reference import hf_mt5, hf_siglip
+from pali.testing.checkpoints import apply_keymap
+from pali.testing.hf_reference import hf_mt5, hf_siglip
 from pali import PaliConfig, PaliModel
 from pali.convert import hf as hf_maps
 

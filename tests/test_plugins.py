@@ -12,7 +12,7 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
-from spm_fixture import train_spm
+from pali.testing.spm import train_spm
 
 from pali import registry
 from pali.errors import RegistryError
@@ -35,7 +35,7 @@ toy-patches = "pali_toy_plugin.vision:ToyVision"
 [project.entry-points."pali.text_stacks"]
 toy-mt5 = "pali_toy_plugin.text"
 
-[project.entry-points."pali.heads"]
+[project.entry-points."pali.tasks.heads"]
 shout = "pali_toy_plugin.heads:ShoutHead"
 """
 
@@ -81,8 +81,8 @@ TOY_TEXT = '''
 """mT5 under another kind; the entry point names this module, whose import registers it."""
 from dataclasses import dataclass
 
-from pali.registry import TEXT_STACKS
-from pali.text.mt5 import MT5, MT5Config
+from pali.config.registry import TEXT_STACKS
+from pali.models.text.mt5 import MT5, MT5Config
 
 
 @dataclass
@@ -98,8 +98,8 @@ TEXT_STACKS.register("toy-mt5", ToyText, origin=__name__)
 '''
 
 TOY_HEADS = '''
-from pali.heads import Head
-from pali.prompts import caption_prompt
+from pali.tasks.heads import Head
+from pali.processing.prompts import caption_prompt
 
 
 class ShoutHead(Head):
@@ -124,7 +124,7 @@ version = "0.1"
 [tool.setuptools]
 py-modules = ["pali_clash_plugin"]
 
-[project.entry-points."pali.heads"]
+[project.entry-points."pali.tasks.heads"]
 caption = "pali_clash_plugin:FakeCaption"
 """
 
@@ -217,7 +217,7 @@ def test_plugin_taking_a_builtin_name_raises(installed):
     code = "import pali\ntry:\n    pali.list_heads()\nexcept pali.RegistryError as e:\n    print(e)\n"
     result = _python(code, installed / "site-clash")
     assert result.returncode == 0, result.stderr
-    assert "head 'caption' is registered twice: by pali.heads.text and by plugin pali_clash_plugin:FakeCaption" in result.stdout
+    assert "head 'caption' is registered twice: by pali.tasks.heads.text and by plugin pali_clash_plugin:FakeCaption" in result.stdout
 
 
 # -- the registry's loading rules, without installing anything -------------------------------------

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from spm_fixture import train_spm
+from pali.testing.spm import train_spm
 
 from pali import PaliModel
 from pali.errors import CheckpointError, ConfigError, InputError
-from pali.image_processing import ImageProcessor
-from pali.processor import PROCESSOR_CONFIG_NAME, PaliProcessor, ProcessorConfig
-from pali.tokenizer import Tokenizer
+from pali.processing.image import ImageProcessor
+from pali.processing.processor import PROCESSOR_CONFIG_NAME, PaliProcessor, ProcessorConfig
+from pali.processing.tokenizer import Tokenizer
 
 
 def rgb_image(height: int, width: int, seed: int = 0) -> np.ndarray:

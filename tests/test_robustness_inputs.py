@@ -15,15 +15,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spm_fixture import train_spm
+from pali.testing.spm import train_spm
 
 from pali import ConfigError, InputError, PaliError, PaliModel, PaliProcessor, Tokenizer
 from pali.config import PaliConfig, size_limit
-from pali.image_processing import ImageProcessor
-from pali.presets import get_config
-from pali.processor import ProcessorConfig
-from pali.text.mt5_config import MT5Config
-from pali.vision.vit_config import ViTConfig
+from pali.processing.image import ImageProcessor
+from pali.config.presets import get_config
+from pali.processing.processor import ProcessorConfig
+from pali.models.text.mt5_config import MT5Config
+from pali.models.vision.vit_config import ViTConfig
 
 
 def _pali_dict(**text_changes) -> dict:
@@ -71,7 +71,7 @@ def test_config_kinds_and_types():
 
 
 def test_limits_allow_every_preset():
-    from pali.presets import list_presets
+    from pali.config.presets import list_presets
 
     for name in list_presets():
         config = get_config(name)
@@ -80,11 +80,11 @@ def test_limits_allow_every_preset():
 
 
 def test_parameter_count_over_the_limit_is_refused(tmp_path, monkeypatch):
-    import pali.checkpoint
+    import pali.io
 
     torch.manual_seed(0)
     saved = PaliModel.from_preset("pali-tiny").save_pretrained(tmp_path / "m")
-    monkeypatch.setattr(pali.checkpoint, "MAX_PARAMETERS", 1000)
+    monkeypatch.setattr(pali.io, "MAX_PARAMETERS", 1000)
     with pytest.raises(PaliError, match=r"config.json describes [\d,]+ parameters, over the limit of 1,000"):
         PaliModel.from_pretrained(saved)
 

@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 import torch
 
-from hf_reference import hf_mt5
-from t5x_fixture import spec, t5x_names, write_t5x
+from pali.testing.hf_reference import hf_mt5
+from pali.testing.t5x import spec, t5x_names, write_t5x
 
 from pali import CheckpointError, PaliModel
-from helpers_checkpoint import read_safetensors
-from pali.checkpoint import INDEX_NAME
+from pali.testing.checkpoints import read_safetensors
+from pali.io import INDEX_NAME
 from pali.convert import read_big_vision, read_hf, read_t5x
-from pali.presets import get_config
-from pali.text.mt5 import MT5
+from pali.config.presets import get_config
+from pali.models.text.mt5 import MT5
 
 ESCAPES = ["../secret.safetensors", "/etc/passwd", "sub/../../x", "a/b.safetensors", "..", "x\0y"]
 

@@ -27,17 +27,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hf_reference import hf_siglip
-from t5x_fixture import t5x_names, write_t5x
-from big_vision_fixture import big_vision_names
+from pali.testing.hf_reference import hf_siglip
+from pali.testing.t5x import t5x_names, write_t5x
+from pali.testing.big_vision import big_vision_names
 
-import pali.checkpoint
+import pali.io
 from pali import PaliError, PaliModel
 from pali.config import PaliConfig
 from pali.convert import load_config, read_big_vision, read_t5x
 from pali.convert.zarr import ZarrArray
-from pali.presets import get_config
-from pali.text.mt5 import MT5
+from pali.config.presets import get_config
+from pali.models.text.mt5 import MT5
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=True, database=None)
@@ -46,7 +46,7 @@ MEMORY_BOUND = 32 << 20
 
 @pytest.fixture(autouse=True)
 def small_tensor_limit(monkeypatch):
-    monkeypatch.setattr(pali.checkpoint, "MAX_TENSOR_BYTES", 1 << 20)
+    monkeypatch.setattr(pali.io, "MAX_TENSOR_BYTES", 1 << 20)
 
 
 # -- fixtures (built once; hypothesis examples copy them) -----------------------------------------
@@ -334,7 +334,7 @@ _RLIMIT_SCRIPT = textwrap.dedent(
     import json, resource, sys, zipfile, io
     from pathlib import Path
     import numpy as np
-    import pali.checkpoint, pali.convert
+    import pali.io, pali.convert
     from pali import PaliError, PaliModel
     from pali.convert.zarr import ZarrArray
 
@@ -354,7 +354,7 @@ _RLIMIT_SCRIPT = textwrap.dedent(
 
     expect("zarr", lambda: ZarrArray.open(root, "z").read())
     expect("npz", lambda: pali.convert.read_big_vision(root / "x.npz").state_dict())
-    expect("safetensors", lambda: pali.checkpoint.list_tensors(root / "st"))
+    expect("safetensors", lambda: pali.io.list_tensors(root / "st"))
     expect("config", lambda: PaliModel.from_pretrained(root / "cfg"))
     """
 )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from spm_fixture import train_spm
+from pali.testing.spm import train_spm
 
 from pali.errors import CheckpointError, InputError
-from pali.tokenizer import Tokenizer, resolve_file
+from pali.processing.tokenizer import Tokenizer, resolve_file
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("google.protobuf")  # T5Tokenizer needs it to read spiece.model

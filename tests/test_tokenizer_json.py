@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 import sentencepiece as spm
-from spm_fixture import CORPUS, train_spm
+from pali.testing.spm import CORPUS, train_spm
 
 from pali import PaliProcessor
 from pali.errors import CheckpointError
-from pali.tokenizer import Tokenizer
+from pali.processing.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -5,7 +5,7 @@ import torch
 
 from pali import PaliModel
 from pali.errors import InputError
-from pali.training import POLICIES, freeze, lora_target_modules, summarize
+from pali.train.helpers import POLICIES, freeze, lora_target_modules, summarize
 
 peft = pytest.importorskip("peft")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pali import InputError, get_config
-from pali.vision.vit import ViT, resample_pos_embed
+from pali.models.vision.vit import ViT, resample_pos_embed
 
 
 def _zoom_linear(grid: np.ndarray, new: int) -> np.ndarray:
@@ -48,7 +48,7 @@ def test_checkpoint_at_one_resolution_runs_at_another():
 
 
 def test_every_activation_a_config_may_name_is_implemented():
-    from pali.vision.vit import ACTIVATIONS
-    from pali.vision.vit_config import ACTIVATION_NAMES
+    from pali.models.vision.vit import ACTIVATIONS
+    from pali.models.vision.vit_config import ACTIVATION_NAMES
 
     assert sorted(ACTIVATIONS) == sorted(ACTIVATION_NAMES)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pali import VisionConfig
-from pali.registry import VISION_ENCODERS
+from pali.config.registry import VISION_ENCODERS
 
 
 @dataclass

@@ -11,10 +11,12 @@ install's import hook points at.
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
+import sys
 
 NAME = "pali.kernels"
+#: The file that plays the package's ``__init__``: see its docstring for why it has another name.
+INIT = "_package.py"
 
 
 def kernels_dir() -> Path:
@@ -24,7 +26,7 @@ def kernels_dir() -> Path:
     if here.parent.name == "src":  # a checkout: src/pali beside kernels/
         candidates.append(here.parent.parent / "kernels")
     for candidate in candidates:
-        if (candidate / "__init__.py").is_file():
+        if (candidate / INIT).is_file():
             return candidate
     raise ImportError(
         f"pali at {here} has no kernels package: looked in {', '.join(map(str, candidates))}; "
@@ -42,7 +44,7 @@ def bind_kernels() -> None:
         return
     folder = kernels_dir()
     spec = importlib.util.spec_from_file_location(
-        NAME, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        NAME, folder / INIT, submodule_search_locations=[str(folder)]
     )
     spec.loader = importlib.util.LazyLoader(spec.loader)
     module = importlib.util.module_from_spec(spec)

@@ -1,4 +1,4 @@
-"""Length defaults, each named once, in a module that imports nothing (the CLI's ``--help``
+"""Length defaults and the ignored label id, each named once, in a module that imports nothing (the CLI's ``--help``
 reads them without importing torch).
 
 `GenerationConfig` (hence ``PaliModel.generate``), the pipeline and the CLI's
@@ -13,3 +13,7 @@ MAX_NEW_TOKENS = 32
 MAX_PROMPT_LENGTH = 64
 #: Longest training target (suffix), in tokens (eos included).
 MAX_TARGET_LENGTH = 64
+
+#: Label id the loss skips: padding after a target, and candidates' tails in scoring (the value
+#: PyTorch's ``cross_entropy`` and transformers use).
+IGNORE_INDEX = -100

@@ -1,10 +1,13 @@
-"""``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` / ``from_unimodal`` for PaliModel.
+"""[`pali.PaliModel`][]: the model of ``pali.models`` with ``from_pretrained``, ``save_pretrained``,
+``push_to_hub`` and ``from_unimodal``.
 
-The model code knows nothing of files or the Hub: each method here is the one definition of its
-operation (name, signature, documentation) and composes the pieces that do the work:
-``pali.hub.download`` (a name -> a local folder), ``pali.loading`` (a folder <-> a model),
-``pali.hub.push`` and ``pali.hub.unimodal``, imported on first use so ``import pali`` does
-not pull in ``huggingface_hub``.
+The model code knows nothing of files or the Hub, so the entry points that need both live here,
+above them: this module is the higher layer that owns them, and the model class users import is
+the one defined here. Each method is the one definition of its operation (name, signature,
+documentation) and composes the pieces that do the work: ``pali.hub.resolve`` (a name -> a local
+folder), ``pali.io.loading`` (a folder <-> a model), ``pali.hub.card``, ``pali.hub.push`` and
+``pali.hub.unimodal``, imported on first use so ``import pali`` does not pull in
+``huggingface_hub``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+
+from .models.pali import PaliModel as _Architecture
 
 if TYPE_CHECKING:
     from .config import PaliConfig
@@ -70,7 +75,7 @@ class PretrainedMixin:
             if dtype is not None and dtype != torch_dtype:
                 raise InputError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; give one")
             dtype = torch_dtype
-        from .loading import load_model
+        from .io.loading import load_model
 
         resolved = resolve(name_or_path, revision=revision, cache_dir=cache_dir,
                            local_files_only=local_files_only, token=token)
@@ -133,15 +138,17 @@ class PretrainedMixin:
         only an earlier save of ours, is replaced the same way; a folder with anything else in it
         needs ``overwrite=True``.
         """
-        from .checkpoint import atomic_directory, replaceable_save
-        from .loading import CARD_NAME, write_model
-        from .processor import PROCESSOR_CONFIG_NAME
-        from .tokenizer import SPIECE_NAME
+        from .hub.card import model_card
+        from .io import atomic_directory, replaceable_save
+        from .io.loading import CARD_NAME, write_model
+        from .processing.processor import PROCESSOR_CONFIG_NAME
+        from .processing.tokenizer import SPIECE_NAME
 
         if not overwrite:
             overwrite = replaceable_save(Path(directory), (CARD_NAME, PROCESSOR_CONFIG_NAME, SPIECE_NAME))
         with atomic_directory(directory, overwrite=overwrite) as tmp:
-            write_model(self, tmp, max_shard_size=max_shard_size, processor=processor, license=license)
+            write_model(self, tmp, max_shard_size=max_shard_size, processor=processor,
+                        card=model_card(self, license=license))
         return Path(directory)
 
     def push_to_hub(
@@ -159,13 +166,24 @@ class PretrainedMixin:
     ):
         """Create ``repo_id`` if needed and upload what
         [`save_pretrained`][pali.PaliModel.save_pretrained] writes, as one commit."""
+        from .hub.card import model_card
         from .hub.push import push_folder
-        from .loading import write_model
+        from .io.loading import write_model
 
         return push_folder(
             repo_id, lambda folder: write_model(
-                self, folder, max_shard_size=max_shard_size, processor=processor, license=license),
+                self, folder, max_shard_size=max_shard_size, processor=processor,
+                card=model_card(self, license=license)),
             token=token, create_options=dict(private=private),
             upload_options=dict(revision=revision, create_pr=create_pr,
                                 commit_message=commit_message or f"Upload {self.config.preset or 'PaLI'} model with pali"),
         )
+
+
+class PaliModel(PretrainedMixin, _Architecture):
+    """A PaLI model (vision encoder -> connector -> text encoder-decoder) that loads and saves.
+
+    The architecture is [`pali.models.PaliModel`][pali.models.pali.PaliModel]; this class adds
+    the Hub and file entry points of ``PretrainedMixin``. Build one with ``from_preset``,
+    ``PaliModel(config)``, ``from_pretrained`` or ``from_unimodal``.
+    """

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 from ..defaults import MAX_NEW_TOKENS
@@ -52,7 +51,9 @@ def load_pipeline(args: argparse.Namespace):
     """Model + processor from ``--model`` as one pipeline (greedy decoding), on ``--threads``."""
     import torch
 
-    from .. import PaliModel, PaliProcessor, pipeline
+    from ..pretrained import PaliModel
+    from ..processing.processor import PaliProcessor
+    from ..tasks.pipeline import pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,19 +108,11 @@ def check_output(path: str | Path, option: str) -> Path:
 
 
 def save_png(image, path: str | Path) -> None:
-    """Write ``image`` to a temporary name beside ``path`` and rename: never a half-written PNG."""
-    from ..checkpoint import current_umask
+    """Write ``image`` as PNG through ``pali.io.atomic_file``: never a half-written file."""
+    from ..io import atomic_file
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 is for the scratch file only
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        image.save(f, format="PNG")
 
 
 def draw_detections(image, detections, scale: int = 4):

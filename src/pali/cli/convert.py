@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .. import convert
+    from ..processing.processor import shipped_processor
 
     if args.verify and Path(args.out).exists() and not args.force:
         count = convert.verify(args.src, args.out, args.format, progress=not args.quiet)
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         args.src, args.out, args.format, vision_preset=args.vision_preset, text_preset=args.text_preset,
         image_size=args.image_size, dtype=args.dtype, force=args.force, max_shard_size=args.max_shard_size,
         verify=args.verify, progress=not args.quiet,
+        processor=shipped_processor(args.src) if (args.format or convert.detect_format(args.src)) == "hf" else None,
     )
     checked = " (verified)" if args.verify else ""
     config = conversion.config

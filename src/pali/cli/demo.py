@@ -89,7 +89,7 @@ class Score:
         print(f"  {what:<42} {shown or got}   {'ok' if ok else f'(truth: {truth})'}")
 
     def show_box(self, what: str, found: list[tuple[float, ...]], truth: list[int]) -> None:
-        from ..heads.detect import box_iou
+        from ..tasks.heads.detect import box_iou
 
         iou = box_iou(found[0], truth) if found else 0.0
         self.ious.append(iou)

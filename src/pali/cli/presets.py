@@ -12,12 +12,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import get_config, list_presets
-    from ..registry import PRESETS
+    from ..config.presets import get_config, list_presets
+    from ..config.registry import PRESETS
+    from ..models.count import count_parameters
 
     print(f"{'preset':<18} {'family':<7} {'parameters':>15}  description")
     for name in list_presets(args.family):
         preset = PRESETS.get(name)
-        count = get_config(name).num_parameters()  # from the config: nothing is built
+        count = count_parameters(get_config(name))  # built-ins count from the config: nothing is built
         print(f"{name:<18} {preset.family:<7} {count:>15,}  {preset.description}")
     return 0

@@ -1,6 +1,6 @@
 """Checkpoint conversion: big_vision ``.npz``, T5X and Hugging Face checkpoints -> pali's layout.
 
-**Naming rule.** A converted directory is ``config.json`` + safetensors (``pali.checkpoint``):
+**Naming rule.** A converted directory is ``config.json`` + safetensors (``pali.io``):
 
 * *Tower checkpoint* (what every converter here writes, each source holding one tower):
   ``config.json`` is the tower's config with its kind (``{"kind": "vit", ...}``,
@@ -24,17 +24,15 @@ device, then load, transform and write one tensor at a time. See ``docs/convert.
 
 from __future__ import annotations
 
-import json
-import warnings
-import zipfile
 from pathlib import Path
+from typing import Any, Protocol
+import zipfile
 
 import torch
 
-from ..checkpoint import CONFIG_NAME, atomic_directory, list_tensors, read_json, write_safetensors
-from ..config import Config, PaliConfig, VisionConfig
-from ..errors import CheckpointError, RegistryError
-from ..registry import TEXT_STACKS, VISION_ENCODERS
+from ..config.base import Config, VisionConfig
+from ..errors import CheckpointError
+from ..io import CONFIG_NAME, atomic_directory, list_tensors, read_config, write_config_json, write_safetensors
 from .big_vision import read_big_vision, split_selector
 from .hf_reader import read_hf
 from .plan import Conversion, parse_dtype
@@ -44,7 +42,7 @@ FORMATS = ("big_vision", "t5x", "hf")
 
 __all__ = [
     "FORMATS", "Conversion", "convert", "convert_big_vision", "convert_hf", "convert_t5x", "detect_format",
-    "load_config", "read", "read_big_vision", "read_hf", "read_t5x", "verify",
+    "load_config", "read", "read_big_vision", "read_hf", "read_t5x", "verify", "write_conversion",
 ]
 
 
@@ -62,7 +60,7 @@ def detect_format(path: str | Path) -> str:
         t5x_markers = ("checkpoint", "state/checkpoint", *ORBAX_MARKERS)
         if any(next(file.glob(marker), None) for marker in t5x_markers):
             return "t5x"
-        if (file / "config.json").is_file():
+        if (file / CONFIG_NAME).is_file():
             return "hf"
     raise CheckpointError(
         f"cannot tell the format of {path}: expected a big_vision .npz file, a T5X checkpoint_<step> "
@@ -100,6 +98,26 @@ def _progress(conversion: Conversion, show: bool, desc: str):
     return tqdm(conversion, total=len(conversion.items), unit="tensor", desc=desc, disable=not show)
 
 
+def write_conversion(
+    conversion: Conversion, folder: Path, *, metadata: dict[str, str] | None = None,
+    max_shard_size: int | str = "5GB", progress: bool = False, desc: str = "convert",
+) -> None:
+    """Write ``conversion`` into the existing ``folder`` in our layout: ``config.json`` and the
+    safetensors shards, tensors streamed one at a time in their planned dtypes.
+
+    The one writer of converted checkpoints: [`convert`][pali.convert.convert] and the Hub's
+    conversion cache (``pali.hub.cache``) both call it, each inside its own atomic folder.
+    """
+    write_config_json(folder, conversion.config.to_dict())
+    write_safetensors(_progress(conversion, progress, desc), folder, max_shard_size=max_shard_size, metadata={**conversion.metadata, **(metadata or {})})
+
+
+class SavesFiles(Protocol):
+    """What ``processor=`` accepts: anything that writes its files into an existing folder."""
+
+    def save_pretrained(self, directory: str | Path) -> Any: ...
+
+
 def convert(
     src: str | Path,
     out: str | Path,
@@ -113,49 +131,31 @@ def convert(
     max_shard_size: int | str = "5GB",
     verify: bool = False,
     progress: bool = False,
+    processor: SavesFiles | None = None,
 ) -> Conversion:
     """Convert ``src`` into ``out`` (config.json + safetensors); returns the (checked) plan.
 
     The output appears only when complete (written into a temporary sibling, renamed into place);
     an existing ``out`` is refused unless ``force``. ``verify`` re-reads everything written and
-    compares it with the source, bit for bit, before the rename. A transformers checkpoint that
-    ships its processor (BLIP-2's ``preprocessor_config.json`` or transformers 5's
-    ``processor_config.json``, and ``spiece.model``) gets ours
-    written beside the weights, so ``out`` is complete for ``pali caption``; if those files are
-    incomplete, a warning says why and only the weights are written.
+    compares it with the source, bit for bit, before the rename. ``processor`` (a
+    ``PaliProcessor``, say) is saved into the same folder, so ``out`` is complete for
+    ``pali caption``: ``pali convert`` passes the one a transformers checkpoint ships
+    (``pali.processing.hf_processing.shipped_processor``).
     """
     out = Path(out)
     if out.exists() and not force:
         raise CheckpointError(f"{out} exists; pass force=True / --force to replace it")
     conversion = read(src, format, vision_preset=vision_preset, text_preset=text_preset,
                       image_size=image_size, dtype=dtype)
-    processor = _processor(src, format or detect_format(src))
     dtype_name = str(conversion.dtype).removeprefix("torch.") if conversion.dtype else ""
-    metadata = {"pali.tower": conversion.tower, "pali.dtype": dtype_name, **conversion.metadata}
     with atomic_directory(out, overwrite=force) as tmp:
-        (tmp / CONFIG_NAME).write_text(json.dumps(conversion.config.to_dict(), indent=2, sort_keys=True) + "\n")
-        write_safetensors(_progress(conversion, progress, "convert"), tmp, max_shard_size=max_shard_size,
-                          metadata=metadata)
+        write_conversion(conversion, tmp, metadata={"pali.tower": conversion.tower, "pali.dtype": dtype_name},
+                         max_shard_size=max_shard_size, progress=progress)
         if verify:
             _compare(conversion, tmp, progress)
         if processor is not None:
             processor.save_pretrained(tmp)
     return conversion
-
-
-def _processor(src: str | Path, format: str):
-    """The processor a transformers checkpoint folder ships, as ours; None when it ships none."""
-    from ..hf_processing import PREPROCESSOR_NAME
-    from ..processor import PROCESSOR_CONFIG_NAME, PaliProcessor
-
-    folder = Path(src)
-    if format != "hf" or not any((folder / name).is_file() for name in (PREPROCESSOR_NAME, PROCESSOR_CONFIG_NAME)):
-        return None
-    try:
-        return PaliProcessor.from_pretrained(folder)
-    except CheckpointError as e:
-        warnings.warn(f"{src}: its processor files are not converted ({e}); only the weights are", stacklevel=3)
-        return None
 
 
 def convert_big_vision(src: str | Path, out: str | Path, **options) -> Conversion:
@@ -175,19 +175,7 @@ def convert_hf(src: str | Path, out: str | Path, **options) -> Conversion:
 
 def load_config(directory: str | Path) -> Config:
     """The config of a pali checkpoint directory: a PaliConfig or a tower config (by ``kind``)."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: no {CONFIG_NAME}")
-    data = read_json(path)
-    if isinstance(data, dict) and "vision" in data and "text" in data:
-        return PaliConfig.from_dict(data)
-    kind = data.get("kind") if isinstance(data, dict) else None
-    for registry in (VISION_ENCODERS, TEXT_STACKS) if isinstance(kind, str) else ():
-        try:
-            return registry.config_class(kind).from_dict(data)
-        except RegistryError:
-            continue
-    raise CheckpointError(f"{path}: no known tower kind {kind!r} and not a PaliConfig")
+    return read_config(Path(directory), str(directory))
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -12,19 +12,19 @@ a MAP pooling head is not used by PaLI and is dropped. Layout facts: big_vision
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import re
 import struct
 import zipfile
 import zlib
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..checkpoint import check_shape
-from ..config import size_limit
+from ..config.base import size_limit
 from ..errors import CheckpointError, ConfigError
-from ..vision.vit_config import ViTConfig
+from ..io import check_shape
+from ..models.vision.vit_config import ViTConfig
 from .keymap import KeyMap, Rule
 from .plan import Conversion, Source, check_items, fit_pos_embed, map_sources, parse_dtype, target_config
 
@@ -100,7 +100,7 @@ class NpzFile:
 
     Reads go through ``zipfile``, so a truncated or corrupted member fails its CRC check. Every
     header is checked before any array is read: a numeric dtype (or bf16's ``V2``), a bounded
-    shape ([`pali.checkpoint.check_shape`][]) whose bytes are exactly what the member holds,
+    shape ([`pali.io.check_shape`][]) whose bytes are exactly what the member holds,
     and a member size the archive's compressed bytes can account for. numpy allocates the
     header's shape before reading, so these checks are what bound memory.
     """

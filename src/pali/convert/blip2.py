@@ -19,18 +19,17 @@ the config ties them (``pali.convert.plan.fit_lm_head``).
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from ..config import PaliConfig
-from ..connectors.qformer_config import QFormerConfig
-from ..errors import CheckpointError, ConfigError
-from ..vision.vit_config import ViTConfig
 from . import hf
+from ..config.base import PaliConfig
+from ..errors import CheckpointError, ConfigError
+from ..models.connectors.qformer_config import QFormerConfig
+from ..models.vision.vit_config import ViTConfig
 from .keymap import KeyMap, Rule
-from .plan import Conversion, Item, Source, check_items, fit_lm_head, map_sources, parse_dtype
+from .plan import Item, Source, fit_lm_head, map_sources
 
 MODEL_TYPES = ("blip-2", "instructblip")
 TEXT_MODEL_TYPES = ("t5", "mt5")
@@ -204,23 +203,14 @@ def map_state_dict(hf_config: Mapping[str, Any], state_dict: Mapping[str, torch.
     """A transformers BLIP-2 / InstructBLIP state dict in memory, with its config as a dict ->
     PaliModel names (tests, notebooks)."""
     sources = [Source(k, tuple(v.shape), lambda v=v: v) for k, v in state_dict.items()]
-    items = _items(blip2_config(hf_config), hf_config, sources)
+    items = plan_items(blip2_config(hf_config), hf_config, sources)
     return {item.target: item.load() for item in items}
 
 
-def _items(config: PaliConfig, hf_config: Mapping[str, Any], sources: list[Source]) -> list[Item]:
+def plan_items(config: PaliConfig, hf_config: Mapping[str, Any], sources: list[Source]) -> list[Item]:
+    """The tensors of a BLIP-2 / InstructBLIP checkpoint (``sources``) mapped onto ``config``'s model."""
     instruct = config.connector.vocab_size > 0
     items = map_sources(split_fused_qkv(sources), blip2_keymap(instruct))
     text, version = _section(hf_config, "text_config"), hf_config.get("transformers_version")
     return fit_lm_head(items, tied=hf.head_tied(text, version), scale=hf.decoder_output_scale(text, version),
                        prefix="text.")
-
-
-def read_blip2(directory: Path, hf_config: Mapping[str, Any], *, dtype: str | torch.dtype | None = None) -> Conversion:
-    """Plan the conversion of a BLIP-2 / InstructBLIP directory; config first, then the weights."""
-    from .hf_reader import hf_sources
-
-    config = blip2_config(hf_config)  # refuses unsupported text models before any weight is read
-    items = _items(config, hf_config, hf_sources(directory))
-    check_items(items, config, f"the {hf_config['model_type']} config")
-    return Conversion(config, items, {"pali.source_format": "hf"}, parse_dtype(dtype))

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..errors import CheckpointError
-from ..text.mt5_config import MT5Config
-from ..vision.vit_config import ViTConfig
+from ..models.text.mt5_config import MT5Config
+from ..models.vision.vit_config import ViTConfig
 from .keymap import KeyMap, Rule
 
 

@@ -2,7 +2,7 @@
 
 A HF directory holds ``config.json`` and weights as ``model.safetensors`` (or shards with
 ``model.safetensors.index.json``) or ``pytorch_model.bin`` (or shards with
-``pytorch_model.bin.index.json``). safetensors go through ``pali.checkpoint`` (headers
+``pytorch_model.bin.index.json``). safetensors go through ``pali.io`` (headers
 checked first, then one tensor read at a time); ``.bin`` files are loaded with ``mmap=True,
 weights_only=True`` so their tensors page in on use. ``config.json``'s ``model_type`` picks the
 key map: mT5/T5 v1.1, SigLIP, CLIP (vision towers, also out of two-tower checkpoints) or ViT.
@@ -11,13 +11,13 @@ key map: mT5/T5 v1.1, SigLIP, CLIP (vision towers, also out of two-tower checkpo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
-from ..checkpoint import check_shape, checked_file, index_shards, list_tensors, read_json
-from ..errors import CheckpointError, ConfigError
 from . import blip2, hf
+from ..errors import CheckpointError, ConfigError
+from ..io import CONFIG_NAME, INDEX_NAME, SINGLE_NAME, check_shape, checked_file, index_shards, list_tensors, read_json
 from .keymap import KeyMap
 from .plan import Conversion, Source, check_items, fit_lm_head, fit_pos_embed, map_sources, parse_dtype, target_config
 
@@ -64,18 +64,18 @@ def _bin_sources(directory: Path) -> list[Source]:
 
 def hf_sources(directory: Path) -> list[Source]:
     """Every tensor of a HF checkpoint directory, not yet read."""
-    if (directory / "model.safetensors").exists() or (directory / "model.safetensors.index.json").exists():
+    if (directory / SINGLE_NAME).exists() or (directory / INDEX_NAME).exists():
         return _safetensors_sources(directory)
     if (directory / BIN_NAME).exists() or (directory / BIN_INDEX).exists():
         return _bin_sources(directory)
-    raise CheckpointError(f"{directory}: no model.safetensors(.index.json) or {BIN_NAME}(.index.json) found")
+    raise CheckpointError(f"{directory}: no {SINGLE_NAME} or {INDEX_NAME}, nor {BIN_NAME}(.index.json) found")
 
 
 def read_hf_config(directory: Path) -> dict:
-    path = directory / "config.json"
+    path = directory / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{directory}: no config.json (needed to know the model type)")
-    config = read_json(checked_file(directory, "config.json", str(directory)))
+    config = read_json(checked_file(directory, CONFIG_NAME, str(directory)))
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str) \
             or config["model_type"] not in MODEL_TYPES:
         found = config.get("model_type") if isinstance(config, dict) else None
@@ -96,11 +96,11 @@ def read_hf(
     directory = Path(src)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
-    raw = read_json(checked_file(directory, "config.json", str(directory))) if (directory / "config.json").is_file() else None
+    raw = read_json(checked_file(directory, CONFIG_NAME, str(directory))) if (directory / CONFIG_NAME).is_file() else None
     if blip2.is_blip2(raw):
         if vision_preset or text_preset or image_size:
             raise CheckpointError(f"{directory} holds a whole {raw['model_type']} model: tower presets and image_size do not apply")
-        return blip2.read_blip2(directory, raw, dtype=dtype)
+        return _read_blip2(directory, raw, dtype=dtype)
     hf_config = read_hf_config(directory)
     family, keymap, config_fn = MODEL_TYPES[hf_config["model_type"]]
     preset, other = (vision_preset, text_preset) if family == "vision" else (text_preset, vision_preset)
@@ -122,4 +122,12 @@ def read_hf(
         items = fit_lm_head(items, tied=hf.head_tied(hf_config, version),
                             scale=hf.decoder_output_scale(hf_config, version))
     check_items(items, config, against)
+    return Conversion(config, items, {"pali.source_format": "hf"}, parse_dtype(dtype))
+
+
+def _read_blip2(directory: Path, hf_config: Mapping[str, Any], *, dtype: str | torch.dtype | None) -> Conversion:
+    """Plan the conversion of a BLIP-2 / InstructBLIP directory; config first, then the weights."""
+    config = blip2.blip2_config(hf_config)  # refuses unsupported text models before any weight is read
+    items = blip2.plan_items(config, hf_config, hf_sources(directory))
+    check_items(items, config, f"the {hf_config['model_type']} config")
     return Conversion(config, items, {"pali.source_format": "hf"}, parse_dtype(dtype))

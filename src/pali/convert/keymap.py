@@ -8,8 +8,8 @@ converter can stream a checkpoint larger than memory.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+import re
 from typing import Callable
 
 import torch

@@ -16,12 +16,14 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..checkpoint import check_num_parameters
-from ..config import Config, PaliConfig, VisionConfig
+from ..config.base import Config, PaliConfig, VisionConfig
+from ..config.presets import get_config
+from ..config.registry import PRESETS, TEXT_STACKS, VISION_ENCODERS
 from ..errors import CheckpointError
-from ..meta import meta_device
-from ..registry import TEXT_STACKS, VISION_ENCODERS
-from ..vision.vit import resample_pos_embed
+from ..io import check_num_parameters
+from ..models.pali import PaliModel
+from ..nn.meta import meta_device
+from ..nn.pos_embed import resample_pos_embed
 from .keymap import KeyMap, Transform
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -131,8 +133,6 @@ def fit_lm_head(items: list[Item], *, tied: bool, scale: float | None, prefix: s
 def _module(config: Config) -> torch.nn.Module:
     """The module ``config`` describes: a whole PaliModel or one tower."""
     if isinstance(config, PaliConfig):
-        from ..model import PaliModel
-
         return PaliModel(config)
     registry = VISION_ENCODERS if isinstance(config, VisionConfig) else TEXT_STACKS
     return registry.get(config.kind)(config)
@@ -225,9 +225,6 @@ def target_config(
     ``preset`` replaces it (keeping the checkpoint's resolution); the plan is then checked against
     the preset. ``image_size`` asks for a new resolution: position embeddings get resampled.
     """
-    from ..presets import get_config
-    from ..registry import PRESETS
-
     config, against = inferred, "the config inferred from the checkpoint"
     if preset is not None:
         found = PRESETS.get(preset).family

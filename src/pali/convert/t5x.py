@@ -14,19 +14,19 @@ is never touched. Newer T5X/Orbax (OCDBT) checkpoints are another format and are
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
+import math
 from pathlib import Path
+import re
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from ..checkpoint import check_shape
-from ..config import size_limit
+from ..config.base import size_limit
 from ..errors import CheckpointError, ConfigError
-from ..text.mt5_config import MT5Config
+from ..io import check_shape
+from ..models.text.mt5_config import MT5Config
 from .keymap import KeyMap, Rule
 from .plan import Conversion, Source, check_items, map_sources, parse_dtype, target_config
 from .zarr import ZarrArray, safe_join

@@ -9,24 +9,24 @@ TensorStore's ``"bfloat16"``. Spec: https://zarr-specs.readthedocs.io/en/latest/
 
 Paths come from a checkpoint file, so they are untrusted: every array and chunk must resolve to a
 file inside the checkpoint directory (no ``..``, no absolute paths, no symlinks leading out).
-Sizes are untrusted too: the shape is bounded ([`pali.checkpoint.check_shape`][]) before the
+Sizes are untrusted too: the shape is bounded ([`pali.io.check_shape`][]) before the
 array is allocated, a chunk may not be larger than that bound nor the grid hold more than
 ``MAX_CHUNKS`` chunks, and decompression stops at the chunk's size (no decompression bombs).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import itertools
 import math
-import zlib
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+import zlib
 
 import numpy as np
 import torch
 
-from ..checkpoint import check_shape, read_json
 from ..errors import CheckpointError
+from ..io import check_shape, read_json
 
 _BF16 = "bfloat16"
 DTYPES = frozenset("<f2 <f4 <f8 >f2 >f4 >f8 |i1 <i2 <i4 <i8 >i2 >i4 >i8 |u1 |b1".split())  # what torch can hold

@@ -3,8 +3,8 @@
 The Hub lives here, never in the model code, and no file format does: ``download`` turns a repo id
 (or a local folder) into a local folder, ``push`` uploads one, ``card`` writes the model card,
 ``unimodal`` seeds a PaLI from public tower checkpoints (recipes and a conversion cache).
-Reading and writing the files is ``pali.checkpoint``; a folder becomes a model in
-``pali.loading``. ``PaliModel`` reaches them through [`pali.pretrained.PretrainedMixin`][].
+Reading and writing the files is ``pali.io``; a folder becomes a model in
+``pali.io.loading``. ``PaliModel`` reaches them through [`pali.pretrained.PretrainedMixin`][].
 """
 
 from .errors import HubError

@@ -4,7 +4,7 @@
 InstructBLIP repo (a whole model) both convert a `pali.hub.download.Snapshot` into a
 folder of ``config.json`` + safetensors, keyed by what identifies the source's bytes: the Hub
 commit hash, or for a local path every file's path, size and mtime (any edit reconverts). The
-folder is written through `pali.checkpoint.atomic_directory` and its provenance record
+folder is written through `pali.io.atomic_directory` and its provenance record
 (``source.json``) is the last file written, so an interrupted conversion leaves nothing that a
 later load trusts. The conversions themselves are `pali.convert`'s; this module only names,
 writes and finds their outputs.
@@ -15,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
+import re
 from typing import Any, Callable
 
-from ..checkpoint import CONFIG_NAME, atomic_directory, write_safetensors
 from ..convert import read as read_checkpoint
+from ..convert import write_conversion
 from ..convert.big_vision import split_selector
 from ..errors import CheckpointError
+from ..io import atomic_directory
 from .download import Snapshot
 
 CONVERTER_VERSION = 1  # bump when a conversion changes its output: invalidates cached conversions
@@ -74,15 +75,12 @@ def convert_source(role: str, snapshot: Snapshot, out: Path) -> None:
     (checked names and shapes); tensors then stream through one at a time, in their stored dtypes
     (a mixed fp16/fp32 source stays mixed: the loader casts each tensor to the asked dtype).
     """
-    from huggingface_hub.utils import tqdm
-
     conversion = read_checkpoint(snapshot.folder)
     if conversion.tower != role:
         what = "a whole model" if conversion.tower == "model" else f"a {conversion.tower} tower"
         raise CheckpointError(f"{snapshot.source} holds {what}, not a {role} tower")
-    (out / CONFIG_NAME).write_text(json.dumps(conversion.config.to_dict(), indent=2, sort_keys=True) + "\n")
-    tensors = tqdm(conversion, total=len(conversion.items), unit="tensor", desc=f"Converting {snapshot.source}")
-    write_safetensors(tensors, out, metadata={"pali.tower": role, **conversion.metadata})
+    write_conversion(conversion, out, metadata={"pali.tower": role}, progress=True,
+                     desc=f"Converting {snapshot.source}")
     record = {
         "tower": role, "source": snapshot.source, "revision": snapshot.commit,
         "format": conversion.metadata.get("pali.source_format"),

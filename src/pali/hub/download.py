@@ -7,16 +7,16 @@ Downloads go through ``huggingface_hub`` (its cache, its progress bars, ``HF_HUB
 
 from __future__ import annotations
 
-import difflib
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
+import difflib
 from pathlib import Path
+import re
 from typing import Callable, Iterator
 
 from .. import bundled
-from ..checkpoint import CONFIG_NAME, INDEX_NAME, SINGLE_NAME
 from ..errors import CheckpointError
+from ..io import CONFIG_NAME, INDEX_NAME, SINGLE_NAME
 from .errors import HubError, HubMissingFileError
 
 Select = Callable[[list[str]], list[str]]
@@ -167,7 +167,7 @@ def fetch_file(repo_id: str, filename: str, *, revision: str | None = None) -> P
 
 def check_not_preset(name: str) -> None:
     """A preset's name is not a checkpoint: say how to build one instead of asking the Hub."""
-    from ..registry import PRESETS
+    from ..config.registry import PRESETS
 
     if "/" not in name and name in PRESETS:
         raise CheckpointError(
@@ -188,8 +188,12 @@ def what_it_is_not(name: str) -> str:
 def hub_errors(repo_id: str, revision: str | None, offline: bool = False) -> Iterator[None]:
     """Re-raise ``huggingface_hub`` errors as [`HubError`][pali.hub.HubError] with an actionable message."""
     from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-        RepositoryNotFoundError, RevisionNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
 
     rev = revision or "main"

@@ -1,16 +1,16 @@
 """Upload a folder of files to a Hub repo as one commit.
 
-``PaliModel.push_to_hub`` writes the same folder ``save_pretrained`` does (``pali.loading.write_model``)
+``PaliModel.push_to_hub`` writes the same folder ``save_pretrained`` does (``pali.io.loading.write_model``)
 into a temporary directory and hands it here; nothing in this module knows what the files are.
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
+import tempfile
 from typing import Any, Callable
 
-from ..checkpoint import INDEX_NAME
+from ..io import INDEX_NAME
 from .download import hub_errors
 
 

@@ -7,7 +7,7 @@ commit). A transformers BLIP-2 / InstructBLIP checkpoint (``model_type`` ``blip-
 weight), looked up in the conversion cache (`pali.hub.cache`, keyed by the Hub commit or the
 local files' identity) and, on a miss only, has its weight files fetched (safetensors preferred
 over ``pytorch_model-*.bin`` when a repo holds both) and converted into the cache, in the stored
-dtypes. Either way the result is a folder `pali.loading.load_model` reads as it is.
+dtypes. Either way the result is a folder `pali.io.loading.load_model` reads as it is.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import layout_files, read_config_json
 from ..convert import blip2
+from ..io import layout_files, read_config_json
 from .cache import convert_once, convert_source, entry_folder
 from .download import Snapshot, config_file, fetch, transformers_files
 

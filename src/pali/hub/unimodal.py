@@ -10,26 +10,25 @@ nothing. The towers are then loaded into a meta-built [`pali.PaliModel`][] exact
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+import warnings
 
 import torch
 
-from ..checkpoint import list_tensors, read_config_json
-from ..config import Config, PaliConfig
+from ..config.base import Config, PaliConfig, TextConfig, VisionConfig
+from ..config.presets import get_config
 from ..convert.big_vision import split_selector
 from ..errors import CheckpointError, ConfigError
-from ..loading import common_dtype, materialize, verify
-from ..meta import meta_device
-from ..presets import get_config
-from ..registry import TEXT_STACKS, VISION_ENCODERS
+from ..io import list_tensors, read_config
+from ..io.loading import common_dtype, materialize, verify
+from ..nn.meta import meta_device
 from .cache import convert_once, convert_source, entry_folder
 from .download import Snapshot, fetch, transformers_files
 
 ROLES = ("vision", "text")
-_REGISTRIES = {"vision": VISION_ENCODERS, "text": TEXT_STACKS}
+_CONFIG_TYPES = {"vision": VisionConfig, "text": TextConfig}
 
 
 @dataclass(frozen=True)
@@ -171,12 +170,12 @@ def converted_tower(
     snapshot = _fetch_source(source, revision, cache_dir, local_files_only, token)
     folder = entry_folder(role, snapshot, cache_dir)
     record = convert_once(folder, lambda tmp: convert_source(role, snapshot, tmp))
-    data = read_config_json(folder, str(folder))
-    registry = _REGISTRIES[role]
     try:
-        config = registry.get(data.get("kind")).config_class.from_dict(data)
-    except (ConfigError, KeyError) as e:
+        config = read_config(folder, str(folder))
+    except ConfigError as e:
         raise CheckpointError(f"{snapshot.source} is not a {role} tower: {e}") from None
+    if not isinstance(config, _CONFIG_TYPES[role]):
+        raise CheckpointError(f"{snapshot.source} is not a {role} tower: it holds a {type(config).__name__}")
     return Tower(role, folder, config, record)
 
 

@@ -1,0 +1,7 @@
+"""Configs: torch-free dataclasses (``base``), the registries keyed by kind (``registry``) and the
+named presets (``presets``). Nothing here builds a module or imports torch: a config.json is read,
+checked and written without either."""
+
+from .base import SIZE_LIMITS, Config, ConnectorConfig, PaliConfig, TextConfig, VisionConfig, size_limit
+
+__all__ = ["SIZE_LIMITS", "Config", "ConnectorConfig", "PaliConfig", "TextConfig", "VisionConfig", "size_limit"]

@@ -1,0 +1,216 @@
+"""Decoding strategies over an encoder-decoder: greedy, sampling and beam search.
+
+``decoder_step`` builds the one step function every strategy shares: ``step(tokens)`` gives
+the next-token logits after the decoder tokens so far, and ``reorder(index)`` keeps the batch
+rows that beam search selects. The step runs the decoder on the newest token over its KV cache
+(optionally compiled), or, with ``use_cache=False``, recomputes the whole prefix: the reference
+the cached step is tested against. Beam search follows Hugging Face transformers' vectorized
+algorithm (top ``2K`` candidates, length-normalized finished hypotheses, the same early-stop
+heuristic), so both give the same beams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable
+
+import torch
+
+from ..defaults import MAX_NEW_TOKENS
+from ..errors import InputError
+
+_NEG = -1.0e9
+
+
+@dataclass
+class GenerationConfig:
+    """How [`pali.PaliModel.generate`][] decodes; keywords given to ``generate`` override fields.
+
+    ``eos_token_id`` and ``pad_token_id`` default (None) to the model's text config.
+    ``use_cache=False`` recomputes the whole prefix every step (same tokens, slower); ``compile``
+    runs the cached step through ``torch.compile`` (once per batch size and length, never per token).
+    """
+
+    max_new_tokens: int = MAX_NEW_TOKENS
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    length_penalty: float = 1.0
+    early_stopping: bool = False
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    use_cache: bool = True
+    compile: bool = False
+
+    def updated(self, **overrides: Any) -> "GenerationConfig":
+        """A copy with ``overrides`` applied; an unknown name raises [`InputError`][pali.InputError]."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise InputError(
+                f"unknown generation option(s) {', '.join(map(repr, unknown))}; "
+                f"GenerationConfig has {', '.join(sorted(names))}"
+            )
+        return replace(self, **overrides)
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_beams < 1:
+            raise InputError(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.do_sample and self.num_beams > 1:
+            raise InputError("do_sample with num_beams > 1 (beam sampling) is not supported")
+        if self.temperature <= 0:
+            raise InputError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise InputError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.compile and not self.use_cache:
+            raise InputError("compile=True needs use_cache=True (the compiled step is the cached one)")
+
+
+def decoder_step(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, cfg: GenerationConfig):
+    """``step(tokens)`` -> logits ``[B, 1, V]`` after ``tokens`` (start token first), and
+    ``reorder(index)`` for beam search, over a text stack (``decode``, ``start_decoding``,
+    ``decode_step``)."""
+    if not cfg.use_cache:
+        held = {"hidden": encoder_hidden, "mask": mask}
+
+        def step(tokens):
+            return text.decode(tokens, held["hidden"], held["mask"])[:, -1:]
+
+        def reorder(index):
+            held["hidden"] = held["hidden"].index_select(0, index)
+            held["mask"] = None if held["mask"] is None else held["mask"].index_select(0, index)
+
+        return step, reorder
+
+    cache = text.start_decoding(encoder_hidden, mask, cfg.max_new_tokens)
+    decode_step = torch.compile(text.decode_step) if cfg.compile else text.decode_step
+    filled = [0]
+
+    def cached_step(tokens):
+        # The newest token sits at position len - 1. A compiled step takes it as a 0-d CPU tensor
+        # so it never specializes on it, and contiguous ids (the newest column's strides would
+        # otherwise change every step: a recompile); an eager step takes the int as it is.
+        filled[0] = tokens.shape[1]
+        position = tokens.shape[1] - 1
+        if cfg.compile:
+            return decode_step(tokens[:, -1:].contiguous(), torch.tensor(position))
+        return decode_step(tokens[:, -1:], position)
+
+    return cached_step, lambda index: cache.reorder(index, filled[0])
+
+
+def filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus (top-p) filtering, as samplers usually chain them."""
+    logits = logits / cfg.temperature
+    if cfg.top_k is not None:
+        kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1])).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p is not None and cfg.top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p; the best token always stays.
+        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= cfg.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def greedy_or_sample(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    batch: int,
+    start_token: int,
+    cfg: GenerationConfig,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Generate ``[batch, <= max_new_tokens]`` ids; rows that ended are padded after their eos."""
+    tokens = torch.full((batch, 1), start_token, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(cfg.max_new_tokens):
+        logits = step(tokens)[:, -1].float()
+        if cfg.do_sample:
+            probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            nxt = logits.argmax(-1)
+        nxt = torch.where(finished, torch.full_like(nxt, cfg.pad_token_id), nxt)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        finished |= nxt == cfg.eos_token_id
+        if bool(finished.all()):
+            break
+    return tokens[:, 1:]
+
+
+def beam_search(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    reorder: Callable[[torch.Tensor], None],
+    batch: int,
+    start_token: int,
+    cfg: GenerationConfig,
+    device: torch.device,
+) -> torch.Tensor:
+    """Beam search over ``batch * num_beams`` decoder rows (beam-major within each batch item).
+
+    Scores are summed log-probabilities; a hypothesis that emits eos (or reaches the length limit)
+    is finished with score ``sum / length ** length_penalty``. Returns the best finished
+    hypothesis per item, padded after its eos.
+    """
+    k, n = cfg.num_beams, cfg.max_new_tokens
+    running = torch.full((batch, k, n), cfg.pad_token_id, dtype=torch.long, device=device)
+    running_scores = torch.full((batch, k), _NEG, device=device)
+    running_scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    finished = torch.full((batch, k, n), cfg.pad_token_id, dtype=torch.long, device=device)
+    finished_scores = torch.full((batch, k), _NEG, device=device)
+    is_finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
+    finished_len = torch.zeros(batch, k, dtype=torch.long, device=device)
+    improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
+    top_k_mask = torch.arange(2 * k, device=device) < k
+    offsets = torch.arange(batch, device=device)[:, None] * k
+    prefix = torch.full((batch * k, 1), start_token, dtype=torch.long, device=device)
+
+    for t in range(n):
+        tokens = torch.cat([prefix, running[:, :, :t].reshape(batch * k, t)], dim=1)
+        logprobs = torch.log_softmax(step(tokens)[:, -1].float(), dim=-1)
+        vocab = logprobs.shape[-1]
+        logprobs = (logprobs.view(batch, k, vocab) + running_scores[:, :, None]).view(batch, k * vocab)
+        cand_scores, cand_index = torch.topk(logprobs, 2 * k)
+        cand_beam, cand_token = cand_index // vocab, cand_index % vocab
+        cand_seqs = running.gather(1, cand_beam[:, :, None].expand(-1, -1, n)).clone()
+        cand_seqs[:, :, t] = cand_token
+        ends = (cand_token == cfg.eos_token_id) | (t + 1 == n)
+
+        # Live beams: the best k candidates that did not just end.
+        live_scores = cand_scores + ends.float() * _NEG
+        keep = torch.topk(live_scores, k).indices
+        running = cand_seqs.gather(1, keep[:, :, None].expand(-1, -1, n))
+        running_scores = live_scores.gather(1, keep)
+        reorder((cand_beam.gather(1, keep) + offsets).view(-1))
+
+        # Finished hypotheses: candidates among the top k that ended, if they beat the kept ones.
+        just_ended = ends & top_k_mask[None, :]
+        ended_scores = cand_scores / float(t + 1) ** cfg.length_penalty
+        if cfg.early_stopping:
+            ended_scores = ended_scores + is_finished.all(-1, keepdim=True).float() * _NEG
+        ended_scores = ended_scores + (~improvable).float() * _NEG + (~just_ended).float() * _NEG
+        merged_scores = torch.cat([finished_scores, ended_scores], dim=1)
+        best = torch.topk(merged_scores, k).indices
+        finished = torch.cat([finished, cand_seqs], dim=1).gather(1, best[:, :, None].expand(-1, -1, n))
+        finished_scores = merged_scores.gather(1, best)
+        is_finished = torch.cat([is_finished, just_ended], dim=1).gather(1, best)
+        finished_len = torch.cat([finished_len, torch.full_like(cand_token, t + 1)], dim=1).gather(1, best)
+
+        # Stop when no live beam can beat the worst finished one (scored at its current length).
+        best_live = running_scores[:, :1] / float(t + 1) ** cfg.length_penalty
+        worst = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True).values, _NEG)
+        improvable = improvable & (best_live > worst).any(-1, keepdim=True)
+        all_done = cfg.early_stopping and bool(is_finished.all())
+        if not bool(improvable.any()) or all_done or bool(ends.all()):
+            break
+
+    return finished[:, 0, : int(finished_len[:, 0].max())]

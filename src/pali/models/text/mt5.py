@@ -1,0 +1,275 @@
+"""mT5 (T5 v1.1) encoder-decoder with exactly the reference semantics.
+
+RMSNorm (eps 1e-6, no mean subtraction, no bias), gated tanh-GELU MLP ``wo(gelu(wi_0 x) * wi_1 x)``
+(or the original T5's ``wo(relu(wi x))``, by config),
+no biases anywhere, no 1/sqrt(d) attention scaling, one relative-position-bias table per stack
+(bidirectional in the encoder, causal in the decoder) shared by all its layers, an untied
+``lm_head`` and no logit rescaling. pad = decoder start = 0, eos = 1.
+
+In fp16, T5's MLP outputs exceed 65504. The guard used here: the ``wo`` projection runs in fp32
+and every residual sum is clamped to the fp16 range, which keeps fp16 finite where a naive port
+produces inf/NaN. bf16 needs no guard.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from ...config.registry import TEXT_STACKS
+from ...errors import InputError
+from ...generation.kv_cache import KVCache
+from ...nn.attention import Attention, RelativeBias
+from .mt5_config import MT5Config
+
+_FP16_LIMIT = torch.finfo(torch.float16).max - 1000
+
+
+def _clamp_fp16(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(-_FP16_LIMIT, _FP16_LIMIT) if x.dtype == torch.float16 else x
+
+
+class RMSNorm(nn.Module):
+    """T5's LayerNorm: scale only, no mean subtraction; statistics in fp32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        return self.weight * x.to(self.weight.dtype)
+
+
+class FeedForward(nn.Module):
+    """T5's feed-forward block: ``wo(gelu(wi_0 x) * wi_1 x)`` (gated tanh-GELU: T5 v1.1, mT5,
+    Flan-T5, mT0) or ``wo(relu(wi x))`` (the original T5), as ``MT5Config.feed_forward`` says."""
+
+    def __init__(self, d_model: int, d_ff: int, gated: bool = True) -> None:
+        super().__init__()
+        self.gated = gated
+        if gated:
+            self.wi_0 = nn.Linear(d_model, d_ff, bias=False)
+            self.wi_1 = nn.Linear(d_model, d_ff, bias=False)
+        else:
+            self.wi = nn.Linear(d_model, d_ff, bias=False)
+        self.wo = nn.Linear(d_ff, d_model, bias=False)
+
+    def inputs(self) -> list[nn.Linear]:
+        return [self.wi_0, self.wi_1] if self.gated else [self.wi]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x) if self.gated else F.relu(self.wi(x))
+        if h.dtype == torch.float16:
+            # Run ``wo`` as a module with fp32 copies of all its parameters, so a wrapper around it
+            # (a LoRA adapter) takes part instead of being bypassed by a bare ``F.linear``; with
+            # autocast off, or fp16 autocast would cast it straight back.
+            with torch.autocast(h.device.type, enabled=False):
+                params = {name: p.float() for name, p in self.wo.named_parameters()}
+                out = torch.func.functional_call(self.wo, params, (h.float(),))
+            return out.clamp(-_FP16_LIMIT, _FP16_LIMIT).half()
+        return self.wo(h.to(self.wo.weight.dtype))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: MT5Config) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=False, scale=1.0)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = FeedForward(cfg.d_model, cfg.d_ff, cfg.gated)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, bias: RelativeBias, mask: torch.Tensor | None) -> torch.Tensor:
+        x = _clamp_fp16(x + self.dropout(self.attn(self.attn_norm(x), bias=bias, key_padding_mask=mask)))
+        return _clamp_fp16(x + self.dropout(self.mlp(self.mlp_norm(x))))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: MT5Config) -> None:
+        super().__init__()
+        self.self_attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=False, scale=1.0)
+        self.cross_attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.cross_attn = Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, bias=False, scale=1.0)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = FeedForward(cfg.d_model, cfg.d_ff, cfg.gated)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        bias: RelativeBias,
+        cross_kv: tuple[torch.Tensor, torch.Tensor],
+        enc_mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        start: int | torch.Tensor = 0,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """``start`` is the absolute position of ``x``'s first token (nonzero on a cached step)."""
+        h = self.self_attn_norm(x)
+        kv = None if cache is None else cache.write(layer, start, *self.self_attn.project_kv(h))
+        attn = self.self_attn(h, kv, bias=bias, causal=True, q_offset=start)
+        x = _clamp_fp16(x + self.dropout(attn))
+        attn = self.cross_attn(self.cross_attn_norm(x), cross_kv, key_padding_mask=enc_mask)
+        x = _clamp_fp16(x + self.dropout(attn))
+        return _clamp_fp16(x + self.dropout(self.mlp(self.mlp_norm(x))))
+
+
+class Stack(nn.Module):
+    """The layers of the encoder or decoder with their shared bias table and final norm."""
+
+    def __init__(self, cfg: MT5Config, layer_cls: type[nn.Module], num_layers: int, bidirectional: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.bidirectional = bidirectional
+        self.relpos_bias = nn.Parameter(torch.zeros(cfg.num_heads, cfg.num_buckets))
+        self.layers = nn.ModuleList(layer_cls(cfg) for _ in range(num_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.gradient_checkpointing = False
+        self.kv_cache: KVCache | None = None  # the decoder's, set up by MT5.start_decoding
+
+    def bias(self) -> RelativeBias:
+        return RelativeBias(self.relpos_bias, self.bidirectional, self.cfg.num_buckets, self.cfg.max_distance)
+
+    def run(self, x: torch.Tensor, layer_args: Callable[[int], tuple]) -> torch.Tensor:
+        """Apply every layer ``i`` as ``layer(x, *layer_args(i))``, then the final norm."""
+        x = self.dropout(x)
+        checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpoint:
+            # Build the shared dense bias before the checkpointed layers: if the first layer built
+            # (and memoized) it, its recomputation would find it cached and save fewer tensors
+            # than its forward did, which non-reentrant checkpointing rejects.
+            for arg in layer_args(0):
+                if isinstance(arg, RelativeBias):
+                    arg.dense(x.shape[1], x.shape[1], 0)
+        for i, layer in enumerate(self.layers):
+            if checkpoint:
+                x = torch.utils.checkpoint.checkpoint(layer, x, *layer_args(i), use_reentrant=False)
+            else:
+                x = layer(x, *layer_args(i))
+        return self.dropout(self.norm(x))
+
+
+class MT5(nn.Module):
+    """mT5 encoder-decoder over token embeddings; the encoder also accepts foreign embeddings.
+
+    PaLI feeds the encoder ``concat(visual tokens, embedded prompt)``, so ``encode`` takes
+    embeddings and a mask rather than token ids.
+    """
+
+    config_class = MT5Config
+
+    def __init__(self, cfg: MT5Config) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.encoder = Stack(cfg, EncoderLayer, cfg.num_encoder_layers, bidirectional=True)
+        self.decoder = Stack(cfg, DecoderLayer, cfg.num_decoder_layers, bidirectional=False)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """T5's initialisation (mesh-tensorflow / t5x), which is why attention needs no scaling."""
+        cfg = self.config
+        d, inner = cfg.d_model, cfg.num_heads * cfg.d_kv
+        nn.init.normal_(self.embed.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=d**-0.5)
+        for stack in (self.encoder, self.decoder):
+            nn.init.normal_(stack.relpos_bias, std=d**-0.5)
+            for module in stack.modules():
+                if isinstance(module, Attention):
+                    nn.init.normal_(module.q.weight, std=(d * cfg.d_kv) ** -0.5)
+                    nn.init.normal_(module.k.weight, std=d**-0.5)
+                    nn.init.normal_(module.v.weight, std=d**-0.5)
+                    nn.init.normal_(module.o.weight, std=inner**-0.5)
+                elif isinstance(module, FeedForward):
+                    for wi in module.inputs():
+                        nn.init.normal_(wi.weight, std=d**-0.5)
+                    nn.init.normal_(module.wo.weight, std=cfg.d_ff**-0.5)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """What ``pali.train.parallel.apply_fsdp`` shards one by one, inner ones first: each decoder
+        layer's cross-attention (its keys and values are projected from the encoder output
+        before the decoder layers run, once for all steps), then every encoder and decoder layer."""
+        return [*(layer.cross_attn for layer in self.decoder.layers), *self.encoder.layers, *self.decoder.layers]
+
+    def check_ids(self, ids: torch.Tensor, what: str) -> None:
+        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+            raise InputError(f"{what} must be an integer tensor [B, T], got {ids.dtype} {list(ids.shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            raise InputError(
+                f"{what} holds ids outside [0, {self.config.vocab_size}): "
+                f"min {int(ids.min())}, max {int(ids.max())}"
+            )
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        self.check_ids(ids, "input_ids")
+        return self.embed(ids)
+
+    def encode(self, embeds: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Bidirectional encoder over ``[B, L, d_model]``; ``mask`` ``[B, L]`` is True for real tokens."""
+        bias = self.encoder.bias()
+        return self.encoder.run(embeds, lambda i: (bias, mask))
+
+    def decode(
+        self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor, enc_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Logits ``[B, T, V]`` for every decoder position at once (training, scoring, and the
+        uncached reference of ``decode_step``)."""
+        self.check_ids(decoder_input_ids, "decoder_input_ids")
+        cross_kv = [layer.cross_attn.project_kv(encoder_hidden) for layer in self.decoder.layers]
+        bias = self.decoder.bias()
+        x = self.decoder.run(self.embed(decoder_input_ids), lambda i: (bias, cross_kv[i], enc_mask))
+        return self.lm_head(x)
+
+    def start_decoding(self, encoder_hidden: torch.Tensor, enc_mask: torch.Tensor | None, max_len: int) -> KVCache:
+        """Fill the decoder's ``KVCache`` for a generation of up to ``max_len`` tokens.
+
+        The cross-attention keys/values are projected once here; the self-attention buffers are
+        preallocated (and reused from the previous generation when the shapes match, so a
+        compiled ``decode_step`` sees the same module and buffers every call).
+        """
+        cfg = self.config
+        cross = [layer.cross_attn.project_kv(encoder_hidden) for layer in self.decoder.layers]
+        cache = self.decoder.kv_cache
+        if cache is None:
+            cache = self.decoder.kv_cache = KVCache()
+        cache.allocate(cfg.num_decoder_layers, encoder_hidden.shape[0], cfg.num_heads, max_len, cfg.d_kv,
+                       dtype=cross[0][0].dtype, device=encoder_hidden.device)
+        cache.set_cross(cross, enc_mask)
+        return cache
+
+    def decode_step(self, ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, t, V]`` for ``t`` new decoder tokens at positions ``start ..``, written into
+        the cache ``start_decoding`` filled.
+
+        ``start`` may be a 0-d CPU tensor: a compiled step then compiles once for every position
+        (a Python int would be specialized on), and the attention still reads the position on the
+        host, so the fused kernels are launched without a device sync. Run eagerly, the position
+        is read once here and the step attends over the filled cache only (``KVCache.write``).
+        """
+        cache = self.decoder.kv_cache
+        if not torch.compiler.is_compiling():
+            if cache is None or not cache.allocated:
+                raise InputError("decode_step needs start_decoding first (no KV cache)")
+            start = int(start)
+            cache.check_room(start, ids.shape[1])
+        bias = self.decoder.bias()
+        cross_kv = cache.cross_kv()
+        x = self.decoder.run(self.embed(ids), lambda i: (bias, cross_kv[i], cache.enc_mask, cache, start, i))
+        return self.lm_head(x)
+
+
+TEXT_STACKS.register(MT5Config.kind, MT5)
+

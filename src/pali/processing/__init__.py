@@ -1,0 +1,4 @@
+"""From raw inputs to model batches and back: the processor (``processor``), image preprocessing
+(``image``), the sentencepiece tokenizer (``tokenizer``, rebuilt from transformers' ``tokenizer.json``
+by ``tokenizer_json``), the Q-Former's WordPiece (``wordpiece``), the prompts of each model family
+(``prompts``) and transformers' processor files (``hf_processing``)."""

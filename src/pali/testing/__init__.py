@@ -1,0 +1,4 @@
+"""Fixtures shared by the tests and the benchmarks: checkpoints written in the real foreign formats
+(``t5x``, ``big_vision``), transformers reference models loaded with our weights
+(``hf_reference``), and state-dict helpers (``checkpoints``). Needs the ``test`` extra
+(transformers, msgpack); nothing else in pali imports it."""
