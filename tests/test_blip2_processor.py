@@ -30,6 +30,7 @@ from pali import PaliProcessor
 from pali.cli import main
 from pali.errors import CheckpointError, ConfigError, InputError
 from pali.tasks.heads import get_head
+from pali.processing.processor import shipped_processor
 
 transformers = pytest.importorskip("transformers")
 cbook = pytest.importorskip("matplotlib.cbook")
@@ -452,7 +453,7 @@ def test_convert_without_spiece_writes_the_weights_and_says_why(tmp_path):
     source = blip2_reference.write_safetensors_layout(model, tmp_path / "blip2")
     transformers.BlipImageProcessor(size={"height": SIZE, "width": SIZE}).to_json_file(source / "preprocessor_config.json")
     with pytest.warns(UserWarning, match="processor files are not converted.*spiece.model"):
-        pali.convert.convert(source, tmp_path / "out")
+        pali.convert.convert(source, tmp_path / "out", processor=shipped_processor(source))
     assert (tmp_path / "out" / "config.json").is_file() and not (tmp_path / "out" / "processor_config.json").exists()
 
 

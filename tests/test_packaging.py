@@ -58,8 +58,8 @@ def test_wheel_contains_kernels_and_console_script(tmp_path):
     )
     (wheel,) = tmp_path.glob("pali_vlm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("pali/kernels/__init__.py", "pali/kernels/t5_attention.py", "pali/kernels/reference.py",
-                   "pali/model.py", "pali/cli/__init__.py"):
+    for module in ("pali/kernels/_package.py", "pali/kernels/t5_attention.py", "pali/kernels/reference.py",
+                   "pali/models/pali.py", "pali/cli/__init__.py"):
         assert module in names, module
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "pali = pali.cli:main" in entry_points
