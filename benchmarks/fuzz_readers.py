@@ -36,7 +36,7 @@ import torch
 import atheris  # noqa: E402
 
 with atheris.instrument_imports(include=["pali"]):
-    import pali.io
+    import pali.io.guards
     from pali import PaliError
     from pali.config import PaliConfig
     from pali.convert import load_config, read_big_vision, read_t5x
@@ -44,7 +44,7 @@ with atheris.instrument_imports(include=["pali"]):
     from pali.io import list_tensors
     from pali.io.loading import verify
 
-pali.io.MAX_TENSOR_BYTES = 64 << 20
+pali.io.guards.MAX_TENSOR_BYTES = 64 << 20
 warnings.simplefilter("ignore")
 WORK = Path(tempfile.mkdtemp(prefix="pali-fuzz-"))
 

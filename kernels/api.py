@@ -1,7 +1,7 @@
 """``attention``: the public entry point of the fused kernels, with input checks and autograd.
 
 Triton is imported inside the functions that launch kernels, so this module (and the package)
-imports on machines without Triton; calling [`attention`][kernels.attention] there raises a clear error.
+imports on machines without Triton; calling [`attention`][api.attention] there raises a clear error.
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ _options = KernelOptions()
 
 
 def kernel_options() -> KernelOptions:
-    """The levers [`attention`][kernels.attention] uses now."""
+    """The levers [`attention`][api.attention] uses now."""
     return _options
 
 
 @contextlib.contextmanager
 def use_kernel_options(**changes: object) -> Iterator[KernelOptions]:
-    """Within the block, [`attention`][kernels.attention] uses these levers (e.g. ``bias_strategy="row"``)."""
+    """Within the block, [`attention`][api.attention] uses these levers (e.g. ``bias_strategy="row"``)."""
     global _options
     new = replace(_options, **changes)
     if new.bias_strategy not in BIAS_STRATEGIES:
@@ -104,7 +104,7 @@ def attention(
 ) -> torch.Tensor:
     """Fused softmax attention with optional in-kernel T5 relative-position bias.
 
-    Same semantics as [`pali.kernels.attention_reference`][kernels.attention_reference] (minus its
+    Same semantics as [`pali.kernels.attention_reference`][reference.attention_reference] (minus its
     dense ``bias``), on ``[B, H, L, D]`` tensors, returning ``[B, H, Lq, D]`` in q's dtype.
     Differentiable in q, k, v and ``bias_table``.
 

@@ -89,7 +89,7 @@ def attention_reference(
 ) -> torch.Tensor:
     """Softmax attention on ``[B, H, L, D]`` tensors, computed in fp32, returned in q's dtype.
 
-    Takes the same arguments as [`pali.kernels.attention`][kernels.attention], plus ``bias``: an already
+    Takes the same arguments as [`pali.kernels.attention`][api.attention], plus ``bias``: an already
     materialized additive bias broadcastable to ``[B, H, Lq, Lk]``, for callers that share one
     bias across layers. ``key_padding_mask`` is ``[B, Lk]``, True where a key may be attended.
     ``causal`` lets query ``i`` (at position ``q_offset + i``) see keys ``j <= q_offset + i``.

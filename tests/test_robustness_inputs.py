@@ -80,11 +80,11 @@ def test_limits_allow_every_preset():
 
 
 def test_parameter_count_over_the_limit_is_refused(tmp_path, monkeypatch):
-    import pali.io
+    import pali.io.guards
 
     torch.manual_seed(0)
     saved = PaliModel.from_preset("pali-tiny").save_pretrained(tmp_path / "m")
-    monkeypatch.setattr(pali.io, "MAX_PARAMETERS", 1000)
+    monkeypatch.setattr(pali.io.guards, "MAX_PARAMETERS", 1000)
     with pytest.raises(PaliError, match=r"config.json describes [\d,]+ parameters, over the limit of 1,000"):
         PaliModel.from_pretrained(saved)
 

@@ -31,7 +31,7 @@ from pali.testing.hf_reference import hf_siglip
 from pali.testing.t5x import t5x_names, write_t5x
 from pali.testing.big_vision import big_vision_names
 
-import pali.io
+import pali.io.guards
 from pali import PaliError, PaliModel
 from pali.config import PaliConfig
 from pali.convert import load_config, read_big_vision, read_t5x
@@ -46,7 +46,7 @@ MEMORY_BOUND = 32 << 20
 
 @pytest.fixture(autouse=True)
 def small_tensor_limit(monkeypatch):
-    monkeypatch.setattr(pali.io, "MAX_TENSOR_BYTES", 1 << 20)
+    monkeypatch.setattr(pali.io.guards, "MAX_TENSOR_BYTES", 1 << 20)
 
 
 # -- fixtures (built once; hypothesis examples copy them) -----------------------------------------

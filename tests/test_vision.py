@@ -48,7 +48,7 @@ def test_checkpoint_at_one_resolution_runs_at_another():
 
 
 def test_every_activation_a_config_may_name_is_implemented():
-    from pali.models.vision.vit import ACTIVATIONS
+    from pali.nn.mlp import ACTIVATIONS
     from pali.models.vision.vit_config import ACTIVATION_NAMES
 
     assert sorted(ACTIVATIONS) == sorted(ACTIVATION_NAMES)

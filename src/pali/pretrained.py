@@ -183,7 +183,7 @@ class PretrainedMixin:
 class PaliModel(PretrainedMixin, _Architecture):
     """A PaLI model (vision encoder -> connector -> text encoder-decoder) that loads and saves.
 
-    The architecture is [`pali.models.PaliModel`][pali.models.pali.PaliModel]; this class adds
+    The architecture is ``pali.models.pali.PaliModel``; this class adds
     the Hub and file entry points of ``PretrainedMixin``. Build one with ``from_preset``,
     ``PaliModel(config)``, ``from_pretrained`` or ``from_unimodal``.
     """

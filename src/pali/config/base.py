@@ -147,7 +147,7 @@ class Config:
         """Parameters of the module this config builds, counted from the config alone (no torch).
 
         The built-in towers count arithmetically; a config that cannot (a plugin's, say) raises
-        ``NotImplementedError``, and [`pali.models.count_parameters`][pali.models.count.count_parameters]
+        ``NotImplementedError``, and ``pali.models.count.count_parameters``
         builds it once on the meta device instead.
         """
         raise NotImplementedError(f"{type(self).__name__} does not count its parameters from the config")

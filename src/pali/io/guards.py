@@ -41,7 +41,7 @@ def check_shape(shape: Any, itemsize: int, what: str) -> tuple[int, ...]:
     if nbytes > MAX_TENSOR_BYTES:
         raise CheckpointError(
             f"{what}: shape {list(shape)} claims {nbytes:,} bytes, over the limit of {MAX_TENSOR_BYTES:,} "
-            "(pali.io.MAX_TENSOR_BYTES)"
+            "(pali.io.guards.MAX_TENSOR_BYTES)"
         )
     return tuple(shape)
 
@@ -52,7 +52,7 @@ def check_num_parameters(module: "torch.nn.Module", what: str) -> int:
     if count > MAX_PARAMETERS:
         raise CheckpointError(
             f"{what} describes {count:,} parameters, over the limit of {MAX_PARAMETERS:,} "
-            "(pali.io.MAX_PARAMETERS)"
+            "(pali.io.guards.MAX_PARAMETERS)"
         )
     return count
 

@@ -1,4 +1,4 @@
-"""The model: [`PaliModel`][pali.models.pali.PaliModel] (``pali``) assembles a vision encoder
+"""The model: ``PaliModel`` (``pali.py``) assembles a vision encoder
 (``vision/``), a connector (``connectors/``) and a text stack (``text/``), each one module
 registered under its config's ``kind``, its config in a torch-free ``*_config`` module beside it.
 

@@ -2,12 +2,12 @@
 
 Backends:
 
-* ``"eager"``: [`pali.kernels.attention_reference`][kernels.attention_reference], fp32 and fully
+* ``"eager"``: [`pali.kernels.attention_reference`][reference.attention_reference], fp32 and fully
   materialized; the definition the others are tested against.
 * ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``. The T5 bias stays
   ``[1, H, Lq, Lk]`` (built once per stack forward and shared by its layers) and the key padding
   mask is applied without ever forming a ``[B, H, Lq, Lk]`` mask (see ``_sdpa``).
-* ``"triton"``: [`pali.kernels.attention`][kernels.attention], the fused kernels with the T5 bias
+* ``"triton"``: [`pali.kernels.attention`][api.attention], the fused kernels with the T5 bias
   computed inside the kernel from the ``[H, 32]`` table. Needs CUDA tensors.
 * ``"auto"`` (default): triton on CUDA when the kernels import, sdpa elsewhere.
 """
@@ -139,7 +139,7 @@ def _fused_attention(
     num_buckets: int,
     max_distance: int,
 ) -> torch.Tensor:
-    """[`pali.kernels.attention`][kernels.attention] for compiled inference (no autograd: decoding only)."""
+    """[`pali.kernels.attention`][api.attention] for compiled inference (no autograd: decoding only)."""
     return _call_kernel(q, k, v, int(q_offset), table, key_padding_mask, scale, causal, bidirectional,
                         num_buckets, max_distance)
 
