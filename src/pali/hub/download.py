@@ -25,6 +25,18 @@ Select = Callable[[list[str]], list[str]]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
 
 
+def as_repo_id(name_or_path: str | Path) -> str:
+    """``name_or_path`` as a Hub repo id, once no local file or folder of that name exists: the one
+    rule for "a path or a repo id?". An existing path, a ``Path`` object, or a string that is no
+    ``owner/name`` (``./x``, ``/abs``, ``a/b/c``) is a missing local path, and a CheckpointError."""
+    text = str(name_or_path)
+    if Path(text).expanduser().exists():
+        raise CheckpointError(f"{name_or_path!r} is neither a checkpoint directory nor a Hub repo id ('owner/name')")
+    if isinstance(name_or_path, Path) or not _REPO_ID.fullmatch(text):
+        raise CheckpointError(f"{text}: no such file or directory, so neither a checkpoint directory nor a Hub repo id ('owner/name')")
+    return text
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Files of one checkpoint on local disk, and where they came from.
@@ -70,9 +82,7 @@ def fetch(
             raise CheckpointError(f"{path} is a local directory: revision={revision!r} does not apply")
         select(sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()))
         return Snapshot(path.resolve(), str(path.resolve()))
-    repo_id = str(name_or_path)
-    if path.exists() or not _REPO_ID.fullmatch(repo_id):
-        raise CheckpointError(f"{name_or_path!r} is neither a checkpoint directory nor a Hub repo id ('owner/name')")
+    repo_id = as_repo_id(name_or_path)
     check_not_preset(repo_id)
     return _fetch_repo(repo_id, select, revision=revision, cache_dir=cache_dir,
                        local_files_only=local_files_only, token=token)

@@ -57,10 +57,9 @@ def resolve_file(source: str | Path, filename: str, *, revision: str | None = No
         return found
     if path.is_file():
         return path
-    text = str(source)
-    if isinstance(source, Path) or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
-        raise CheckpointError(f"{source}: no such file or directory")
-    return download_from_hub(text, filename, revision=revision)
+    from ..hub.download import as_repo_id
+
+    return download_from_hub(as_repo_id(source), filename, revision=revision)
 
 
 def load(resolve: Callable[[str], Path], *, extra_ids: int | None = None) -> Tokenizer:
