@@ -2,7 +2,7 @@
 
 A vision encoder, a text stack, a connector or a task head is one module that calls ``register``
 on the registry it belongs to. Third-party packages add their own through Python entry points
-(groups ``pali.vision_encoders``, ``pali.text_stacks``, ``pali.models.connectors``, ``pali.tasks.heads``): each
+(groups ``pali.vision_encoders``, ``pali.text_stacks``, ``pali.connectors``, ``pali.heads``): each
 entry point names a module (or object) whose import performs the registration. Entry points are
 loaded lazily, the first time a registry is read, so ``import pali`` stays cheap and a broken
 plugin only fails when used. Each registry names its built-in modules too, imported on that same
