@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from pali import bundled
 from pali.config.registry import CONNECTORS, HEADS, TEXT_STACKS, VISION_ENCODERS
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
+SCENE = bundled.SAMPLES / "shapes1.png"  # one green square
 
 
 def _fresh_python(code: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -77,7 +79,7 @@ def named_paths() -> dict[str, str]:
 
 def test_the_scan_finds_the_names_users_met():
     names = named_paths()
-    assert {"pali.processing.prompts.LANGUAGES", "pali.cli.common.save_png", "pali.train.helpers"} <= set(names)
+    assert {"pali.processing.prompts.LANGUAGES", "pali.cli.common.save_image", "pali.train.helpers"} <= set(names)
 
 
 def test_every_named_module_path_is_an_attribute_after_import_pali():
@@ -111,3 +113,111 @@ def test_entry_point_groups_in_the_docs_are_the_registries_groups():
     registries = {"HEADS": HEADS, "VISION_ENCODERS": VISION_ENCODERS, "TEXT_STACKS": TEXT_STACKS, "CONNECTORS": CONNECTORS}
     assert declared and declared <= ENTRY_POINT_GROUPS
     assert table == {name: r.entry_point_group for name, r in registries.items()}
+
+
+# 7. Messages that say what is wrong and where ------------------------------------------------
+
+
+def test_caption_on_a_folder_says_it_is_a_folder_and_points_to_pali_run(tmp_path, capsys):
+    from pali.cli import main
+
+    assert main(["caption", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pali caption: error:") and "is a folder" in err and "pali run" in err
+    assert "no such image file" not in err and len(err.splitlines()) == 1
+
+
+def test_an_empty_model_folder_is_named(tmp_path, capsys):
+    from pali.cli import main
+
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    assert main(["caption", str(SCENE), "--model", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(folder) in err and "empty" in err and len(err.splitlines()) == 1
+    (folder / "notes.txt").write_text("not a checkpoint")
+    assert main(["caption", str(SCENE), "--model", str(folder)]) == 2
+    assert f"{folder}: no config.json" in capsys.readouterr().err
+
+
+def test_threads_above_the_core_count_warn_once(capsys, monkeypatch):
+    import torch
+
+    from pali.cli import main
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the test process keeps its threads
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert main(["caption", str(SCENE), "--threads", "1000"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert len(warned) == 1 and "--threads 1000" in warned[0] and "2 CPU cores" in warned[0]
+    assert main(["caption", str(SCENE), "--threads", "2"]) == 0
+    assert "warning:" not in capsys.readouterr().err
+
+
+# 4. pali detect --draw ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fixed_box(monkeypatch):
+    """``Pipeline.detect`` answering one box over the middle half of whatever image it is given
+    (in that image's pixels, as the real head does): the drawing alone is under test."""
+    from pali.tasks.heads.detect import Detection
+    from pali.tasks.pipeline import Pipeline
+
+    def detect(self, image, label, **kwargs):
+        w, h = image.size
+        return [Detection(box=(w / 4, h / 4, 3 * w / 4, 3 * h / 4), label=label)]
+
+    monkeypatch.setattr(Pipeline, "detect", detect)
+
+
+def _lightness_along_the_left_edge(picture, background):
+    """Grey levels on a horizontal line through the left edge of the middle-half box."""
+    grey = picture.convert("L")
+    w, h = grey.size
+    x = w // 4
+    return [grey.getpixel((xx, h // 2)) for xx in range(max(0, x - 12), min(w, x + 12))]
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), (0, 0, 0)])
+@pytest.mark.parametrize("suffix, fmt", [(".png", "PNG"), (".jpg", "JPEG")])
+def test_drawn_boxes_show_on_white_and_black_at_the_inputs_size(tmp_path, capsys, fixed_box, background, suffix, fmt):
+    from PIL import Image
+
+    from pali.cli import main
+
+    source = tmp_path / "in.png"
+    Image.new("RGB", (300, 200), background).save(source)
+    out = tmp_path / f"boxes{suffix}"
+    assert main(["detect", str(source), "thing", "--draw", str(out)]) == 0
+    with Image.open(out) as drawn:
+        assert drawn.format == fmt and drawn.size == (300, 200)
+        line = _lightness_along_the_left_edge(drawn, background)
+    assert min(line) < 60 and max(line) > 195  # a dark and a light stroke: seen on either background
+
+
+def test_a_large_jpeg_is_drawn_at_its_own_size_and_scale_asks_for_another(tmp_path, capsys, fixed_box):
+    from PIL import Image
+
+    from pali.cli import main
+
+    source = tmp_path / "big.jpg"
+    Image.new("RGB", (1200, 900), (255, 255, 255)).save(source)  # decoded smaller for the 64-pixel model
+    out = tmp_path / "boxes.png"
+    assert main(["detect", str(source), "thing", "--draw", str(out)]) == 0
+    with Image.open(out) as drawn:
+        assert drawn.size == (1200, 900)
+        assert min(_lightness_along_the_left_edge(drawn, None)) < 60  # the box where it belongs, at full size
+    assert main(["detect", str(source), "thing", "--draw", str(out), "--draw-scale", "0.5"]) == 0
+    with Image.open(out) as drawn:
+        assert drawn.size == (600, 450) and min(_lightness_along_the_left_edge(drawn, None)) < 60
+
+
+def test_an_unknown_draw_suffix_fails_before_the_model_runs(tmp_path, capsys, monkeypatch):
+    from pali.cli import main
+
+    monkeypatch.setattr("pali.cli.common.load_pipeline", lambda args: pytest.fail("loaded the model"))
+    assert main(["detect", str(SCENE), "square", "--draw", str(tmp_path / "boxes.xyz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pali detect: error: --draw") and "'.xyz'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "boxes.xyz").exists()

@@ -24,7 +24,7 @@ from pali.testing.t5x import t5x_names, write_t5x
 import pali.io
 from pali import PaliModel
 from pali.io import atomic_directory
-from pali.cli.common import save_png
+from pali.cli.common import save_image
 from pali.convert import convert_t5x
 from pali.config.presets import get_config
 from pali.models.text.mt5 import MT5
@@ -159,7 +159,7 @@ def test_save_pretrained_interrupted_mid_write(tmp_path, monkeypatch, error):
 @pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
 def test_png_writer_interrupted_mid_write(tmp_path, error):
     path = tmp_path / "out.png"
-    save_png(Image.new("RGB", (8, 8), (255, 0, 0)), path)
+    save_image(Image.new("RGB", (8, 8), (255, 0, 0)), path)
     before = path.read_bytes()
 
     class Failing:
@@ -168,7 +168,7 @@ def test_png_writer_interrupted_mid_write(tmp_path, error):
             raise error
 
     with pytest.raises(type(error)):
-        save_png(Failing(), path)
+        save_image(Failing(), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
     Image.open(path).verify()

@@ -18,7 +18,7 @@ import sys
 import warnings
 
 from .. import __version__
-from . import common  # noqa: F401  (torch-free; pali.cli.common.save_png is named in the docs)
+from . import common  # noqa: F401  (torch-free; pali.cli.common.save_image is named in the docs)
 
 COMMANDS = ["demo", "tasks", "presets", "convert"]
 
