@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pali import bundled
 from pali.config.registry import CONNECTORS, HEADS, TEXT_STACKS, VISION_ENCODERS
@@ -182,8 +183,6 @@ def _lightness_along_the_left_edge(picture, background):
 @pytest.mark.parametrize("background", [(255, 255, 255), (0, 0, 0)])
 @pytest.mark.parametrize("suffix, fmt", [(".png", "PNG"), (".jpg", "JPEG")])
 def test_drawn_boxes_show_on_white_and_black_at_the_inputs_size(tmp_path, capsys, fixed_box, background, suffix, fmt):
-    from PIL import Image
-
     from pali.cli import main
 
     source = tmp_path / "in.png"
@@ -197,8 +196,6 @@ def test_drawn_boxes_show_on_white_and_black_at_the_inputs_size(tmp_path, capsys
 
 
 def test_a_large_jpeg_is_drawn_at_its_own_size_and_scale_asks_for_another(tmp_path, capsys, fixed_box):
-    from PIL import Image
-
     from pali.cli import main
 
     source = tmp_path / "big.jpg"
@@ -221,3 +218,111 @@ def test_an_unknown_draw_suffix_fails_before_the_model_runs(tmp_path, capsys, mo
     err = capsys.readouterr().err.strip()
     assert err.startswith("pali detect: error: --draw") and "'.xyz'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "boxes.xyz").exists()
+
+
+# 1. A padded vocabulary: more embedding rows than tokenizer pieces ------------------------------
+
+PADDED_ROWS, PIECES = 96, 64  # as Flan-T5's 32128 rows for 32100 pieces
+ENGLISH = ["a photo of a cat sitting on a red sofa", "a green square above a blue circle",
+           "two dogs play in the park", "what colour is the car", "a red triangle beside the tree"]
+
+
+@pytest.fixture(scope="module")
+def padded_blip2(tmp_path_factory):
+    """A tiny BLIP-2 saved by transformers whose T5 table has 96 rows for a 64-id tokenizer, the
+    tokenizer files beside it, and that tokenizer loaded by transformers (the reference decoder)."""
+    transformers = pytest.importorskip("transformers")
+    import sentencepiece
+    from blip2_reference import IMAGE, hf_blip2
+
+    from pali.testing.spm import train_spm
+
+    folder = tmp_path_factory.mktemp("tiny-blip2-t5")
+    spiece = train_spm(folder / "spm", vocab_size=54, corpus=ENGLISH)
+    sp_size = sentencepiece.SentencePieceProcessor(model_file=str(spiece)).get_piece_size()
+    reference = transformers.T5TokenizerFast.from_pretrained(str(spiece.parent), extra_ids=PIECES - sp_size)
+    assert len(reference) == PIECES
+    reference.save_pretrained(str(folder))  # tokenizer.json, counting its sentinels (a spiece.model implies 100)
+    assert not (folder / "spiece.model").exists()
+    hf_blip2("t5", vocab_size=PADDED_ROWS).save_pretrained(str(folder))
+    transformers.BlipImageProcessor(size={"height": IMAGE, "width": IMAGE}).to_json_file(folder / "preprocessor_config.json")
+    (folder / "processor_config.json").write_text('{"num_query_tokens": 4, "processor_class": "Blip2Processor"}')
+    return folder, reference
+
+
+@pytest.fixture
+def generated(monkeypatch):
+    """Every id row ``PaliModel.generate`` returns during the test, in order."""
+    from pali.models.pali import PaliModel as Architecture
+
+    rows: list[list[int]] = []
+    generate = Architecture.generate
+
+    def recording(self, *args, **kwargs):
+        ids = generate(self, *args, **kwargs)
+        rows.extend(ids.tolist())
+        return ids
+
+    monkeypatch.setattr(Architecture, "generate", recording)
+    return rows
+
+
+def test_padded_ids_decode_as_transformers_decodes_them(padded_blip2):
+    import pali
+
+    folder, reference = padded_blip2
+    processor = pali.PaliProcessor.from_pretrained(folder)
+    assert processor.tokenizer.vocab_size == PIECES
+    for ids in ([5, 88, 6, 1], [70, 95, 64], [9, 63, 10, 90, 1, 0, 0], [PIECES - 1, PADDED_ROWS - 1]):
+        assert processor.decode(ids) == reference.decode(ids, skip_special_tokens=True), ids
+    assert processor.batch_decode([[5, 88, 6], [88]]) == reference.batch_decode([[5, 88, 6], [88]], skip_special_tokens=True)
+
+
+def test_pipeline_on_a_padded_table_suppresses_the_padding_rows_and_decodes(padded_blip2, generated):
+    import pali
+
+    folder, reference = padded_blip2
+    pipe = pali.pipeline(pali.PaliModel.from_pretrained(folder), pali.PaliProcessor.from_pretrained(folder),
+                         max_new_tokens=12)
+    image = Image.open(SCENE)
+    free = pipe.caption(image, suppress_tokens=())  # the caller's choice wins: padding ids come out
+    assert any(i >= PIECES for i in generated[-1]), "the model should reach its padding rows unsuppressed"
+    assert free.text == reference.decode(generated[-1], skip_special_tokens=True)
+    kept = pipe.caption(image)
+    assert all(i < PIECES for i in generated[-1]) and len(generated[-1]) > 1
+    assert kept.text == reference.decode(generated[-1], skip_special_tokens=True)
+
+
+def test_cli_caption_on_a_padded_table(padded_blip2, generated, capsys):
+    from pali.cli import main
+
+    folder, reference = padded_blip2
+    assert main(["caption", str(SCENE), "--model", str(folder), "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out.rstrip("\n")
+    assert all(i < PIECES for i in generated[-1])
+    assert out == reference.decode(generated[-1], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("num_beams, do_sample", [(1, False), (1, True), (3, False)])
+def test_suppressed_tokens_are_never_generated(num_beams, do_sample):
+    import torch
+
+    from pali import PaliModel
+    from pali.errors import InputError
+
+    model = PaliModel.from_preset("pali-tiny").eval()
+    pixels = torch.randn(2, 3, model.config.vision.image_size, model.config.vision.image_size)
+    prompt = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
+    options = dict(max_new_tokens=6, num_beams=num_beams, do_sample=do_sample,
+                   generator=torch.Generator().manual_seed(0)) if do_sample else dict(max_new_tokens=6, num_beams=num_beams)
+    free = model.generate(pixels, prompt, **options)
+    banned = sorted({int(i) for i in free.flatten()} - {0, 1})
+    assert banned
+    if do_sample:
+        options["generator"] = torch.Generator().manual_seed(0)
+    kept = model.generate(pixels, prompt, suppress_tokens=banned, **options)
+    assert not set(kept.flatten().tolist()) & set(banned)
+    with pytest.raises(InputError, match="suppress_tokens"):
+        model.generate(pixels, prompt, suppress_tokens=[10**6], max_new_tokens=2)
+    with pytest.raises(InputError, match="suppress_tokens"):
+        model.generate(pixels, prompt, suppress_tokens=[-3], max_new_tokens=2)
