@@ -326,3 +326,36 @@ def test_suppressed_tokens_are_never_generated(num_beams, do_sample):
         model.generate(pixels, prompt, suppress_tokens=[10**6], max_new_tokens=2)
     with pytest.raises(InputError, match="suppress_tokens"):
         model.generate(pixels, prompt, suppress_tokens=[-3], max_new_tokens=2)
+
+
+# 8. A saved model's card names what it is --------------------------------------------------------
+
+
+def test_a_fine_tuned_copy_names_its_base_its_data_and_the_date(tmp_path):
+    from datetime import datetime, timezone
+
+    from pali import PaliModel
+    from pali.errors import InputError
+    from pali.hub.card import CardInfo
+
+    model = PaliModel.from_pretrained("pali-demo")
+    card = (model.save_pretrained(tmp_path / "tuned", card={"dataset": "my_data/data.jsonl"}) / "README.md").read_text()
+    assert "\n# pali-demo, fine-tuned on my_data/data.jsonl\n" in card
+    assert "- based on: `pali-demo`" in card and "- fine-tuned on: my_data/data.jsonl" in card
+    assert f"- saved: {datetime.now(timezone.utc).date().isoformat()}" in card
+    assert "\n# pali-demo\n" not in card and "preset: `pali-demo`" not in card and "(not recorded)" not in card
+    plain = (model.save_pretrained(tmp_path / "copy") / "README.md").read_text()
+    assert "\n# A model based on pali-demo\n" in plain and "| model | pali-demo |" in plain
+    titled = model.save_pretrained(tmp_path / "titled", card=CardInfo(title="Shapes, tuned", notes="Two epochs."))
+    assert "\n# Shapes, tuned\n" in (titled / "README.md").read_text() and "Two epochs." in (titled / "README.md").read_text()
+    reloaded = PaliModel.from_pretrained(tmp_path / "tuned")  # a saved copy's base is the folder it came from
+    assert f"- based on: `{(tmp_path / 'tuned').resolve()}`" in (reloaded.save_pretrained(tmp_path / "again") / "README.md").read_text()
+    with pytest.raises(InputError, match="card must be"):
+        model.save_pretrained(tmp_path / "bad", card={"data": "x"})
+
+
+def test_a_model_built_from_a_preset_says_it_is_randomly_initialised(tmp_path):
+    from pali import PaliModel
+
+    card = (PaliModel.from_preset("pali-tiny").save_pretrained(tmp_path / "m") / "README.md").read_text()
+    assert "\n# pali-tiny\n" in card and "random initialisation of `pali-tiny`" in card and "(not recorded)" not in card
