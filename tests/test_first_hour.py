@@ -359,3 +359,19 @@ def test_a_model_built_from_a_preset_says_it_is_randomly_initialised(tmp_path):
 
     card = (PaliModel.from_preset("pali-tiny").save_pretrained(tmp_path / "m") / "README.md").read_text()
     assert "\n# pali-tiny\n" in card and "random initialisation of `pali-tiny`" in card and "(not recorded)" not in card
+
+
+# 10. The README ---------------------------------------------------------------------------------
+
+
+def test_readme_links_every_docs_page():
+    readme = (ROOT / "README.md").read_text()
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md") if p.name != "index.md")
+    assert {"getting-started.md", "api.md", "architecture.md"} <= set(pages)
+    assert [p for p in pages if f"(docs/{p})" not in readme] == []
+
+
+def test_readme_says_how_to_get_the_cpu_torch_and_how_big_the_test_venv_grows():
+    readme = (ROOT / "README.md").read_text()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in readme
+    assert re.search(r"`\[test\]` extra[^.]*measured [\d.]+ GB \(`du -sh \.venv`", readme)
