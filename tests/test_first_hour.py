@@ -375,3 +375,51 @@ def test_readme_says_how_to_get_the_cpu_torch_and_how_big_the_test_venv_grows():
     readme = (ROOT / "README.md").read_text()
     assert "--index-url https://download.pytorch.org/whl/cpu" in readme
     assert re.search(r"`\[test\]` extra[^.]*measured [\d.]+ GB \(`du -sh \.venv`", readme)
+
+
+# 3, 6, 9. Fine-tuning a BLIP-2 family model with the example -----------------------------------
+
+
+def _finetune_folder():
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import finetune_folder
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    return finetune_folder
+
+
+def test_finetuning_a_blip2_model_uses_its_familys_prompt(padded_blip2, tmp_path, capsys, monkeypatch):
+    import json
+
+    from pali.errors import InputError
+
+    finetune_folder = _finetune_folder()
+    monkeypatch.setattr(finetune_folder, "cpu_flags", lambda: set())
+    import shutil
+
+    import transformers
+
+    source, _ = padded_blip2
+    folder = tmp_path / "no-sentinels"  # the same model; its tokenizer without T5's sentinels, as the issue's had
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("spm", "tokenizer*", "special_tokens_map.json"))
+    transformers.T5TokenizerFast.from_pretrained(str(source / "spm"), extra_ids=0).save_pretrained(str(folder))
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, colour in enumerate(["red", "green", "blue", "white"]):
+        Image.new("RGB", (56, 56), colour).save(data / f"{i}.png")
+    records = [{"image": f"{i}.png", "target": f"a {c} square"} for i, c in enumerate(["red", "green", "blue", "white"])]
+    (data / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "run"
+    argv = ["--model", str(folder), "--data", str(data), "--out", str(out), "--steps", "2", "--batch-size", "2",
+            "--val-fraction", "0.5", "--max-new-tokens", "4"]
+    assert finetune_folder.main(argv) == 0
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["step"] for r in logged] == [1, 2, 2] and 0 <= logged[-1]["val_exact_match"] <= 1
+    pairs = finetune_folder.load_pairs(data)
+    finetune_folder.add_prompts(pairs, __import__("pali").PaliProcessor.from_pretrained(folder))
+    assert {p["prompt"] for p in pairs} == {"a photo of"}  # BLIP-2's caption prompt, not PaLI's
+    records[1]["prompt"] = "Generate the alt_text in en at 0: <extra_id_0>"
+    (data / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(InputError, match=r"data.jsonl:2: prompt .* does not suit this blip2 model: .*sentinels.*leave \"prompt\" out"):
+        finetune_folder.main(argv)
