@@ -108,7 +108,7 @@ def test_every_named_module_path_is_an_attribute_after_import_pali():
 def test_entry_point_groups_in_the_docs_are_the_registries_groups():
     """A plugin declared under the group the docs name must be found (the layout rename once
     turned ``pali.heads`` into ``pali.tasks.heads`` in the docs, not in the code)."""
-    pages = "\n".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+    pages = "\n".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "tests" / "test_plugins.py"])
     declared = set(re.findall(r'\[project\.entry-points\."([^"]+)"\]', pages))
     table = dict(re.findall(r"\| `pali\.config\.registry\.(\w+)` \| `([\w.]+)` \|", (ROOT / "docs" / "plugins.md").read_text()))
     registries = {"HEADS": HEADS, "VISION_ENCODERS": VISION_ENCODERS, "TEXT_STACKS": TEXT_STACKS, "CONNECTORS": CONNECTORS}

@@ -35,7 +35,7 @@ toy-patches = "pali_toy_plugin.vision:ToyVision"
 [project.entry-points."pali.text_stacks"]
 toy-mt5 = "pali_toy_plugin.text"
 
-[project.entry-points."pali.tasks.heads"]
+[project.entry-points."pali.heads"]
 shout = "pali_toy_plugin.heads:ShoutHead"
 """
 
@@ -124,7 +124,7 @@ version = "0.1"
 [tool.setuptools]
 py-modules = ["pali_clash_plugin"]
 
-[project.entry-points."pali.tasks.heads"]
+[project.entry-points."pali.heads"]
 caption = "pali_clash_plugin:FakeCaption"
 """
 
