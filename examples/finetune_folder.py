@@ -174,7 +174,9 @@ def save_state(out: Path, model, processor, optimizer, step: int, rng: random.Ra
 def load_state(out: Path) -> tuple[Path, dict]:
     folder = out / RESUME
     if not (folder / TRAINER_STATE).is_file():
-        raise InputError(f"--resume: {folder} holds no saved run (one is written at every --save-every step and at the end)")
+        raise InputError(
+            f"--resume: {folder} holds no saved run (one is written at every --save-every step and at the end)"
+        )
     return folder / "model", torch.load(folder / TRAINER_STATE, weights_only=True)
 
 
@@ -189,7 +191,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast (weights stay fp32) or fp32 (default: bf16 where the device does it natively)")
+                        help="bf16 autocast (weights stay fp32) or fp32 "
+                             "(default: bf16 where the device does it natively)")
     parser.add_argument("--train-vision", action="store_true", help="also train the ViT (frozen by default)")
     parser.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of the pairs")
     parser.add_argument("--val-data", type=Path, help="a validation folder laid out like --data")

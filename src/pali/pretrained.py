@@ -13,7 +13,7 @@ folder), ``pali.io.loading`` (a folder <-> a model), ``pali.hub.card``, ``pali.h
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -21,6 +21,7 @@ from .models.pali import PaliModel as _Architecture
 
 if TYPE_CHECKING:
     from .config import PaliConfig
+    from .hub.card import CardInfo
 
 
 class PretrainedMixin:
@@ -128,7 +129,7 @@ class PretrainedMixin:
         overwrite: bool = False,
         processor: Any = None,
         license: str | None = None,
-        card: Any = None,
+        card: CardInfo | Mapping[str, str] | None = None,
     ) -> Path:
         """Write config.json, safetensors shards (+ index) and a model card into ``directory``.
 
@@ -166,7 +167,7 @@ class PretrainedMixin:
         max_shard_size: int | str = "5GB",
         processor: Any = None,
         license: str | None = None,
-        card: Any = None,
+        card: CardInfo | Mapping[str, str] | None = None,
     ):
         """Create ``repo_id`` if needed and upload what
         [`save_pretrained`][pali.PaliModel.save_pretrained] writes, as one commit."""

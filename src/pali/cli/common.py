@@ -102,7 +102,9 @@ def check_image_file(path: str | Path) -> Path:
     pointed to ``pali run``, which reads many images)."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{path}: is a folder; this command reads one image file (for a folder of images, use pali run)")
+        raise InputError(
+            f"{path}: is a folder; this command reads one image file (for a folder of images, use pali run)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
     return path

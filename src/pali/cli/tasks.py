@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from .common import add_model_argument, check_image_file, check_output, draw_detections, load_pipeline, open_image, save_image
+from .common import (
+    add_model_argument,
+    check_image_file,
+    check_output,
+    draw_detections,
+    load_pipeline,
+    open_image,
+    save_image,
+)
 
 
 def add_parser(sub) -> None:
@@ -86,7 +94,8 @@ def detect(args: argparse.Namespace) -> int:
         print(f"no {args.label} found")
     if args.draw:
         full = open_image(args.image) if (width, height) != image.size else image  # drawn at the input's own size
-        boxes = [replace(det, box=(det.box[0] * sx, det.box[1] * sy, det.box[2] * sx, det.box[3] * sy)) for det in detections]
+        boxes = [replace(det, box=(det.box[0] * sx, det.box[1] * sy, det.box[2] * sx, det.box[3] * sy))
+                 for det in detections]
         save_image(draw_detections(full, boxes, scale=args.draw_scale), args.draw, "--draw")
     return 0
 

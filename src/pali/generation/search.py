@@ -113,7 +113,9 @@ def decoder_step(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, 
     return suppressing(cached_step, cfg), lambda index: cache.reorder(index, filled[0])
 
 
-def suppressing(step: Callable[[torch.Tensor], torch.Tensor], cfg: GenerationConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+def suppressing(
+    step: Callable[[torch.Tensor], torch.Tensor], cfg: GenerationConfig
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``step`` whose logits for ``cfg.suppress_tokens`` are -inf: the one mask every strategy
     (greedy, sampling, beam) sees, since each reads its logits from the step."""
     if not cfg.suppress_tokens:

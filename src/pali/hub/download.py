@@ -70,7 +70,9 @@ def fetch(
             raise CheckpointError(f"{path} is a local directory: revision={revision!r} does not apply")
         files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
         if not files:
-            raise CheckpointError(f"{path}: the folder is empty, not a checkpoint (one holds {CONFIG_NAME} and its weights)")
+            raise CheckpointError(
+                f"{path}: the folder is empty, not a checkpoint (one holds {CONFIG_NAME} and its weights)"
+            )
         try:
             select(files)
         except CheckpointError as e:
