@@ -172,7 +172,7 @@ def fixed_box(monkeypatch):
     monkeypatch.setattr(Pipeline, "detect", detect)
 
 
-def _lightness_along_the_left_edge(picture, background):
+def _lightness_along_the_left_edge(picture):
     """Grey levels on a horizontal line through the left edge of the middle-half box."""
     grey = picture.convert("L")
     w, h = grey.size
@@ -191,7 +191,7 @@ def test_drawn_boxes_show_on_white_and_black_at_the_inputs_size(tmp_path, capsys
     assert main(["detect", str(source), "thing", "--draw", str(out)]) == 0
     with Image.open(out) as drawn:
         assert drawn.format == fmt and drawn.size == (300, 200)
-        line = _lightness_along_the_left_edge(drawn, background)
+        line = _lightness_along_the_left_edge(drawn)
     assert min(line) < 60 and max(line) > 195  # a dark and a light stroke: seen on either background
 
 
@@ -204,10 +204,10 @@ def test_a_large_jpeg_is_drawn_at_its_own_size_and_scale_asks_for_another(tmp_pa
     assert main(["detect", str(source), "thing", "--draw", str(out)]) == 0
     with Image.open(out) as drawn:
         assert drawn.size == (1200, 900)
-        assert min(_lightness_along_the_left_edge(drawn, None)) < 60  # the box where it belongs, at full size
+        assert min(_lightness_along_the_left_edge(drawn)) < 60  # the box where it belongs, at full size
     assert main(["detect", str(source), "thing", "--draw", str(out), "--draw-scale", "0.5"]) == 0
     with Image.open(out) as drawn:
-        assert drawn.size == (600, 450) and min(_lightness_along_the_left_edge(drawn, None)) < 60
+        assert drawn.size == (600, 450) and min(_lightness_along_the_left_edge(drawn)) < 60
 
 
 def test_an_unknown_draw_suffix_fails_before_the_model_runs(tmp_path, capsys, monkeypatch):
