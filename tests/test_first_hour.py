@@ -33,6 +33,7 @@ def _fresh_python(code: str, *args: str, cwd: Path = ROOT) -> subprocess.Complet
 # 2. Running from the checkout root ------------------------------------------------------------
 
 
+@pytest.mark.slow  # transformers' import alone takes seconds
 def test_pali_and_transformers_import_from_the_checkout_root():
     """The repository's top-level ``kernels/`` must not shadow Hugging Face's ``kernels`` package,
     which transformers imports ("cannot import name 'CUDAProperties' from 'kernels'")."""
