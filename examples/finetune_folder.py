@@ -1,16 +1,27 @@
-"""Fine-tune a PaLI on your own image-text pairs: a folder of images plus a JSONL file.
+"""Fine-tune a PaLI (or a BLIP-2 family model) on your own image-text pairs: a folder of images
+plus a JSONL file.
 
-Each line of ``DATA/data.jsonl`` is ``{"image": "cat.png", "prompt": "...", "target": "..."}``,
-image paths relative to ``DATA``. The prompt goes to the encoder with the image, the target is
-what the decoder learns to write (see ``pali.processing.prompts`` for the paper's task prompts).
+Each line of ``DATA/data.jsonl`` is ``{"image": "cat.png", "target": "..."}``, image paths
+relative to ``DATA``. The target is what the decoder learns to write. The prompt that goes to the
+encoder with the image is the model family's own caption prompt in ``"lang"`` (default ``en``),
+taken from the processor's prompt set (PaLI's ``Generate the alt_text in en at 0: <extra_id_0>``,
+BLIP-2's ``a photo of``...), unless the record gives its own ``"prompt"``.
 
     python examples/finetune_folder.py --model pali-demo --data my_data --out runs/mine \\
-        --steps 200 --batch-size 8 --grad-accum 4 --save-every 50
+        --steps 200 --batch-size 8 --grad-accum 4 --save-every 50 --val-fraction 0.1 --eval-every 50
 
-The loop is the plain one users write: bf16 autocast, gradient accumulation, clipping, AdamW,
-and a checkpoint (model + processor, loadable with ``from_pretrained``) every ``--save-every``
-steps and at the end. Start from any checkpoint folder, bundled model or Hub repo id, e.g. a
-model seeded with ``PaliModel.from_unimodal`` and saved with ``save_pretrained``.
+The loop is the plain one users write: autocast, gradient accumulation, clipping, AdamW, and a
+checkpoint (model + processor, loadable with ``from_pretrained``) every ``--save-every`` steps
+and at the end. The first line printed says the precision: bf16 autocast where the device
+multiplies bf16 natively (CUDA, CPUs with ``avx512_bf16`` or ``amx_bf16``), fp32 elsewhere (on an
+AVX2-only CPU bf16 was 6x slower); ``--bf16`` / ``--no-bf16`` decide instead.
+
+With a validation split (``--val-fraction F`` of the pairs, or ``--val-data DIR``, a second
+folder laid out the same way) it reports the validation loss and exact-match accuracy every
+``--eval-every`` steps and at the end. ``--resume`` continues a run from ``OUT/resume`` (model,
+optimizer state, step and random state, replaced atomically at every checkpoint): it ends where
+the uninterrupted run would have. Start from any checkpoint folder, bundled model or Hub repo id,
+e.g. a model seeded with ``PaliModel.from_unimodal`` and saved with ``save_pretrained``.
 """
 
 from __future__ import annotations
@@ -26,14 +37,22 @@ from PIL import Image
 from tqdm import tqdm
 
 from pali import PaliModel, PaliProcessor
+from pali.cli import run_script
+from pali.defaults import MAX_NEW_TOKENS
 from pali.errors import InputError
+from pali.io import atomic_directory
+from pali.processing.prompts import get_prompt_set
+from pali.tasks.heads.base import generate_texts
+
+RESUME = "resume"
+TRAINER_STATE = "trainer.pt"
 
 
 def load_pairs(data: Path) -> list[dict]:
     """The JSONL records, with every image path checked before training starts."""
     index = data / "data.jsonl"
     if not index.is_file():
-        raise InputError(f"{index}: not found (one JSON object per line: image, prompt, target)")
+        raise InputError(f"{index}: not found (one JSON object per line: image, target, and optionally prompt or lang)")
     pairs = []
     for number, line in enumerate(index.read_text().splitlines(), 1):
         if not line.strip():
@@ -42,24 +61,126 @@ def load_pairs(data: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{index}:{number}: not JSON ({e})") from None
-        missing = {"image", "prompt", "target"} - set(record)
+        missing = {"image", "target"} - set(record)
         if missing:
             raise InputError(f"{index}:{number}: missing {sorted(missing)}")
         path = data / record["image"]
         if not path.is_file():
             raise InputError(f"{index}:{number}: image {path} not found")
-        pairs.append({**record, "image": path})
+        pairs.append({**record, "image": path, "where": f"{index}:{number}"})
     if not pairs:
         raise InputError(f"{index}: no records")
     return pairs
 
 
-def save(model: PaliModel, processor: PaliProcessor, directory: Path) -> None:
-    model.save_pretrained(directory, overwrite=True, processor=processor)
+def add_prompts(pairs: list[dict], processor: PaliProcessor) -> None:
+    """Give each record the prompt it is trained with: its own, or its family's caption prompt.
+    A prompt the model's tokenizer cannot encode (a PaLI prompt's ``<extra_id_0>`` for a BLIP-2
+    model) is named with its line before any training."""
+    prompts = get_prompt_set(processor.config.prompt_set)
+    for record in pairs:
+        own = "prompt" in record
+        if not own:
+            record["prompt"] = prompts.caption_prompt(record.get("lang", "en"))
+        try:
+            processor(text=record["prompt"])
+        except InputError as e:
+            hint = "; leave \"prompt\" out to use the model's own caption prompt" if own else ""
+            raise InputError(f"{record['where']}: prompt {record['prompt']!r} does not suit this "
+                             f"{prompts.name} model: {e}{hint}") from None
+
+
+def split(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation): ``fraction`` of the pairs, drawn with ``seed``, held out."""
+    if not 0 <= fraction < 1:
+        raise InputError(f"--val-fraction must be in [0, 1), got {fraction}")
+    held = round(len(pairs) * fraction)
+    if fraction and not 0 < held < len(pairs):
+        raise InputError(f"--val-fraction {fraction} of {len(pairs)} pairs leaves no validation or no training pair")
+    order = list(range(len(pairs)))
+    random.Random(f"split-{seed}").shuffle(order)
+    val = set(order[:held])
+    return [p for i, p in enumerate(pairs) if i not in val], [p for i, p in enumerate(pairs) if i in val]
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def fast_precision(device: torch.device) -> tuple[bool, str]:
+    """(use bf16 autocast, why): bf16 where the device multiplies it natively, fp32 elsewhere."""
+    if device.type == "cuda":
+        return (True, "CUDA") if torch.cuda.is_bf16_supported() else (False, "this CUDA device has no bf16")
+    native = sorted({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    if native:
+        return True, f"the CPU multiplies bf16 natively ({', '.join(native)})"
+    return False, "the CPU has no native bf16 matmul (no avx512_bf16 or amx_bf16): bf16 would be slower"
+
+
+def validation_score(predictions: list[str], targets: list[str]) -> dict[str, float]:
+    """The validation metric, computed here and only here: exact-match accuracy (whitespace at
+    the ends ignored). Another metric (CIDEr for captions) replaces or joins it in this function."""
+    exact = sum(p.strip() == t.strip() for p, t in zip(predictions, targets, strict=True))
+    return {"exact_match": exact / len(targets)}
+
+
+def images_of(records: list[dict]) -> list[Image.Image]:
+    images = []
+    for r in records:
+        with Image.open(r["image"]) as image:
+            images.append(image.convert("RGB"))
+    return images
+
+
+def evaluate(model, processor, val: list[dict], args, device: torch.device) -> dict[str, float]:
+    """Validation loss (mean over pairs) and ``validation_score`` of greedy answers."""
+    model.eval()
+    loss, predictions = 0.0, []
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        for start in range(0, len(val), args.batch_size):
+            records = val[start : start + args.batch_size]
+            images, prompts = images_of(records), [r["prompt"] for r in records]
+            batch = processor(images, prompts, [r["target"] for r in records])
+            loss += model(**{k: v.to(device) for k, v in batch.items()}).loss.item() * len(records)
+            predictions += generate_texts(model, processor, images, prompts, {"max_new_tokens": args.max_new_tokens})
+    model.train()
+    return {"val_loss": loss / len(val), **{f"val_{k}": v for k, v in validation_score(
+        predictions, [r["target"] for r in val]).items()}}
+
+
+def save(model: PaliModel, processor: PaliProcessor, directory: Path, data: Path) -> None:
+    model.save_pretrained(directory, overwrite=True, processor=processor, card={"dataset": str(data)})
     print(f"saved {directory}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def save_state(out: Path, model, processor, optimizer, step: int, rng: random.Random, base, data: Path) -> None:
+    """Everything a resumed run needs, replacing the previous state in one rename."""
+    with atomic_directory(out / RESUME, overwrite=True) as tmp:
+        model.save_pretrained(tmp / "model", processor=processor, card={"dataset": str(data)})
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "python_rng": rng.getstate(),
+                    "torch_rng": torch.get_rng_state(), "base": base,
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                   tmp / TRAINER_STATE)
+
+
+def load_state(out: Path) -> tuple[Path, dict]:
+    folder = out / RESUME
+    if not (folder / TRAINER_STATE).is_file():
+        raise InputError(
+            f"--resume: {folder} holds no saved run (one is written at every --save-every step and at the end)"
+        )
+    return folder / "model", torch.load(folder / TRAINER_STATE, weights_only=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder, bundled name or Hub repo id")
     parser.add_argument("--data", type=Path, required=True, help="folder with data.jsonl and the images")
@@ -69,28 +190,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast (weights stay fp32) or fp32 "
+                             "(default: bf16 where the device does it natively)")
     parser.add_argument("--train-vision", action="store_true", help="also train the ViT (frozen by default)")
+    parser.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of the pairs")
+    parser.add_argument("--val-data", type=Path, help="a validation folder laid out like --data")
+    parser.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: only at the end)")
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="longest validation answer")
+    parser.add_argument("--resume", action="store_true", help=f"continue the run saved in OUT/{RESUME}")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.val_data is not None and args.val_fraction:
+        parser.error("give --val-fraction or --val-data, not both")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.bf16 is None:
+        args.bf16, why = fast_precision(device)
+    else:
+        why = "as asked (--bf16)" if args.bf16 else "as asked (--no-bf16)"
+    print(f"precision: {'bf16 autocast' if args.bf16 else 'fp32'} on {device.type}, {why}", flush=True)
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     pairs = load_pairs(args.data)
-    model = PaliModel.from_pretrained(args.model).train().freeze_vision(not args.train_vision)
-    processor = PaliProcessor.from_pretrained(args.model)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    val_pairs = load_pairs(args.val_data) if args.val_data is not None else []
+    source, state = load_state(args.out) if args.resume else (args.model, None)
+    model = PaliModel.from_pretrained(source).train().freeze_vision(not args.train_vision)
+    processor = PaliProcessor.from_pretrained(source)
+    base = state["base"] if state else model.name_or_path
+    model.name_or_path = base  # the card names what the run started from, resumed or not
+    add_prompts(pairs + val_pairs, processor)
+    train, val = (pairs, val_pairs) if args.val_data is not None else split(pairs, args.val_fraction, args.seed)
     model.to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    first = 1
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate((state["python_rng"][0], tuple(state["python_rng"][1]), state["python_rng"][2]))
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        first = state["step"] + 1
+        print(f"resumed at step {first} from {args.out / RESUME}")
 
-    progress = tqdm(range(1, args.steps + 1), desc="fine-tuning", unit="step")
-    for step in progress:
+    for step in tqdm(range(first, args.steps + 1), desc="fine-tuning", unit="step", initial=first - 1, total=args.steps):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(args.grad_accum):
-            records = rng.sample(pairs, min(args.batch_size, len(pairs)))
-            images = [Image.open(r["image"]).convert("RGB") for r in records]
-            batch = processor(images, [r["prompt"] for r in records], [r["target"] for r in records])
+            records = rng.sample(train, min(args.batch_size, len(train)))
+            batch = processor(images_of(records), [r["prompt"] for r in records], [r["target"] for r in records])
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 loss = model(**batch).loss / args.grad_accum
@@ -98,13 +251,16 @@ def main(argv: list[str] | None = None) -> int:
             total += loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        progress.set_postfix(loss=f"{total:.4f}")
-        print(json.dumps({"step": step, "loss": total}))
-        if args.save_every and step % args.save_every == 0 and step != args.steps:
-            save(model, processor, args.out / f"step-{step}")
-    save(model, processor, args.out / "final")
+        print(json.dumps({"step": step, "loss": total}), flush=True)
+        if val and (step == args.steps or (args.eval_every and step % args.eval_every == 0)):
+            print(json.dumps({"step": step, **evaluate(model, processor, val, args, device)}), flush=True)
+        if step == args.steps or (args.save_every and step % args.save_every == 0):
+            save_state(args.out, model, processor, optimizer, step, rng, base, args.data)
+            if step != args.steps:
+                save(model, processor, args.out / f"step-{step}", args.data)
+    save(model, processor, args.out / "final", args.data)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -6,22 +6,23 @@
 from __future__ import annotations
 
 import argparse
-
-from PIL import Image
+import sys
 
 import pali
+from pali.cli import run_script
+from pali.cli.common import open_image
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image")
     parser.add_argument("--model", default="pali-demo", help="bundled name, checkpoint folder or Hub repo id")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    image = open_image(args.image)  # a missing or unreadable file is named before the model loads
 
     model = pali.PaliModel.from_pretrained(args.model)
     processor = pali.PaliProcessor.from_pretrained(args.model)
     pipe = pali.pipeline(model, processor)
-    image = Image.open(args.image).convert("RGB")
 
     for lang in ("en", "fr", "de", "zh", "hi"):
         print(f"caption [{lang}]:", pipe.caption(image, lang=lang).text)
@@ -32,7 +33,8 @@ def main() -> None:
     labels = [f"{color} {shape}" for color in ("red", "green", "blue", "yellow") for shape in ("circle", "square", "triangle")]
     best = pipe.classify(image, labels, template="a {label}")[:3]
     print("classify:", [(c.label, round(c.score, 2)) for c in best])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synthetic  # noqa: E402
 
 from pali import MT5Config, PaliConfig, PaliModel, ViTConfig  # noqa: E402
+from pali.cli import run_script  # noqa: E402
 from pali.io import atomic_directory  # noqa: E402
 from pali.tasks.heads.detect import DetectHead, box_iou  # noqa: E402
 from pali.processing.processor import PaliProcessor, ProcessorConfig  # noqa: E402
@@ -349,4 +350,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -42,7 +42,7 @@ def hf_blip2(kind: str = "t5", *, instruct: bool = False, seed: int = 0, untied:
     model.eval()
     lm = model.language_model
     if untied:
-        lm.lm_head.weight = nn.Parameter(torch.randn(TEXT_VOCAB, 24) * 24**-0.5)
+        lm.lm_head.weight = nn.Parameter(torch.randn(lm.config.vocab_size, 24) * 24**-0.5)
     with torch.no_grad():
         for name, p in model.named_parameters():
             base = 1.0 if name.endswith("weight") and ("norm" in name.lower()) else 0.0

@@ -43,7 +43,7 @@ def test_vqa_ocr_detect_classify(capsys, tmp_path):
     drawing = tmp_path / "boxes.png"
     code, out, _ = run(capsys, "detect", SCENE, "square", "--draw", drawing)
     assert code == 0 and (out.startswith("square\t") or out.strip() == "no square found")
-    assert Image.open(drawing).size == (256, 256)
+    assert Image.open(drawing).size == (64, 64)  # the input's size (issue 25)
     labels = ["blue triangle", "red circle", "green square"]
     code, out, _ = run(capsys, "classify", SCENE, "--labels", ",".join(labels), "--template", "a {label}")
     rows = [line.split(None, 1) for line in out.splitlines()]

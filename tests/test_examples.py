@@ -104,22 +104,29 @@ def test_bundled_samples_are_the_seeded_draw(tmp_path):
     assert sorted(p.name for p in bundled.SAMPLES.iterdir()) == sorted(p.name for p in tmp_path.iterdir())
 
 
-@pytest.mark.slow
-def test_finetune_folder(tmp_path):
+def folder_data(folder: Path, n: int = 6, prompt: bool = True) -> Path:
+    """``n`` synthetic caption pairs as ``finetune_folder.py`` reads them (with PaLI's prompt, or none)."""
     import random
 
     import synthetic
 
-    data = tmp_path / "data"
-    data.mkdir()
+    folder.mkdir()
     rng = random.Random(0)
     lines = []
-    for i in range(6):
+    for i in range(n):
         example = synthetic.make_example(rng, "caption", "en")
-        example.image.save(data / f"{i}.png")
-        lines.append(json.dumps({"image": f"{i}.png", "prompt": "Generate the alt_text in en at 0: <extra_id_0>",
-                                 "target": example.target}))
-    (data / "data.jsonl").write_text("\n".join(lines) + "\n")
+        example.image.save(folder / f"{i}.png")
+        record = {"image": f"{i}.png", "target": example.target}
+        if prompt:
+            record["prompt"] = "Generate the alt_text in en at 0: <extra_id_0>"
+        lines.append(json.dumps(record))
+    (folder / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.mark.slow
+def test_finetune_folder(tmp_path):
+    data = folder_data(tmp_path / "data")
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "finetune_folder.py"), "--model", "pali-demo", "--data", str(data),
@@ -131,6 +138,73 @@ def test_finetune_folder(tmp_path):
     steps = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [s["step"] for s in steps] == [1, 2, 3]
     PaliModel.from_pretrained(out / "final")
+    card = (out / "final" / "README.md").read_text()
+    assert f"fine-tuned on {data}" in card and "- based on: `pali-demo`" in card
+
+
+def test_finetune_precision_follows_what_the_device_does_fast(monkeypatch):
+    import finetune_folder
+    import torch
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(finetune_folder, "cpu_flags", lambda: {"avx", "avx2", "fma"})
+    bf16, why = finetune_folder.fast_precision(cpu)
+    assert not bf16 and "no native bf16" in why
+    monkeypatch.setattr(finetune_folder, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert finetune_folder.fast_precision(cpu) == (True, "the CPU multiplies bf16 natively (avx512_bf16)")
+    monkeypatch.setattr(finetune_folder, "cpu_flags", lambda: {"amx_bf16", "amx_tile"})
+    assert finetune_folder.fast_precision(cpu)[0]
+
+
+def _run(finetune_folder, capsys, *argv) -> list[str]:
+    assert finetune_folder.main([str(a) for a in argv]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_finetune_resumed_run_equals_the_uninterrupted_one(tmp_path, capsys, monkeypatch):
+    """Two steps, then --resume to four, ends with the same weights, losses and validation as
+    four steps in one go (model, optimizer state, step and random state all restored)."""
+    import finetune_folder
+    import torch
+
+    monkeypatch.setattr(finetune_folder, "cpu_flags", lambda: set())  # fp32 whatever this CPU does
+    data = folder_data(tmp_path / "data")
+    common = ["--model", "pali-demo", "--data", data, "--batch-size", "2", "--val-fraction", "0.34",
+              "--eval-every", "2", "--max-new-tokens", "8", "--lr", "1e-3"]
+    whole = _run(finetune_folder, capsys, *common, "--out", tmp_path / "whole", "--steps", "4")
+    assert whole[0] == "precision: fp32 on cpu, the CPU has no native bf16 matmul (no avx512_bf16 or amx_bf16): bf16 would be slower"
+    first = _run(finetune_folder, capsys, *common, "--out", tmp_path / "parts", "--steps", "2")
+    second = _run(finetune_folder, capsys, *common, "--out", tmp_path / "parts", "--steps", "4", "--resume")
+    logs = [[json.loads(line) for line in lines if line.startswith("{")] for lines in (whole, first, second)]
+    assert logs[0] == logs[1] + logs[2]
+    assert {"val_loss", "val_exact_match"} <= set(logs[0][-1]) and [r["step"] for r in logs[0]] == [1, 2, 2, 3, 4, 4]
+    a = PaliModel.from_pretrained(tmp_path / "whole" / "final").state_dict()
+    b = PaliModel.from_pretrained(tmp_path / "parts" / "final").state_dict()
+    start = PaliModel.from_pretrained("pali-demo").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], start[k]) for k in a)
+    assert "- based on: `pali-demo`" in (tmp_path / "parts" / "final" / "README.md").read_text()
+
+
+def test_finetune_resume_without_a_saved_run_is_one_line(tmp_path):
+    data = folder_data(tmp_path / "data", n=2)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "finetune_folder.py"), "--model", "pali-demo", "--data", str(data),
+         "--out", str(tmp_path / "run"), "--resume"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"finetune_folder.py: error: --resume: {tmp_path / 'run' / 'resume'} holds no saved run "
+        "(one is written at every --save-every step and at the end)"]
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("finetune_folder.py", ["--model", "pali-demo", "--data", "my_data", "--out", "run"], "my_data/data.jsonl: not found"),
+    ("inference.py", ["missing.png"], "missing.png: no such image file"),
+])
+def test_examples_print_a_users_mistake_in_one_line(tmp_path, script, argv, message):
+    result = subprocess.run([sys.executable, str(EXAMPLES / script), *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and message in lines[0]
 
 
 def test_finetune_folder_rejects_bad_data(tmp_path):

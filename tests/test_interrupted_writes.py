@@ -25,7 +25,7 @@ import pali.io.atomic
 import pali.io.safetensors
 from pali import PaliModel
 from pali.io import atomic_directory
-from pali.cli.common import save_png
+from pali.cli.common import save_image
 from pali.convert import convert_t5x
 from pali.config.presets import get_config
 from pali.models.text.mt5 import MT5
@@ -160,7 +160,7 @@ def test_save_pretrained_interrupted_mid_write(tmp_path, monkeypatch, error):
 @pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
 def test_png_writer_interrupted_mid_write(tmp_path, error):
     path = tmp_path / "out.png"
-    save_png(Image.new("RGB", (8, 8), (255, 0, 0)), path)
+    save_image(Image.new("RGB", (8, 8), (255, 0, 0)), path)
     before = path.read_bytes()
 
     class Failing:
@@ -169,7 +169,7 @@ def test_png_writer_interrupted_mid_write(tmp_path, error):
             raise error
 
     with pytest.raises(type(error)):
-        save_png(Failing(), path)
+        save_image(Failing(), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
     Image.open(path).verify()

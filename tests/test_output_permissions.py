@@ -7,7 +7,7 @@ from PIL import Image
 
 from pali import PaliModel
 from pali.io import current_umask
-from pali.cli.common import save_png
+from pali.cli.common import save_image
 
 
 def test_saved_checkpoint_and_png_follow_the_umask(tmp_path):
@@ -15,7 +15,7 @@ def test_saved_checkpoint_and_png_follow_the_umask(tmp_path):
     try:
         assert current_umask() == 0o022
         PaliModel.from_preset("pali-tiny").save_pretrained(tmp_path / "model")
-        save_png(Image.new("RGB", (4, 4)), tmp_path / "boxes.png")
+        save_image(Image.new("RGB", (4, 4)), tmp_path / "boxes.png")
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "model").st_mode) == 0o755

@@ -135,7 +135,7 @@ def test_batch_padding_truncation_and_masks(models):
         (lambda t: t(["a"], padding="max_length"), "max_length"),
         (lambda t: t(["a photo of a cat"], max_length=2, truncation=False), "truncation=False"),
         (lambda t: t.encode("a", max_length=0), "eos"),
-        (lambda t: t.decode([t.vocab_size]), "outside the vocabulary"),
+        (lambda t: t.decode([-1]), "outside the vocabulary"),
         (lambda t: t.sentinel_id(-1), "extra_id_-1"),
     ],
 )

@@ -1,8 +1,8 @@
-"""Module paths from before the sub-packages, kept importable: ``pali.processing.prompts`` is
-``pali.processing.prompts``, ``pali.tasks.heads`` is ``pali.tasks.heads``, and so on.
+"""Module paths from before the sub-packages, kept importable: ``pali.prompts`` is
+``pali.processing.prompts``, ``pali.heads`` is ``pali.tasks.heads``, and so on.
 
-Code written against the old layout (``from pali.processing.tokenizer import Tokenizer``,
-``import pali.models.vision.vit``) and names that messages or older docs spell (``pali.processing.prompts.LANGUAGES``)
+Code written against the old layout (``from pali.tokenizer import Tokenizer``,
+``import pali.vision.vit``) and names that messages or older docs spell (``pali.prompts.LANGUAGES``)
 keep working: a finder first on ``sys.meta_path`` answers each old name with the module now
 holding it, the same object, so monkeypatching or ``isinstance`` through either name agree. pali's
 own code uses the new paths only (the walls test checks it).
@@ -13,8 +13,10 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 import types
+from typing import Callable
 
 #: old module -> the module that holds it now; a package's submodules follow it.
 MOVED = {
@@ -77,3 +79,18 @@ def install() -> None:
     otherwise load ``pali.models.vision.vit`` a second time, as a new module, from the moved folder."""
     if not any(isinstance(f, _MovedFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _MovedFinder())
+
+
+def submodules_on_demand(package: str) -> Callable[[str], types.ModuleType]:
+    """A package's module ``__getattr__`` (PEP 562) that imports its submodule ``name`` on first use.
+
+    The docs and pali's own messages spell module paths (``pali.hub.card``, ``pali.train.helpers``);
+    each must work as an attribute after a bare ``import pali``, without every package importing
+    all its modules up front (a config loads without torch)."""
+
+    def __getattr__(name: str) -> types.ModuleType:
+        if not name.startswith("__") and importlib.util.find_spec(f"{package}.{name}") is not None:
+            return importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -13,7 +13,7 @@ folder), ``pali.io.loading`` (a folder <-> a model), ``pali.hub.card``, ``pali.h
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -21,6 +21,7 @@ from .models.pali import PaliModel as _Architecture
 
 if TYPE_CHECKING:
     from .config import PaliConfig
+    from .hub.card import CardInfo
 
 
 class PretrainedMixin:
@@ -128,13 +129,16 @@ class PretrainedMixin:
         overwrite: bool = False,
         processor: Any = None,
         license: str | None = None,
+        card: CardInfo | Mapping[str, str] | None = None,
     ) -> Path:
         """Write config.json, safetensors shards (+ index) and a model card into ``directory``.
 
         Atomic: written into a temporary sibling and renamed into place, so a failure leaves no
         partial checkpoint. ``processor``: anything with ``save_pretrained(folder)`` (e.g.
         ``PaliProcessor``); its files land in the same folder. ``license`` overrides the one
-        derived from the weight sources for the card. An existing empty folder, or one holding
+        derived from the weight sources for the card; ``card`` ([`pali.hub.card.CardInfo`][] or a dict:
+        ``title``, ``dataset``, ``notes``) says what the weights cannot, such as the data a
+        fine-tuned model was trained on. An existing empty folder, or one holding
         only an earlier save of ours, is replaced the same way; a folder with anything else in it
         needs ``overwrite=True``.
         """
@@ -148,7 +152,7 @@ class PretrainedMixin:
             overwrite = replaceable_save(Path(directory), (CARD_NAME, PROCESSOR_CONFIG_NAME, SPIECE_NAME))
         with atomic_directory(directory, overwrite=overwrite) as tmp:
             write_model(self, tmp, max_shard_size=max_shard_size, processor=processor,
-                        card=model_card(self, license=license))
+                        card=model_card(self, license=license, info=card))
         return Path(directory)
 
     def push_to_hub(
@@ -163,6 +167,7 @@ class PretrainedMixin:
         max_shard_size: int | str = "5GB",
         processor: Any = None,
         license: str | None = None,
+        card: CardInfo | Mapping[str, str] | None = None,
     ):
         """Create ``repo_id`` if needed and upload what
         [`save_pretrained`][pali.PaliModel.save_pretrained] writes, as one commit."""
@@ -173,7 +178,7 @@ class PretrainedMixin:
         return push_folder(
             repo_id, lambda folder: write_model(
                 self, folder, max_shard_size=max_shard_size, processor=processor,
-                card=model_card(self, license=license)),
+                card=model_card(self, license=license, info=card)),
             token=token, create_options=dict(private=private),
             upload_options=dict(revision=revision, create_pr=create_pr,
                                 commit_message=commit_message or f"Upload {self.config.preset or 'PaLI'} model with pali"),

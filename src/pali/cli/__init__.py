@@ -18,6 +18,8 @@ import sys
 import warnings
 
 from .. import __version__
+from ..errors import PaliError
+from . import common  # noqa: F401  (torch-free; pali.cli.common.save_image is named in the docs)
 
 COMMANDS = ["demo", "tasks", "presets", "convert"]
 
@@ -31,9 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..errors import PaliError
+#: A user's mistakes (bad input, a missing file, a refused overwrite): one line and exit code 2.
+USER_ERRORS = (PaliError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError)
 
+
+def run_script(main, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run a script's ``main(argv)`` as the ``pali`` command runs its subcommands: a
+    [`PaliError`][pali.PaliError] or missing file becomes one ``prog: error: ...`` line on stderr
+    and exit code 2, not a traceback. The examples end with ``sys.exit(run_script(main))``."""
+    prog = prog or os.path.basename(sys.argv[0])
+    try:
+        return int(main(argv) or 0)
+    except USER_ERRORS as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def show(message, category, filename, lineno, file=None, line=None):
@@ -42,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = show
     try:
         return int(args.func(args) or 0)
-    except (PaliError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as e:
+    except USER_ERRORS as e:
         print(f"pali {args.command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `pali presets | head`: the reader left; stop quietly, as Unix tools do

@@ -1,4 +1,4 @@
-"""What the task subcommands share: ``--model``/``--threads``, loading, images, atomic PNG output.
+"""What the task subcommands share: ``--model``/``--threads``, loading, images, atomic image output.
 
 Nothing here imports torch at module level: ``pali --help`` and argument errors are answered
 before any model code is imported.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from pathlib import Path
 
 from ..defaults import MAX_NEW_TOKENS
@@ -56,6 +57,10 @@ def load_pipeline(args: argparse.Namespace):
     from ..tasks.pipeline import pipeline
 
     if args.threads:
+        cores = os.cpu_count()
+        if cores and args.threads > cores:
+            warnings.warn(f"--threads {args.threads} is more than the {cores} CPU cores here: "
+                          "the extra threads only wait on each other", stacklevel=2)
         torch.set_num_threads(args.threads)
     model = PaliModel.from_pretrained(args.model)
     if not args.threads and model.num_parameters() < SMALL_MODEL:
@@ -75,9 +80,7 @@ def open_image(path: str | Path, size: int | None = None):
     """
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
+    path = check_image_file(path)
     try:
         with Image.open(path) as image:
             original = image.size
@@ -94,8 +97,22 @@ def open_image(path: str | Path, size: int | None = None):
     return rgb
 
 
+def check_image_file(path: str | Path) -> Path:
+    """``path`` if it is a file; otherwise an error saying what it is instead (a folder gets
+    pointed to ``pali run``, which reads many images)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(
+            f"{path}: is a folder; this command reads one image file (for a folder of images, use pali run)"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    return path
+
+
 def check_output(path: str | Path, option: str) -> Path:
-    """Fail before any inference when an output PNG cannot be written where asked."""
+    """Fail before any inference when an output image cannot be written where asked, or its
+    suffix names no image format."""
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
@@ -104,25 +121,52 @@ def check_output(path: str | Path, option: str) -> Path:
         raise InputError(f"{option} {path}: is a folder; give a file name such as {path / 'out.png'}")
     if not os.access(folder, os.W_OK):
         raise InputError(f"{option} {path}: folder {folder} is not writable")
+    image_format(path, option)
     return path
 
 
-def save_png(image, path: str | Path) -> None:
-    """Write ``image`` as PNG through ``pali.io.atomic_file``: never a half-written file."""
+def image_format(path: str | Path, option: str) -> str:
+    """The PIL format the suffix of an output ``path`` names (``.jpg`` -> JPEG), checked before any
+    inference: an unknown suffix is an error, not a PNG under another name."""
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise InputError(f"{option} {path}: cannot tell an image format from the suffix {suffix or '(none)'!r}; "
+                         "use .png, .jpg, .webp, ...")
+    return fmt
+
+
+def save_image(image, path: str | Path, option: str = "output") -> None:
+    """Write ``image`` in the format its suffix names through ``pali.io.atomic_file``: never a
+    half-written file."""
     from ..io import atomic_file
 
+    fmt = image_format(path, option)
     with atomic_file(path) as f:
-        image.save(f, format="PNG")
+        image.save(f, format=fmt)
 
 
-def draw_detections(image, detections, scale: int = 4):
-    """A copy of ``image``, enlarged ``scale`` times, with each box outlined and labelled."""
-    from PIL import ImageDraw
+def draw_detections(image, detections, scale: float = 1.0):
+    """A copy of ``image``, resized ``scale`` times, with each box outlined and labelled.
 
-    canvas = image.resize((image.width * scale, image.height * scale), resample=0)
+    Boxes are white lines between black ones and labels white letters with a black edge, so they
+    show on any background, light or dark; line width and letter size follow the picture's size.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS  # small demo images stay crisp
+    canvas = image.convert("RGB").resize(size, resample=resample) if size != image.size else image.convert("RGB")
     draw = ImageDraw.Draw(canvas)
+    width = max(1, round(min(size) / 250))
+    edge = width  # black on each side of the white line
+    font = ImageFont.load_default(size=max(10, round(min(size) / 30)))
     for det in detections:
         x0, y0, x1, y1 = (v * scale for v in det.box)
-        draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 255), width=2)
-        draw.text((x0 + 3, y0 + 2), det.label, fill=(255, 255, 255))
+        draw.rectangle((x0 - edge, y0 - edge, x1 + edge, y1 + edge), outline=(0, 0, 0), width=width + 2 * edge)
+        draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 255), width=width)
+        draw.text((x0 + 2 * width + 2, y0 + 2 * width + 1), det.label, fill=(255, 255, 255), font=font,
+                  stroke_width=max(1, width), stroke_fill=(0, 0, 0))
     return canvas

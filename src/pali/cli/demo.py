@@ -10,7 +10,7 @@ import argparse
 import json
 
 from .. import bundled
-from .common import add_model_argument, check_output, draw_detections, load_pipeline, open_image, save_png
+from .common import add_model_argument, check_output, draw_detections, load_pipeline, open_image, save_image
 
 COLORS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
@@ -62,14 +62,14 @@ def run(args: argparse.Namespace) -> int:
             top = ", ".join(f"{r.label} ({r.score:.2f})" for r in ranked[:3])
             score.show("classify (12 colour-shape labels)", ranked[0].label, f"{shapes[0]['color']} {shapes[0]['kind']}",
                        shown=top)
-        drawn.append(draw_detections(image, detections))
+        drawn.append(draw_detections(image, detections, scale=4))  # the 64-pixel samples, enlarged to be seen
         print()
     sheet = Image.new("RGB", (sum(d.width for d in drawn), max(d.height for d in drawn)))
     x = 0
     for picture in drawn:
         sheet.paste(picture, (x, 0))
         x += picture.width
-    save_png(sheet, out)
+    save_image(sheet, out, "--out")
     print(score.summary())
     print(f"wrote {args.out} (the detected boxes drawn on the samples): {out}")
     return 0

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from dataclasses import replace
 
-from .common import add_model_argument, check_output, draw_detections, load_pipeline, open_image, save_png
+from .common import (
+    add_model_argument,
+    check_image_file,
+    check_output,
+    draw_detections,
+    load_pipeline,
+    open_image,
+    save_image,
+)
 
 
 def add_parser(sub) -> None:
@@ -27,7 +35,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("detect", help="find objects of a class", description="Detect objects of a class.")
     p.add_argument("image")
     p.add_argument("label", help="what to look for")
-    p.add_argument("--draw", metavar="PNG", help="also write the image with the boxes drawn")
+    p.add_argument("--draw", metavar="IMAGE",
+                   help="also write the image with the boxes drawn, in the format its suffix names (.png, .jpg, ...)")
+    p.add_argument("--draw-scale", type=_positive_float, default=1.0, metavar="S",
+                   help="size of the drawing relative to the input image (default: 1, the input's size)")
     p.set_defaults(func=detect)
 
     p = sub.add_parser("classify", help="rank candidate labels", description="Zero-shot classification.")
@@ -46,8 +57,7 @@ def add_parser(sub) -> None:
 
 def _load(args: argparse.Namespace):
     """The pipeline and the image, decoded at no more than the scale the model needs."""
-    if not Path(args.image).is_file():
-        raise FileNotFoundError(f"{args.image}: no such image file")  # before the model loads
+    check_image_file(args.image)  # before the model loads
     pipe = load_pipeline(args)
     return pipe, open_image(args.image, pipe.processor.config.image_size)
 
@@ -83,8 +93,21 @@ def detect(args: argparse.Namespace) -> int:
     if not detections:
         print(f"no {args.label} found")
     if args.draw:
-        save_png(draw_detections(image, detections), args.draw)
+        full = open_image(args.image) if (width, height) != image.size else image  # drawn at the input's own size
+        boxes = [replace(det, box=(det.box[0] * sx, det.box[1] * sy, det.box[2] * sx, det.box[3] * sy))
+                 for det in detections]
+        save_image(draw_detections(full, boxes, scale=args.draw_scale), args.draw, "--draw")
     return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 16:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 16], got {text!r}")
+    return value
 
 
 def classify(args: argparse.Namespace) -> int:

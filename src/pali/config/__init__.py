@@ -5,3 +5,7 @@ checked and written without either."""
 from .base import SIZE_LIMITS, Config, ConnectorConfig, PaliConfig, TextConfig, VisionConfig, size_limit
 
 __all__ = ["SIZE_LIMITS", "Config", "ConnectorConfig", "PaliConfig", "TextConfig", "VisionConfig", "size_limit"]
+
+from .._moved import submodules_on_demand  # noqa: E402
+
+__getattr__ = submodules_on_demand(__name__)  # pali.config.<module> after a bare ``import pali``

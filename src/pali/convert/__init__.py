@@ -140,7 +140,7 @@ def convert(
     compares it with the source, bit for bit, before the rename. ``processor`` (a
     ``PaliProcessor``, say) is saved into the same folder, so ``out`` is complete for
     ``pali caption``: ``pali convert`` passes the one a transformers checkpoint ships
-    (``pali.processing.hf_processing.shipped_processor``).
+    (``pali.processing.processor.shipped_processor``).
     """
     out = Path(out)
     if out.exists() and not force:
@@ -216,3 +216,7 @@ def verify(src: str | Path, out: str | Path, format: str | None = None, *, progr
     image_size = config.image_size if isinstance(config, VisionConfig) else None
     conversion = read(src, format, image_size=image_size, dtype=parse_dtype(metadata.get("pali.dtype") or None))
     return _compare(conversion, out, progress)
+
+from .._moved import submodules_on_demand  # noqa: E402
+
+__getattr__ = submodules_on_demand(__name__)  # pali.convert.<module> after a bare ``import pali``

@@ -4,3 +4,7 @@ top (``search``). Knows no model: ``PaliModel.generate`` hands it a step functio
 from .search import GenerationConfig, beam_search, decoder_step, greedy_or_sample
 
 __all__ = ["GenerationConfig", "beam_search", "decoder_step", "greedy_or_sample"]
+
+from .._moved import submodules_on_demand  # noqa: E402
+
+__getattr__ = submodules_on_demand(__name__)  # pali.generation.<module> after a bare ``import pali``

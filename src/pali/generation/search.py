@@ -29,6 +29,9 @@ class GenerationConfig:
     ``eos_token_id`` and ``pad_token_id`` default (None) to the model's text config.
     ``use_cache=False`` recomputes the whole prefix every step (same tokens, slower); ``compile``
     runs the cached step through ``torch.compile`` (once per batch size and length, never per token).
+    ``suppress_tokens`` (transformers' name) are ids never generated: their logits are masked
+    out in every step, e.g. the rows of an embedding table padded past the tokenizer (Flan-T5's
+    32128 rows for 32100 pieces), which the pipeline suppresses by itself.
     """
 
     max_new_tokens: int = MAX_NEW_TOKENS
@@ -43,6 +46,7 @@ class GenerationConfig:
     pad_token_id: int | None = None
     use_cache: bool = True
     compile: bool = False
+    suppress_tokens: tuple[int, ...] | None = None
 
     def updated(self, **overrides: Any) -> "GenerationConfig":
         """A copy with ``overrides`` applied; an unknown name raises [`InputError`][pali.InputError]."""
@@ -70,6 +74,10 @@ class GenerationConfig:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.compile and not self.use_cache:
             raise InputError("compile=True needs use_cache=True (the compiled step is the cached one)")
+        if self.suppress_tokens is not None and not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.suppress_tokens
+        ):
+            raise InputError(f"suppress_tokens must be token ids (ints >= 0), got {self.suppress_tokens!r}")
 
 
 def decoder_step(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, cfg: GenerationConfig):
@@ -86,7 +94,7 @@ def decoder_step(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, 
             held["hidden"] = held["hidden"].index_select(0, index)
             held["mask"] = None if held["mask"] is None else held["mask"].index_select(0, index)
 
-        return step, reorder
+        return suppressing(step, cfg), reorder
 
     cache = text.start_decoding(encoder_hidden, mask, cfg.max_new_tokens)
     decode_step = torch.compile(text.decode_step) if cfg.compile else text.decode_step
@@ -102,7 +110,25 @@ def decoder_step(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, 
             return decode_step(tokens[:, -1:].contiguous(), torch.tensor(position))
         return decode_step(tokens[:, -1:], position)
 
-    return cached_step, lambda index: cache.reorder(index, filled[0])
+    return suppressing(cached_step, cfg), lambda index: cache.reorder(index, filled[0])
+
+
+def suppressing(
+    step: Callable[[torch.Tensor], torch.Tensor], cfg: GenerationConfig
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``step`` whose logits for ``cfg.suppress_tokens`` are -inf: the one mask every strategy
+    (greedy, sampling, beam) sees, since each reads its logits from the step."""
+    if not cfg.suppress_tokens:
+        return step
+    ids = torch.tensor(sorted(set(cfg.suppress_tokens)))
+
+    def masked(tokens):
+        logits = step(tokens)
+        if int(ids[-1]) >= logits.shape[-1]:
+            raise InputError(f"suppress_tokens has id {int(ids[-1])}, outside the vocabulary [0, {logits.shape[-1]})")
+        return logits.index_fill(-1, ids.to(logits.device), float("-inf"))
+
+    return masked
 
 
 def filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:

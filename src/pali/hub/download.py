@@ -80,7 +80,17 @@ def fetch(
     if path.is_dir():
         if revision is not None:
             raise CheckpointError(f"{path} is a local directory: revision={revision!r} does not apply")
-        select(sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()))
+        files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+        if not files:
+            raise CheckpointError(
+                f"{path}: the folder is empty, not a checkpoint (one holds {CONFIG_NAME} and its weights)"
+            )
+        try:
+            select(files)
+        except CheckpointError as e:
+            if type(e) is not CheckpointError:
+                raise
+            raise CheckpointError(f"{path}: {e}") from None  # say which folder lacks the file
         return Snapshot(path.resolve(), str(path.resolve()))
     repo_id = as_repo_id(name_or_path)
     check_not_preset(repo_id)

@@ -44,3 +44,7 @@ __all__ = [
     "current_umask", "index_shards", "layout_files", "list_tensors", "parse_size", "read_config", "read_config_json", "read_json",
     "read_safetensors_file", "replaceable_save", "shard_files", "write_config_json", "write_index", "write_safetensors",
 ]
+
+from .._moved import submodules_on_demand  # noqa: E402
+
+__getattr__ = submodules_on_demand(__name__)  # pali.io.<module> after a bare ``import pali``

@@ -278,7 +278,8 @@ class PaliProcessor:
             )
 
     def decode(self, ids: Any) -> str:
-        """Text of one generated row: stops at ``</s>``, skips padding and sentinels."""
+        """Text of one generated row: stops at ``</s>``, skips padding, sentinels and the ids of an
+        embedding table's rows past the tokenizer (see [`Tokenizer.decode`][pali.processing.tokenizer.Tokenizer.decode])."""
         return self.tokenizer.decode(ids)
 
     def batch_decode(self, ids: Any) -> list[str]:

@@ -33,6 +33,9 @@ SPIECE_NAME = "spiece.model"
 TOKENIZER_JSON_NAME = "tokenizer.json"
 SENTINEL = re.compile(r"<extra_id_(\d+)>")
 PADDING = (False, "longest", "max_length")
+#: Past this no embedding table reaches (transformers' tokenizers keep ids in 32 bits): an id this
+#: large is a mistake, not a padding row.
+MAX_TOKEN_ID = 2**31
 
 
 def download_from_hub(repo_id: str, filename: str, *, revision: str | None = None) -> Path:
@@ -207,13 +210,19 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int] | torch.Tensor, *, skip_special_tokens: bool = True) -> str:
         """Text of one row: stops at the first ``</s>`` and drops ``<pad>``; sentinels are dropped
-        too unless ``skip_special_tokens=False``, which writes them as ``<extra_id_N>``."""
+        too unless ``skip_special_tokens=False``, which writes them as ``<extra_id_N>``.
+
+        Ids at or past ``vocab_size`` decode to nothing, as transformers decodes them: a model's
+        embedding table may be padded past its tokenizer (Flan-T5: 32128 rows, 32100 pieces), and
+        the ids of its padding rows have no text. A negative id, or one no table could hold, is an error."""
         ids = _id_list(ids)
         parts: list[str] = []
         run: list[int] = []
         for token in ids:
-            if not 0 <= token < self.vocab_size:
-                raise InputError(f"token id {token} is outside the vocabulary [0, {self.vocab_size})")
+            if not 0 <= token < MAX_TOKEN_ID:
+                raise InputError(f"token id {token} is outside the vocabulary [0, {self.vocab_size}) and any model's")
+            if token >= self.vocab_size:
+                continue
             if token == self.eos_id:
                 break
             if token == self.pad_id:

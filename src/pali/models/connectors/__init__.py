@@ -8,3 +8,7 @@ lives in a torch-free ``*_config`` module beside it. A plugin adds one through t
 so PaLI checkpoints keep their ``projection.*`` names. Nothing is imported here: the registry
 imports the modules on its first read, and a config loads without them.
 """
+
+from ..._moved import submodules_on_demand  # noqa: E402
+
+__getattr__ = submodules_on_demand(__name__)  # pali.models.connectors.<module> after a bare ``import pali``

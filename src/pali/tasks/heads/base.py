@@ -86,9 +86,13 @@ def check_language(processor, lang: str) -> None:
 def generate_texts(
     model, processor, images: list[ImageLike], prompts: list[str], generate_kwargs: dict[str, Any] | None = None
 ) -> list[str]:
-    """Generate for ``images`` with ``prompts`` and decode each row up to its eos."""
+    """Generate for ``images`` with ``prompts`` and decode each row up to its eos. Ids past the
+    tokenizer's vocabulary (an embedding table padded past it) are suppressed unless the caller
+    passes its own ``suppress_tokens``."""
     batch = model_inputs(model, processor, processor(images=images, text=prompts))
-    ids = model.generate(**batch, **(generate_kwargs or {}))
+    unused = range(processor.tokenizer.vocab_size, model.config.text.vocab_size)
+    options = {"suppress_tokens": tuple(unused)} if unused else {}
+    ids = model.generate(**batch, **{**options, **(generate_kwargs or {})})
     return processor.batch_decode(ids)
 
 
