@@ -9,6 +9,7 @@
 """
 
 from .inference import TASKS, RunOptions, run
+from .training import TRAIN_TASKS, Collator, Component, ExampleDataset, ShardStream, TaskMixture, make_example
 from .results import ResultsFile, read_rows, write_parquet
 from .sources import (
     Columns,
@@ -22,12 +23,13 @@ from .sources import (
     iter_shard,
     open_source,
     part_of_world,
+    rank_and_world,
     read_manifest,
     read_shard_index,
 )
 
 __all__ = [
-    "TASKS", "Columns", "Record", "ResultsFile", "RowRef", "RunOptions", "Source", "SourceError", "TarRef",
-    "UnreadableImage", "decode_image", "iter_shard", "open_source", "part_of_world", "read_manifest",
+    "TASKS", "TRAIN_TASKS", "Collator", "Component", "ExampleDataset", "ShardStream", "TaskMixture", "make_example", "Columns", "Record", "ResultsFile", "RowRef", "RunOptions", "Source", "SourceError", "TarRef",
+    "UnreadableImage", "decode_image", "iter_shard", "open_source", "part_of_world", "rank_and_world", "read_manifest",
     "read_rows", "read_shard_index", "run", "write_parquet",
 ]

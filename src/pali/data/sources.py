@@ -324,11 +324,11 @@ def split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def iter_shard(path: str | Path) -> Iterable[tuple[str, dict[str, bytes | TarRef]]]:
+def iter_shard(path: str | Path, *, inline: bool = False) -> Iterable[tuple[str, dict[str, bytes | TarRef]]]:
     """``(key, {extension: bytes or TarRef})`` for each sample of a shard, streamed in member order.
 
     Image members of an uncompressed shard come as a [`TarRef`][pali.data.TarRef] (read later, by
-    offset), everything else as bytes. A shard that is not a tar or ends mid-member is a
+    offset) unless ``inline`` (streaming: read as it passes), everything else as bytes. A shard that is not a tar or ends mid-member is a
     [`SourceError`][pali.data.SourceError]."""
     path = str(path)
     compressed = path.lower().endswith((".gz", ".tgz"))
@@ -344,7 +344,7 @@ def iter_shard(path: str | Path) -> Iterable[tuple[str, dict[str, bytes | TarRef
                     parts = {}
                 key = name_key
                 is_image = "." + ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS
-                if is_image and not compressed:
+                if is_image and not compressed and not inline:
                     parts[ext] = TarRef(path, member.offset_data, member.size)
                 else:
                     data = tar.extractfile(member).read()
@@ -467,23 +467,24 @@ def _hf_image(value: Any, where: str) -> str | io.BytesIO:
 # -- sharding ------------------------------------------------------------------------------------
 
 
-def part_of_world() -> tuple[int, int]:
-    """``(part, parts)`` of this process and DataLoader worker: rank x workers + worker.
+def rank_and_world() -> tuple[int, int]:
+    """This process's ``(rank, world size)``: ``torch.distributed``'s when a group is up, else
+    ``RANK``/``WORLD_SIZE`` (torchrun sets them), else ``(0, 1)``. Read it when a dataset is built,
+    in the training process: DataLoader workers see no process group."""
+    import torch.distributed as dist
 
-    The rank comes from ``torch.distributed`` when a group is up, else ``RANK``/``WORLD_SIZE``
-    (torchrun sets them); the worker from ``torch.utils.data.get_worker_info``."""
-    rank, world = 0, 1
-    try:
-        import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
-        if dist.is_available() and dist.is_initialized():
-            rank, world = dist.get_rank(), dist.get_world_size()
-        else:
-            rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    except ImportError:  # pragma: no cover  (torch is a dependency)
-        pass
+
+def part_of_world(rank_world: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``(part, parts)`` of this process and DataLoader worker: rank x workers + worker, with
+    ``rank_world`` as [`rank_and_world`][pali.data.sources.rank_and_world] gave it (default: now)
+    and the worker from ``torch.utils.data.get_worker_info``."""
     from torch.utils.data import get_worker_info
 
+    rank, world = rank_world or rank_and_world()
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
     return rank * workers + worker, world * workers
