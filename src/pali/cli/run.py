@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
     run.add_argument("--workers", type=int, default=2, metavar="N",
                      help="DataLoader processes decoding images (default: 2; 0: in this process)")
     run.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="model dtype (default: fp32)")
-    run.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
+    run.add_argument("--device", help="torch device, e.g. cuda (default: cpu; ray: cuda when the cluster has GPUs)")
     run.add_argument("--engine", choices=("local", "ray"), default="local",
                      help="local: this process + DataLoader workers; ray: a Ray Data pipeline (pali-vlm[ray])")
     run.add_argument("--actors", type=_count, default=1, metavar="N", help="ray: model actors (default: 1)")
@@ -72,9 +72,7 @@ def main(args: argparse.Namespace) -> int:
     progress = not args.quiet and sys.stderr.isatty()
     try:
         if args.engine == "ray":
-            from ..data.ray_engine import run_ray
-
-            rows = run_ray(args, options, source, done)
+            rows = _ray(args, options, source, done, progress)
         else:
             rows = _local(args, options, source, done, progress)
         batch: list[dict] = []
@@ -102,6 +100,15 @@ def _local(args, options, source, done, progress):
                labels=options.labels, prefix=options.prefix, template=options.template, **options.generate)
 
 
+def _ray(args, options, source, done, progress):
+    from ..data import run_ray
+    from ..processing.processor import PaliProcessor
+
+    processor = PaliProcessor.from_pretrained(args.model)  # plans the batches; each actor loads the model
+    return run_ray(args.model, processor, options, source, batch_size=args.batch_size, actors=args.actors,
+                   skip=done, dtype=args.dtype, device=args.device, threads=args.threads or 1, progress=progress)
+
+
 def load_model(args: argparse.Namespace):
     """Model (in ``--dtype`` on ``--device``, eval mode) and processor, through the task commands' loader."""
     import torch
@@ -110,4 +117,4 @@ def load_model(args: argparse.Namespace):
 
     pipe = load_pipeline(args)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    return pipe.model.to(device=args.device, dtype=dtype).eval(), pipe.processor
+    return pipe.model.to(device=args.device or "cpu", dtype=dtype).eval(), pipe.processor

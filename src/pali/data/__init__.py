@@ -10,6 +10,7 @@
 
 from .inference import TASKS, RunOptions, run
 from .training import TRAIN_TASKS, Collator, Component, ExampleDataset, ShardStream, TaskMixture, make_example
+from .ray_engine import run_ray
 from .results import ResultsFile, read_rows, write_parquet
 from .sources import (
     Columns,
@@ -31,5 +32,5 @@ from .sources import (
 __all__ = [
     "TASKS", "TRAIN_TASKS", "Collator", "Component", "ExampleDataset", "ShardStream", "TaskMixture", "make_example", "Columns", "Record", "ResultsFile", "RowRef", "RunOptions", "Source", "SourceError", "TarRef",
     "UnreadableImage", "decode_image", "iter_shard", "open_source", "part_of_world", "rank_and_world", "read_manifest",
-    "read_rows", "read_shard_index", "run", "write_parquet",
+    "read_rows", "read_shard_index", "run", "run_ray", "write_parquet",
 ]
