@@ -200,3 +200,13 @@ def test_a_killed_run_resumes_to_the_same_file(photos, tmp_path, suffix):
     run = subprocess.run([*command, "--out", str(cut), "--resume"], env=env, capture_output=True, text=True)
     assert run.returncode == 1, run.stderr  # the two unreadable images
     assert cut.read_bytes() == whole.read_bytes(), f"killed after {done} rows"
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_quick():
+    """benchmarks/batch_inference.py --quick: every engine's answers equal the loop's (it exits 1 otherwise)."""
+    script = SRC.parent / "benchmarks" / "batch_inference.py"
+    run = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("pali.run,") == 3 and "ANSWERS DIFFER" not in run.stdout

@@ -10,8 +10,9 @@ rows come out the same, in the same order (Ray Data's ``preserve_order``), and g
   name, on a GPU each (``num_gpus=1``) when the cluster has GPUs, else half a CPU each (a whole CPU
   per actor can starve the read tasks of a small cluster, which then never finishes).
 
-A task or actor whose worker dies is retried by Ray (``max_retries``, ``max_restarts``); the
-plan's batches are keyed by position, so a retried batch's rows are neither lost nor doubled.
+A task or actor whose worker dies is retried by Ray (Ray Data's defaults: tasks are retried, pool
+actors restarted and their batches resubmitted); rows are collected in the plan's order by the
+driver, so a retried batch's rows are neither lost nor doubled.
 On a cluster, start Ray first (``ray start --head`` / ``ray start --address=...``) and set
 ``RAY_ADDRESS``, or call ``ray.init(address=...)`` before [`run_ray`][pali.data.run_ray].
 """
@@ -26,9 +27,6 @@ from typing import Any
 from ..errors import InputError
 from .inference import RunOptions, infer, plan, prepare
 from .sources import Source
-
-RETRIES = 3
-
 
 def _ray():
     try:
@@ -105,13 +103,13 @@ def run_ray(
         return {"prepared": pickle.dumps(prepare(data, proc, batches[row["batch"]]))}
 
     data = ray.data.from_items([{"batch": i} for i in range(len(batches))], override_num_blocks=len(batches))
-    data = data.map(prepare_batch, max_retries=RETRIES)
+    data = data.map(prepare_batch)
     resources = {"num_gpus": 1} if gpus and device.startswith("cuda") else {"num_cpus": 0.5}
     data = data.map_batches(
         _Model, batch_size=1, compute=ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"model": model, "options": options, "dtype": dtype, "device": device,
                                "threads": threads},
-        max_restarts=RETRIES, max_task_retries=RETRIES, **resources,
+        **resources,
     )
     for row in data.iter_rows():
         yield json.loads(row["row"])

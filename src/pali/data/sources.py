@@ -480,7 +480,7 @@ def rank_and_world() -> tuple[int, int]:
 
 def part_of_world(rank_world: tuple[int, int] | None = None) -> tuple[int, int]:
     """``(part, parts)`` of this process and DataLoader worker: rank x workers + worker, with
-    ``rank_world`` as [`rank_and_world`][pali.data.sources.rank_and_world] gave it (default: now)
+    ``rank_world`` as [`rank_and_world`][pali.data.rank_and_world] gave it (default: now)
     and the worker from ``torch.utils.data.get_worker_info``."""
     from torch.utils.data import get_worker_info
 
