@@ -210,3 +210,35 @@ def test_the_benchmark_runs_quick():
                          env={**os.environ, "PYTHONPATH": str(SRC)})
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("pali.run,") == 3 and "ANSWERS DIFFER" not in run.stdout
+
+
+def test_help_answers_without_importing_torch():
+    code = ("import sys\nfrom pali.cli import main\ntry:\n    main(['run', '--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0\nassert 'torch' not in sys.modules, 'torch imported'\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert run.returncode == 0, run.stderr
+    assert "--resume" in run.stdout and "webdataset .tar" in run.stdout
+
+
+def test_ctrl_c_leaves_a_resumable_file(photos, tmp_path, monkeypatch, capsys):
+    import pali.data.results as results
+
+    out = tmp_path / "r.jsonl"
+    _cli("caption", photos, "--out", out, "--batch-size", "2")
+    whole = out.read_bytes()
+    out.unlink()
+    write = results.ResultsFile.write
+    calls = []
+
+    def interrupt_on_the_third_batch(self, rows):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        write(self, rows)
+
+    monkeypatch.setattr(results.ResultsFile, "write", interrupt_on_the_third_batch)
+    assert _cli("caption", photos, "--out", out, "--batch-size", "2") == 130
+    assert "interrupted with 4 results" in capsys.readouterr().err
+    monkeypatch.setattr(results.ResultsFile, "write", write)
+    _cli("caption", photos, "--out", out, "--batch-size", "2", "--resume")
+    assert out.read_bytes() == whole

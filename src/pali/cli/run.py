@@ -82,8 +82,12 @@ def main(args: argparse.Namespace) -> int:
                 out.write(batch)
                 batch = []
         out.write(batch)
-    except BaseException:
+    except KeyboardInterrupt:
         out.close(finished=False)  # every finished batch stays on disk for --resume
+        print(f"pali run: interrupted with {out.total} results in {args.out}: --resume finishes it", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
+    except BaseException:
+        out.close(finished=False)
         raise
     out.close()
     failed = f"{out.failed} failed (see their error field)" if out.failed else "none failed"
