@@ -217,7 +217,7 @@ def test_help_answers_without_importing_torch():
             "    assert e.code == 0\nassert 'torch' not in sys.modules, 'torch imported'\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
     assert run.returncode == 0, run.stderr
-    assert "--resume" in run.stdout and "webdataset .tar" in run.stdout
+    assert "--resume" in run.stdout and "--engine" in run.stdout
 
 
 def test_ctrl_c_leaves_a_resumable_file(photos, tmp_path, monkeypatch, capsys):
