@@ -165,6 +165,7 @@ def test_parquet_output(photos, tmp_path):
         (r["id"], r.get("answer"), r.get("error")) for r in expected]
     assert json.loads(table[0]["options"]) == expected[0]["options"]
     assert not list(tmp_path.glob("*.partial.jsonl"))
+    assert _cli("caption", photos, "--out", tmp_path / "r.parquet", "--resume") == 2  # nothing left to resume
 
 
 def test_a_torn_last_line_is_dropped_on_resume(photos, tmp_path):
@@ -242,3 +243,12 @@ def test_ctrl_c_leaves_a_resumable_file(photos, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(results.ResultsFile, "write", write)
     _cli("caption", photos, "--out", out, "--batch-size", "2", "--resume")
     assert out.read_bytes() == whole
+
+
+def test_a_task_the_prompt_set_cannot_word_fails_once(demo, photos):
+    from pali.processing.processor import PaliProcessor, ProcessorConfig
+
+    model, processor = demo
+    blip2 = PaliProcessor(processor.tokenizer, ProcessorConfig(**{**processor.config.to_dict(), "prompt_set": "blip2"}))
+    with pytest.raises(pali.InputError, match="blip2"):
+        list(pali.run(model, blip2, "ocr", photos))

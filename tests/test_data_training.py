@@ -170,25 +170,25 @@ def test_bad_mixtures(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_mixture_example_trains_saves_and_resumes(tmp_path):
-    import subprocess
+def test_the_mixture_example_trains_saves_and_resumes(tmp_path, capsys, monkeypatch):
     import sys
     from pathlib import Path
 
-    import pali
     from pali import PaliModel
 
-    script = Path(__file__).resolve().parents[1] / "examples" / "finetune_mixture.py"
-    env = {**__import__("os").environ, "PYTHONPATH": str(Path(pali.__file__).resolve().parents[1])}
-    command = [sys.executable, str(script), "--out", str(tmp_path / "run"), "--batch-size", "4", "--synthetic", "16"]
-    first = subprocess.run([*command, "--steps", "2"], env=env, capture_output=True, text=True)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "captions:" in first.stdout and "of the stream (weight 67%)" in first.stdout
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    import finetune_mixture
+
+    args = ["--out", str(tmp_path / "run"), "--batch-size", "4", "--synthetic", "16"]
+    assert finetune_mixture.main([*args, "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "captions:" in out and "of the stream (weight 67%)" in out
     state = json.loads((tmp_path / "run" / "final" / "mixture_state.json").read_text())
     assert state["step"] == 8
     PaliModel.from_pretrained(tmp_path / "run" / "final")
-    again = subprocess.run([*command, "--steps", "1", "--resume"], env=env, capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr[-2000:]
+    assert finetune_mixture.main([*args, "--steps", "1", "--resume"]) == 0
     assert json.loads((tmp_path / "run" / "final" / "mixture_state.json").read_text())["step"] == 12
-    bad = subprocess.run([*command, "--captions", str(tmp_path / "none.tar")], env=env, capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip() == f"finetune_mixture: error: no such shard: {tmp_path / 'none.tar'}"
+    capsys.readouterr()
+    assert finetune_mixture.main([*args, "--captions", str(tmp_path / "none.tar")]) == 2
+    assert capsys.readouterr().err.strip() == f"finetune_mixture: error: no such shard: {tmp_path / 'none.tar'}"
+    assert sys.modules["finetune_mixture"] is finetune_mixture

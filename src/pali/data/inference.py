@@ -88,6 +88,7 @@ def plan(source: Source, processor, options: RunOptions, batch_size: int) -> lis
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     head = _head(options)
+    _check_prompt_set(head, processor, options)
     columns = source.columns
     items = []
     for index, record in enumerate(source.records):
@@ -113,6 +114,14 @@ def _head(options: RunOptions):
     if options.task == "classify":
         return get_head("classify", template=options.template, length_normalize=options.length_normalize)
     return get_head(options.task)
+
+
+def _check_prompt_set(head, processor, options: RunOptions) -> None:
+    """Fail once, before any row, when the processor's prompt set cannot word this task at all
+    (BLIP-2 and OCR or detection; a caption prefix it cannot continue), rather than once per row."""
+    kwargs = {"vqa": {"question": "?", "lang": options.lang}, "detect": {"labels": ["?"]},
+              "caption": {"lang": options.lang, "prefix": options.prefix}}.get(options.task, {"lang": options.lang})
+    head.prompt(processor, **kwargs)
 
 
 def _prompt(item: Item, record: Record, head, processor, options: RunOptions, columns: Columns) -> None:
