@@ -294,10 +294,11 @@ def run(
 def _stream(model, processor, options, source, batches, workers, name, total, progress) -> Iterator[dict]:
     from tqdm.auto import tqdm
 
+    on_gpu = next(model.parameters()).device.type == "cuda"
     loader = torch.utils.data.DataLoader(
         PreparedBatches(source, processor, batches), batch_size=None, shuffle=False, num_workers=workers,
         worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
-        persistent_workers=False,
+        pin_memory=on_gpu,  # page-locked batches copy to the GPU while it works
     )
     bar = tqdm(total=total, unit="img", disable=not progress, dynamic_ncols=True, smoothing=0.1)
     try:
