@@ -252,3 +252,23 @@ def test_a_task_the_prompt_set_cannot_word_fails_once(demo, photos):
     blip2 = PaliProcessor(processor.tokenizer, ProcessorConfig(**{**processor.config.to_dict(), "prompt_set": "blip2"}))
     with pytest.raises(pali.InputError, match="blip2"):
         list(pali.run(model, blip2, "ocr", photos))
+
+
+def test_shards_and_datasets_give_the_folders_answers(demo, photos, tmp_path):
+    """The same images as a webdataset shard and a save_to_disk dataset: the same answers per id."""
+    datasets = pytest.importorskip("datasets")
+    import webdataset as wds
+
+    model, processor = demo
+    names = ["shapes1.png", "shapes2.png", "word1.png"]
+    folder = {r["id"]: r["answer"] for r in pali.run(model, processor, "caption", [str(photos / n) for n in names])}
+    with wds.TarWriter(str(tmp_path / "s.tar")) as sink:
+        for n in names:
+            sink.write({"__key__": n.split(".")[0], "png": (photos / n).read_bytes()})
+    data = datasets.Dataset.from_dict({"image": [str(photos / n) for n in names], "id": names},
+                                      features=datasets.Features({"image": datasets.Image(), "id": datasets.Value("string")}))
+    data.save_to_disk(str(tmp_path / "ds"))
+    expected = {n: folder[str(photos / n)] for n in names}
+    shard = {r["id"] + ".png": r["answer"] for r in pali.run(model, processor, "caption", tmp_path / "s.tar", workers=2)}
+    hf = {r["id"]: r["answer"] for r in pali.run(model, processor, "caption", tmp_path / "ds", workers=2)}
+    assert shard == expected and hf == expected

@@ -203,6 +203,8 @@ def test_a_dataset_saved_with_save_to_disk(tmp_path):
     assert len(open_source(tmp_path / "dd", split="test")) == 3
     with pytest.raises(SourceError, match="no 'picture' column"):
         open_source(tmp_path / "ds", Columns(image="picture"))
+    data.remove_columns(["question"]).save_to_disk(str(tmp_path / "images-only"))
+    assert [r.id for r in open_source(tmp_path / "images-only").records] == ["0", "1", "2"]
 
 
 # -- decoding --------------------------------------------------------------------------------------

@@ -442,10 +442,10 @@ def _add_hf(source: Source, data: Any, where: str, columns: Columns) -> None:
         data = data.cast_column(columns.image, _datasets().Image(decode=False))
     number = len(source.datasets)
     source.datasets.append(data)
-    meta = data.remove_columns([columns.image])
-    ids = meta[columns.id] if columns.id in names else None
-    for index, row in enumerate(meta):
-        ident = str(ids[index]) if ids is not None else str(index)
+    others = [n for n in names if n != columns.image]
+    rows = data.select_columns(others).to_list() if others else [{}] * len(data)  # no pixel read
+    for index, row in enumerate(rows):
+        ident = str(row[columns.id]) if columns.id in row else str(index)
         fields = {k: v for k, v in row.items() if k != columns.id}
         if columns.labels in fields:
             fields[columns.labels] = _labels(fields[columns.labels], f"{where}[{index}]")
