@@ -210,7 +210,7 @@ def test_the_benchmark_runs_quick():
     run = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(SRC)})
     assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.count("pali.run,") == 3 and "ANSWERS DIFFER" not in run.stdout
+    assert run.stdout.count("pali.run,") == 6 and "ANSWERS DIFFER" not in run.stdout
 
 
 def test_help_answers_without_importing_torch():
