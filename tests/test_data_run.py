@@ -272,3 +272,11 @@ def test_shards_and_datasets_give_the_folders_answers(demo, photos, tmp_path):
     shard = {r["id"] + ".png": r["answer"] for r in pali.run(model, processor, "caption", tmp_path / "s.tar", workers=2)}
     hf = {r["id"]: r["answer"] for r in pali.run(model, processor, "caption", tmp_path / "ds", workers=2)}
     assert shard == expected and hf == expected
+
+
+def test_bf16_is_recorded_and_not_mixed_with_fp32_rows(photos, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert _cli("ocr", photos / "shapes1.png", "--out", out, "--dtype", "bf16") == 0
+    assert read_rows(out)[0]["options"]["dtype"] == "bfloat16" and "answer" in read_rows(out)[0]
+    assert _cli("ocr", photos / "shapes1.png", "--out", out, "--resume") == 2
+    assert "was made by" in capsys.readouterr().err

@@ -64,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise InputError(f"--workers must be >= 0, got {args.workers}")
     options = RunOptions(args.task, args.lang, args.question, args.labels, args.prefix, args.template,
-                         generate={} if args.task == "classify" else {"max_new_tokens": args.max_new_tokens})
+                         generate={} if args.task == "classify" else {"max_new_tokens": args.max_new_tokens},
+                         dtype={"bf16": "bfloat16", "fp16": "float16"}.get(args.dtype))
     columns = Columns(args.image_column, args.id_column, args.question_column, args.prompt_column, args.labels_column)
     source = open_source(args.inputs, columns, split=args.split)  # bad inputs fail before the model loads
     out = ResultsFile(args.out, resume=args.resume, force=args.force)

@@ -51,6 +51,7 @@ class RunOptions:
     template: str | None = None
     length_normalize: bool = False
     generate: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None  # the model's, when not float32 (half precision can change answers)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -67,6 +68,8 @@ class RunOptions:
         out = {k: v for k, v in asdict(self).items() if k in keep and v not in (None, "")}
         if self.task != "classify":
             out.update(self.generate)
+        if self.dtype:
+            out["dtype"] = self.dtype
         return out
 
 
@@ -282,6 +285,8 @@ def run(
                          prefix, template, length_normalize, generate_kwargs)
     if options.lang and task != "detect":
         check_language(processor, options.lang)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    options.dtype = None if dtype == "float32" else dtype
     source = open_source(source, columns, split=split)
     name = model_name if model_name is not None else getattr(model, "name_or_path", None)
     done = set(skip)

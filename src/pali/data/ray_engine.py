@@ -83,6 +83,7 @@ def run_ray(
     ray = _ray()
     from ray.data import ActorPoolStrategy, DataContext
 
+    options.dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(dtype)  # recorded in rows, as locally
     batches = [[it for it in b if it.id not in skip] for b in plan(source, processor, options, batch_size)]
     batches = [b for b in batches if b]
     if not batches:
