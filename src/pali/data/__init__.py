@@ -30,7 +30,8 @@ from .sources import (
 )
 
 __all__ = [
-    "TASKS", "TRAIN_TASKS", "Collator", "Component", "ExampleDataset", "ShardStream", "TaskMixture", "make_example", "Columns", "Record", "ResultsFile", "RowRef", "RunOptions", "Source", "SourceError", "TarRef",
-    "UnreadableImage", "decode_image", "iter_shard", "open_source", "part_of_world", "rank_and_world", "read_manifest",
-    "read_rows", "read_shard_index", "run", "run_ray", "write_parquet",
+    "Collator", "Columns", "Component", "ExampleDataset", "Record", "ResultsFile", "RowRef", "RunOptions",
+    "ShardStream", "Source", "SourceError", "TASKS", "TRAIN_TASKS", "TarRef", "TaskMixture",
+    "UnreadableImage", "decode_image", "iter_shard", "make_example", "open_source", "part_of_world",
+    "rank_and_world", "read_manifest", "read_rows", "read_shard_index", "run", "run_ray", "write_parquet",
 ]

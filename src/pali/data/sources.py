@@ -328,7 +328,8 @@ def iter_shard(path: str | Path, *, inline: bool = False) -> Iterable[tuple[str,
     """``(key, {extension: bytes or TarRef})`` for each sample of a shard, streamed in member order.
 
     Image members of an uncompressed shard come as a [`TarRef`][pali.data.TarRef] (read later, by
-    offset) unless ``inline`` (streaming: read as it passes), everything else as bytes. A shard that is not a tar or ends mid-member is a
+    offset) unless ``inline`` (streaming: read as it passes), everything else as bytes. A shard
+    that is not a tar or ends mid-member is a
     [`SourceError`][pali.data.SourceError]."""
     path = str(path)
     compressed = path.lower().endswith((".gz", ".tgz"))
