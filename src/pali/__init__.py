@@ -36,7 +36,7 @@ _EXPORTS = {
     "GenerationConfig": "generation",
     "ImageProcessor": "processing.image",
     "PaliModel": "pretrained", "PaliOutput": "models.pali",
-    "Pipeline": "tasks.pipeline", "pipeline": "tasks.pipeline",
+    "Pipeline": "tasks.pipeline", "pipeline": "tasks.pipeline", "run": "data.inference",
     "get_config": "config.presets", "list_presets": "config.presets",
     "PaliProcessor": "processing.processor", "ProcessorConfig": "processing.processor",
     "list_connectors": "config.registry", "list_heads": "config.registry", "list_text_stacks": "config.registry",
@@ -49,7 +49,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 # Sub-packages reachable as attributes on first use (``pali.io.list_tensors`` after ``import pali``).
-_SUBPACKAGES = ("cli", "config", "convert", "generation", "hub", "io", "models", "nn", "processing", "tasks",
+_SUBPACKAGES = ("cli", "config", "convert", "data", "generation", "hub", "io", "models", "nn", "processing", "tasks",
                 "train")
 
 
@@ -106,4 +106,5 @@ if TYPE_CHECKING:  # what static checkers and IDEs see
     from .processing.image import ImageProcessor  # noqa: F401
     from .processing.processor import PaliProcessor, ProcessorConfig  # noqa: F401
     from .processing.tokenizer import Tokenizer  # noqa: F401
+    from .data.inference import run  # noqa: F401
     from .tasks.pipeline import Pipeline, pipeline  # noqa: F401
