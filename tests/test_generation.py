@@ -147,3 +147,14 @@ def test_generation_config_with_keyword_overrides(model):
     assert torch.equal(overridden, model.generate(px, ids, mask, max_new_tokens=6, num_beams=2, eos_token_id=-1))
     with pytest.raises(InputError, match="unknown generation option.*'max_length'"):
         model.generate(px, ids, mask, generation_config=cfg, max_length=6)
+
+
+def test_generation_after_inference_mode_runs_under_no_grad(model):
+    """``pali.run`` generates under ``torch.inference_mode``; a later ``generate`` in the same
+    process, under ``no_grad`` (the pipeline's), must not write into the inference-mode buffers."""
+    px, ids, mask, _ = _prompts()
+    with torch.inference_mode():
+        first = model.generate(px, ids, mask, max_new_tokens=6)
+    with torch.no_grad():
+        second = model.generate(px, ids, mask, max_new_tokens=6)
+    assert torch.equal(first, second)

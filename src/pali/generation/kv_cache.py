@@ -37,11 +37,14 @@ class KVCache(nn.Module):
     def allocate(self, layers: int, batch: int, heads: int, max_len: int, head_dim: int, *, dtype, device) -> None:
         """Buffers for ``max_len`` positions, reusing the current ones when they already fit.
 
-        Reused slots need no clearing: a step never attends to a slot it has not written.
+        Reused slots need no clearing: a step never attends to a slot it has not written. Buffers
+        made under ``torch.inference_mode`` (``pali.run``) cannot be written outside it, so a later
+        generation under ``no_grad`` gets new ones.
         """
         shape = (layers, batch, heads, max_len, head_dim)
         k = self.k
-        if k is None or tuple(k.shape) != shape or k.dtype != dtype or k.device != torch.device(device):
+        stale = k is None or (k.is_inference() and not torch.is_inference_mode_enabled())
+        if stale or tuple(k.shape) != shape or k.dtype != dtype or k.device != torch.device(device):
             self.k = torch.zeros(shape, dtype=dtype, device=device)
             self.v = torch.zeros_like(self.k)
 
