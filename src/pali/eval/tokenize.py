@@ -7,8 +7,8 @@ written without spaces.
 rules were learned by running the real tokenizer on many strings (``tests/test_eval_tokenize.py``
 compares the two wherever ``java`` is installed). What it does, in the order it matters:
 
-- lower-case everything; drop characters outside the Basic Multilingual Plane (emoji: the Java
-  lexer calls them "untokenizable" and skips them); ``€`` reads ``$``, ``£`` ``#``, ``½`` ``1/2``;
+- lower-case everything; drop characters outside the Basic Multilingual Plane (emoji) and CJK
+  corner brackets (the Java lexer calls them "untokenizable" and skips them); ``€`` reads ``$``, ``£`` ``#``, ``½`` ``1/2``;
 - split off punctuation and symbols (``, ; : ? ! . " ' `` ( ) [ ] { } $ % & # * / + = < >``...),
   keep runs of ``?``/``!`` (``?!``, ``!!``) as one token, brackets as ``-lrb-``/``-rrb-``/``-lsb-``/
   ``-rsb-``/``-lcb-``/``-rcb-`` (the wrapper's list names them upper-case, so after ``-lowerCase``
@@ -50,7 +50,8 @@ _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-
 _SAME_AS = {"€": "$", "£": "#", "½": "1/2", "…": "...", "–": "--", "—": "--"}
 # Characters that never belong to a word: everything else that is not a space does (letters of
 # every script, their combining marks, digits).
-_PUNCT = r""".,;:!?"'`()\[\]{}<>$%&#*/\\+=~^|@\-“”„‘’‚«»‹›…–—€£¥½°±×÷¿¡•·→★©™"""
+_PUNCT = r""".,;:!?"'`()\[\]{}<>$%&#*/\\+=~^|@\-“”„‘’‚«»‹›…–—€£¥½°±×÷¿¡•·→★©™。、，！？：；（）"""
+_UNTOKENIZABLE = re.compile("[\U00010000-\U0010FFFF「」『』]")  # the lexer warns and skips these
 _W = rf"[^\s{_PUNCT}]"  # a word character
 
 _TOKEN = re.compile(
@@ -78,7 +79,7 @@ _TOKEN = re.compile(
 
 def _normalize(text: str) -> str:
     """What the lexer does to the characters before tokenizing (beyond lower-casing)."""
-    text = "".join(c for c in text if ord(c) <= 0xFFFF)  # astral characters: "untokenizable", skipped
+    text = _UNTOKENIZABLE.sub(" ", text)  # skipped, but still a token boundary
     return text.replace("’", "'").replace("‘", "`")
 
 
