@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .common import _positive
+from .common import positive
 
 METRICS = ("captions", "vqa", "anls", "ocr", "classify")
 
@@ -86,23 +86,28 @@ def _common(p: argparse.ArgumentParser, predictions: str | None, model: bool = T
         g = p.add_argument_group("running a model first")
         g.add_argument("--model", help="bundled model name, checkpoint folder or Hub repo id: predict first")
         g.add_argument("--images", help="folder of the benchmark's images (with --model)")
-        g.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="images per batch (default: 8)")
-        g.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for torch")
-        g.add_argument("--max-new-tokens", type=_positive, default=32, metavar="N", help="longest output (default: 32)")
+        g.add_argument("--batch-size", type=positive, default=8, metavar="N", help="images per batch (default: 8)")
+        g.add_argument("--threads", type=positive, metavar="N", help="CPU threads for torch")
+        g.add_argument("--max-new-tokens", type=positive, default=32, metavar="N", help="longest output (default: 32)")
         g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 # -- running a model ------------------------------------------------------------------------------
 
 
-def _run_model(args, requests, existing: dict, save) -> dict:
-    """Predictions for every request, starting from ``existing`` (a resumed run)."""
+def _images(args) -> str:
     from ..errors import InputError
-    from ..eval.predict import predict
-    from .common import load_pipeline
 
     if not args.images:
         raise InputError("--model needs --images: the folder holding the benchmark's images")
+    return args.images
+
+
+def _run_model(args, requests, existing: dict, save) -> dict:
+    """Predictions for every request, starting from ``existing`` (a resumed run)."""
+    from ..eval.predict import predict
+    from .common import load_pipeline
+
     pipe = load_pipeline(args)
     return predict(pipe, requests, batch_size=args.batch_size, done=existing, save=save,
                    progress=not args.no_progress)
@@ -162,7 +167,7 @@ def run_captions(args) -> int:
     refs = read_caption_references(args.references, args.split)
     path = Path(args.predictions)
     if args.model:
-        images = find_images(args.images or ".", refs.captions, refs.images)
+        images = find_images(_images(args), refs.captions, refs.images)
         requests = [Request(k, images[k], "caption", {"lang": args.lang}) for k in refs.captions]
         save = lambda done: _write_json(path, [{"image_id": k, "caption": v} for k, v in done.items()])  # noqa: E731
         predictions = _run_model(args, requests, _existing(path, read_caption_results), save)
@@ -185,7 +190,7 @@ def run_vqa(args) -> int:
         if unasked:
             raise InputError(f"--model: {len(unasked)} questions have no text; give the questions file (--questions)")
         image_of = {k: refs.questions[k][0] for k in refs.annotations}
-        found = find_images(args.images or ".", set(image_of.values()),
+        found = find_images(_images(args), set(image_of.values()),
                             {v: v for v in image_of.values() if isinstance(v, str)})
         requests = [Request(k, found[image_of[k]], "vqa", {"question": refs.questions[k][1], "lang": args.lang})
                     for k in refs.annotations]
@@ -215,7 +220,7 @@ def run_xm3600(args) -> int:
     if args.model:
         langs = languages or sorted(refs)
         keys = sorted({k for lang in langs for k in refs[lang]}, key=str)
-        images = find_images(args.images or ".", keys, {k: f"{k}.jpg" for k in keys})
+        images = find_images(_images(args), keys, {k: f"{k}.jpg" for k in keys})
         requests = [Request((lang, k), images[k], "caption", {"lang": lang}) for lang in langs for k in refs[lang]]
         previous = {(lang, k): v for lang, d in _existing(path, read_language_predictions).items() for k, v in d.items()}
         save = lambda done: _write_json(  # noqa: E731
@@ -255,7 +260,7 @@ def run_ocr(args) -> int:
         raise AnnotationFormatError(f"{args.references}: field 'text' should be a string (ids {bad[:5]})")
     path = Path(args.predictions)
     if args.model:
-        images = find_images(args.images or ".", refs.references, refs.images)
+        images = find_images(_images(args), refs.references, refs.images)
         requests = [Request(k, images[k], "ocr", {"lang": args.lang}) for k in refs.references]
         save = lambda done: _write_json(path, [{"id": k, "prediction": v} for k, v in done.items()], lines=True)  # noqa: E731
         predictions = _run_model(args, requests, _existing(path, read_jsonl_predictions), save)

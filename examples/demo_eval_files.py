@@ -1,0 +1,73 @@
+"""Write the bundled demo model's held-out set as benchmark files, for ``pali eval``.
+
+The examples are the ones ``train_synthetic.evaluate`` draws (same seed, same order: 100 per
+caption language, then 100 per VQA language...), saved in the formats the official scorers read:
+
+- ``images/<id>.png``;
+- ``captions_<lang>.json``: COCO captions (``images`` + ``annotations``), one reference each;
+- ``xm3600_captions.jsonl``: the same captions in Crossmodal-3600's layout, every language;
+- ``vqa_<lang>_questions.json`` / ``vqa_<lang>_annotations.json``: VQAv2's layout, the one true
+  answer given by all ten "annotators" (so VQA accuracy is exact match, as the card's).
+
+    python examples/demo_eval_files.py --out /tmp/demo-eval
+    pali eval captions --model pali-demo --images /tmp/demo-eval/images \\
+        --references /tmp/demo-eval/captions_en.json --predictions /tmp/demo-eval/captions_en_results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+import random
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import synthetic  # noqa: E402
+
+EVAL_SEED = 12345  # the bundled model card's evaluation seed (evaluation.json: training.eval_seed)
+
+
+def write(out: Path, seed: int = EVAL_SEED, per_cell: int = 100) -> None:
+    rng = random.Random(seed)
+    cells = [("caption", lang) for lang in synthetic.LANGS] + [("vqa", lang) for lang in synthetic.LANGS]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    xm3600 = []
+    for task, lang in cells:
+        examples = [synthetic.make_example(rng, task, lang) for _ in range(per_cell)]
+        images, annotations, questions = [], [], []
+        for n, example in enumerate(examples):
+            key = f"{task}-{lang}-{n:04d}"
+            example.image.save(out / "images" / f"{key}.png")
+            number = len(images) + 1
+            images.append({"id": number, "file_name": f"{key}.png"})
+            if task == "caption":
+                annotations.append({"id": number, "image_id": number, "caption": example.target})
+                xm3600.append({"image/key": key, lang: {"caption": [example.target]}})
+            else:
+                questions.append({"question_id": number, "image_id": key, "question": example.prompt_args["question"]})
+                annotations.append({"question_id": number, "image_id": key, "question_type": "synthetic",
+                                    "answer_type": "other", "answers": [
+                                        {"answer": example.target, "answer_id": i + 1} for i in range(10)]})
+        if task == "caption":
+            (out / f"captions_{lang}.json").write_text(json.dumps({"images": images, "annotations": annotations},
+                                                                  ensure_ascii=False))
+        else:
+            (out / f"vqa_{lang}_questions.json").write_text(json.dumps({"questions": questions}, ensure_ascii=False))
+            (out / f"vqa_{lang}_annotations.json").write_text(json.dumps({"annotations": annotations},
+                                                                         ensure_ascii=False))
+    (out / "xm3600_captions.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in xm3600))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the files into")
+    parser.add_argument("--seed", type=int, default=EVAL_SEED)
+    parser.add_argument("--per-cell", type=int, default=100, help="examples per task and language (default: 100)")
+    args = parser.parse_args(argv)
+    write(args.out, args.seed, args.per_cell)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
