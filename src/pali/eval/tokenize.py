@@ -67,7 +67,7 @@ _TOKEN = re.compile(
     | (?<![^\s(\[{{])[-+]\d+(?:[.,:/]\d+)*                      # a signed number after a space
     | \d+(?:[.,:/]\d+)+                                        # 1,000 3.5 10:30 3/4
     | (?:[A-Za-z]\.){{2,}} | [A-Za-z]\.[A-Za-z]\b               # u.s. p.m. e.g
-    | \b(?i:{_ABBREVIATIONS})\. | \bMass\. | \b(?i:no)\.(?=\s*\d)
+    | \b(?i:{_ABBREVIATIONS})\. | \bMass\.
     | @{_W}+                                                   # @home
     | {_W}+(?:(?:[-./_!?]|'(?!(?i:s|m|d|re|ve|ll|t|n)\b))(?={_W}){_W}+)*   # words, inner joiners kept
     | [?!]+ | \.\.+ | -+                                       # runs
@@ -83,6 +83,11 @@ def _normalize(text: str) -> str:
     return text.replace("’", "'").replace("‘", "`")
 
 
+_SPLIT_WORDS = frozenset({"cannot", "gonna", "wanna", "gotta", "lemme", "gimme"})
+_KEEPS_PERIOD = frozenset(_ABBREVIATIONS.split("|")) | {"mass", "no"}
+_SIMPLE_CHUNK = re.compile(r"([A-Za-z0-9]+)([,.;:!?]?)")
+
+
 @functools.lru_cache(maxsize=65536)
 def ptb_tokenize(caption: str) -> str:
     """One caption as pycocoevalcap's ``PTBTokenizer`` returns it: lower-cased tokens, joined
@@ -91,18 +96,29 @@ def ptb_tokenize(caption: str) -> str:
     >>> ptb_tokenize("A man's dog isn't happy, (really)!")
     "a man 's dog is n't happy -lrb- really -rrb-"
     """
+    # Chunk by chunk: no token spans white space, and most chunks are a plain word.
+    chunks = _normalize(caption.replace("\n", " ")).split()
     tokens = []
-    for token in _TOKEN.findall(_normalize(caption.replace("\n", " "))):
-        token = _BRACKETS.get(token) or _SAME_AS.get(token) or token
-        if token[0] in _QUOTES and len(token) == 1:
+    for n, chunk in enumerate(chunks):
+        word = _SIMPLE_CHUNK.fullmatch(chunk)
+        if word is not None and word[1].lower() not in _SPLIT_WORDS and (
+                word[2] != "." or (word[1].lower() not in _KEEPS_PERIOD and len(word[1]) > 1)):
+            tokens.append(word[1].lower())  # a plain word, maybe with a , . ; : ! or ? to drop
             continue
-        if token.startswith(".."):
-            token = "..."
-        elif token.startswith("--") or token in "--":
-            token = "--" if len(token) > 1 else "-"
-        token = token.lower()
-        if token not in REMOVED:
-            tokens.append(token)
+        if chunk.lower() == "no." and n + 1 < len(chunks) and chunks[n + 1][0].isdigit():
+            tokens.append("no.")  # "No. 5": the lexer keeps the period before a number
+            continue
+        for token in _TOKEN.findall(chunk):
+            token = _BRACKETS.get(token) or _SAME_AS.get(token) or token
+            if token[0] in _QUOTES and len(token) == 1:
+                continue
+            if token.startswith(".."):
+                token = "..."
+            elif token.startswith("--") or token in "--":
+                token = "--" if len(token) > 1 else "-"
+            token = token.lower()
+            if token not in REMOVED:
+                tokens.append(token)
     return " ".join(tokens)
 
 
