@@ -10,7 +10,7 @@ prediction per image, written as a COCO ``captions_*.json`` and a COCO results f
 
 interleaved rep by rep, and checks that both give the same six numbers (exits non-zero otherwise).
 
-    python benchmarks/eval_speed.py                 # 5,000 x 5, 3 reps, writes benchmarks/results/
+    python benchmarks/eval_speed.py --reps 5        # 5,000 x 5, writes benchmarks/results/
     python benchmarks/eval_speed.py --quick         # 200 images, 1 rep (tests run this)
 """
 
@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import io
 import json
+import os
 import platform
 from pathlib import Path
 import random
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "eval_speed", "device": f"CPU: {platform.processor() or platform.machine()}", "date": today,
             "command": "python benchmarks/eval_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "versions": {"pycocoevalcap": version("pycocoevalcap"), "python": platform.python_version()},
+            "load_average_1min": round(os.getloadavg()[0], 2),  # the machine is shared: how busy it was
             "images": args.images, "references_per_image": args.refs, "reps": args.reps,
             "ours_s": round(best["ours"], 3), "theirs_s": round(best["theirs"], 3), "ratio": round(ratio, 3),
             "metrics": mine,
