@@ -62,6 +62,8 @@ def test_duplicate_predictions(tmp_path):
     (json.dumps({"images": [{"id": 1}], "annotations": [{"image_id": 1}]}), r"annotations\[0\]: missing field 'caption'"),
     (json.dumps({"images": [{"id": 1}], "annotations": [{"image_id": 1, "caption": 5}]}), "field 'caption' should be str"),
     (json.dumps({"images": "x"}), "expected an object with a 'images' list"),
+    (json.dumps({"images": [{"id": 1}, {"id": 2}], "annotations": [{"image_id": 1, "caption": "a"}]}),
+     r"1 id \(2\) are listed in 'images' with no caption"),
 ])
 def test_malformed_caption_annotations(tmp_path, content, match):
     (tmp_path / "a.json").write_text(content)

@@ -1,6 +1,6 @@
 """What can be wrong with the files an evaluation reads, each its own error naming ids or fields.
 
-All derive from [`pali.InputError`][pali.InputError] (so from ``ValueError`` too): the ``pali``
+All derive from ``pali.InputError`` (so from ``ValueError`` too): the ``pali``
 command prints them as one line and exits with code 2.
 """
 

@@ -2,8 +2,8 @@
 
 Each reader returns plain ``{id: ...}`` mappings for the metric functions, plus what running a
 model needs (image file names, questions). Every malformed entry is an
-[`AnnotationFormatError`][pali.eval.AnnotationFormatError] naming the file, the entry and the field;
-two predictions for one id are a [`DuplicateIdsError`][pali.eval.DuplicateIdsError].
+``AnnotationFormatError`` naming the file, the entry and the field;
+two predictions for one id are a ``DuplicateIdsError``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import AnnotationFormatError, DuplicateIdsError
+from .errors import AnnotationFormatError, DuplicateIdsError, show_ids
 from .ids import unique
 from .vqa import VqaAnnotation
 
@@ -102,9 +102,9 @@ def read_caption_references(path: str | Path, split: str | None = "test") -> Cap
             key = field_of(ann, "image_id", ID, where)
             captions.setdefault(key, []).append(field_of(ann, "caption", str, where))
         empty = [k for k, v in captions.items() if not v]
-        if empty:  # an image listed without captions has nothing to be scored against
-            for k in empty:
-                del captions[k]
+        if empty:  # nothing to score them against: an image-info file, or a truncated one
+            raise AnnotationFormatError(f"{path}: {show_ids(empty)} are listed in 'images' with no caption in "
+                                        "'annotations'")
         return CaptionReferences(captions, files)
     captions, files = {}, {}
     for n, image in enumerate(images):

@@ -1,7 +1,7 @@
 """Run a model over an evaluation set, in batches, resumable: the one place ``pali eval --model``
 turns images into predictions (swap it for a batch runner without touching the scorers).
 
-``predict`` takes a [`pali.Pipeline`][pali.Pipeline] and ``Request``s (id, image file, task and
+``predict`` takes a ``pali.Pipeline`` and ``Request``s (id, image file, task and
 its prompt arguments), skips the ids already in ``done`` (a previous, interrupted run), and calls
 ``save`` with everything predicted so far after each batch (at most every ``save_every`` seconds,
 and at the end), so a killed run loses one batch at most.
