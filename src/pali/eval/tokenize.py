@@ -8,7 +8,8 @@ rules were learned by running the real tokenizer on many strings (``tests/test_e
 compares the two wherever ``java`` is installed). What it does, in the order it matters:
 
 - lower-case everything; drop characters outside the Basic Multilingual Plane (emoji) and CJK
-  corner brackets (the Java lexer calls them "untokenizable" and skips them); ``€`` reads ``$``, ``£`` ``#``, ``½`` ``1/2``;
+  corner brackets (the Java lexer calls them "untokenizable" and skips them); ``€`` reads ``$``,
+  ``£`` ``#``, ``½`` ``1/2``;
 - split off punctuation and symbols (``, ; : ? ! . " ' `` ( ) [ ] { } $ % & # * / + = < >``...),
   keep runs of ``?``/``!`` (``?!``, ``!!``) as one token, brackets as ``-lrb-``/``-rrb-``/``-lsb-``/
   ``-rsb-``/``-lcb-``/``-rcb-`` (the wrapper's list names them upper-case, so after ``-lowerCase``
@@ -19,11 +20,13 @@ compares the two wherever ``java`` is installed). What it does, in the order it 
   ``I'm``, ``we'll``...) and ``cannot``/``gonna``/``wanna``/``gotta``/``lemme``/``gimme``;
 - keep the period of the abbreviations the lexer knows (``mr.``, ``dr.``, ``st.``, ``etc.``,
   months...; single letters with periods such as ``p.m.``), split it off other words;
+- keep a single letter's period (``j. smith``) unless a word the lexer takes for a sentence start
+  follows (``plan b. The``); join ``1 1/2`` into one token with a no-break space, as the lexer does;
 - remove the tokens ``'' ' `` ` . ? ! , : - -- ... ;`` (the wrapper's list) and join with spaces.
 
 Where it differs from the Java lexer (rare in captions; docs/evaluation.md lists them):
-abbreviations outside the list above (US states...), ``'n'``/``'tis``-style archaic clitics, HTML
-tags, and the lexer's guesses that depend on a following capital letter.
+abbreviations outside the list above (US states...), HTML tags, glued operators (``c=d``) and a
+few of the lexer's other guesses about sentence ends.
 """
 
 from __future__ import annotations
@@ -62,13 +65,14 @@ _TOKEN = re.compile(
     | {_W}+?(?=(?i:n't)\b)                                     # do|n't, ca|n't, wo|n't
     | (?i:n't)\b
     | '(?i:s|m|d|re|ve|ll)\b                                   # 's 'm 'd 're 've 'll
-    | '(?i:em|cause)\b | '\d0s\b | (?i:y')(?={_W}) | '(?i:t)(?=(?i:is|was)\b)
+    | '(?i:em|cause)\b | (?<!')'\d0s\b | (?i:y')(?={_W}) | '(?i:t)(?=(?i:is|was)\b)
     | '(?i:n)'(?={_W}) | '(?i:n)\b                              # rock 'n' roll, more 'n
     | (?<![^\s(\[{{])[-+]\d+(?:[.,:/]\d+)*                      # a signed number after a space
+    | \d+\xa0\d+/\d+                                             # 1 1/2 (see _chunks)
     | \d+(?:[.,:/]\d+)+                                        # 1,000 3.5 10:30 3/4
     | (?:[A-Za-z]\.){{2,}} | [A-Za-z]\.[A-Za-z]\b               # u.s. p.m. e.g
-    | \b(?i:{_ABBREVIATIONS})\. | \bMass\.
-    | @{_W}+                                                   # @home
+    | \b(?i:{_ABBREVIATIONS})\. | \bMass\. | \b[A-Za-z]\.          # mr. etc. J. (an initial)
+    | [#@][^\W\d_][A-Za-z0-9_]*                                # #hashtag @home (not #1: "# 1")
     | {_W}+(?:(?:[-./_!?]|'(?!(?i:s|m|d|re|ve|ll|t|n)\b))(?={_W}){_W}+)*   # words, inner joiners kept
     | [?!]+ | \.\.+ | -+                                       # runs
     | \S                                                       # any other symbol, one by one
@@ -88,6 +92,37 @@ _KEEPS_PERIOD = frozenset(_ABBREVIATIONS.split("|")) | {"mass", "no"}
 _SIMPLE_CHUNK = re.compile(r"([A-Za-z0-9]+)([,.;:!?]?)")
 
 
+_INITIAL = re.compile(r"[A-Za-z]\.")
+
+
+# After a single letter and a period, these capitalised words make the lexer split the period off
+# as a sentence end ("plan B. The dog"); any other word keeps the initial ("J. Smith"). Probed.
+_SENTENCE_STARTS = frozenset(
+    "A An As At After But He Her Here If In It Many Now One Our She So Some That The Then There These They This "
+    "We What When While You".split())
+
+
+def _ends_sentence(chunks: list[str], n: int) -> bool:
+    """Whether the lexer reads the period after a single letter in chunk ``n`` as a sentence end."""
+    return n + 1 < len(chunks) and chunks[n + 1] in _SENTENCE_STARTS
+
+
+_WHOLE_END = re.compile(r"(?:^|[^\w.,:/])\d+$")
+_FRACTION = re.compile(r"\d+/\d+(?![\w/])")
+
+
+def _chunks(text: str) -> list[str]:
+    """White-space separated chunks, with "1 1/2" as one (the lexer joins a whole number and a
+    fraction with a no-break space, U+00A0, into one token)."""
+    chunks: list[str] = []
+    for chunk in text.split():
+        if chunks and _FRACTION.match(chunk) and _WHOLE_END.search(chunks[-1]):
+            chunks[-1] += "\xa0" + chunk
+        else:
+            chunks.append(chunk)
+    return chunks
+
+
 @functools.lru_cache(maxsize=65536)
 def ptb_tokenize(caption: str) -> str:
     """One caption as pycocoevalcap's ``PTBTokenizer`` returns it: lower-cased tokens, joined
@@ -97,7 +132,7 @@ def ptb_tokenize(caption: str) -> str:
     "a man 's dog is n't happy -lrb- really -rrb-"
     """
     # Chunk by chunk: no token spans white space, and most chunks are a plain word.
-    chunks = _normalize(caption.replace("\n", " ")).split()
+    chunks = _chunks(_normalize(caption.replace("\n", " ")))
     tokens = []
     for n, chunk in enumerate(chunks):
         word = _SIMPLE_CHUNK.fullmatch(chunk)
@@ -108,7 +143,10 @@ def ptb_tokenize(caption: str) -> str:
         if chunk.lower() == "no." and n + 1 < len(chunks) and chunks[n + 1][0].isdigit():
             tokens.append("no.")  # "No. 5": the lexer keeps the period before a number
             continue
-        for token in _TOKEN.findall(chunk):
+        found = _TOKEN.findall(chunk)
+        if found and _INITIAL.fullmatch(found[-1]) and chunk.endswith(found[-1]) and _ends_sentence(chunks, n):
+            found[-1:] = [found[-1][0], "."]  # "J. Smith" keeps its initial, "plan B. Then" ends a sentence
+        for token in found:
             token = _BRACKETS.get(token) or _SAME_AS.get(token) or token
             if token[0] in _QUOTES and len(token) == 1:
                 continue
