@@ -8,6 +8,8 @@ caption language, then 100 per VQA language...), saved in the formats the offici
 - ``xm3600_captions.jsonl``: the same captions in Crossmodal-3600's layout, every language;
 - ``vqa_<lang>_questions.json`` / ``vqa_<lang>_annotations.json``: VQAv2's layout, the one true
   answer given by all ten "annotators" (so VQA accuracy is exact match, as the card's).
+- ``ocr.jsonl``: ``{"id", "text", "image"}`` for ``pali eval ocr``;
+- ``detect_instances.json``: COCO instances, the shape each detection example asks for.
 
     python examples/demo_eval_files.py --out /tmp/demo-eval
     pali eval captions --model pali-demo --images /tmp/demo-eval/images \\
@@ -31,6 +33,7 @@ EVAL_SEED = 12345  # the bundled model card's evaluation seed (evaluation.json: 
 def write(out: Path, seed: int = EVAL_SEED, per_cell: int = 100) -> None:
     rng = random.Random(seed)
     cells = [("caption", lang) for lang in synthetic.LANGS] + [("vqa", lang) for lang in synthetic.LANGS]
+    cells += [("detect", "en"), ("ocr", "en")]
     (out / "images").mkdir(parents=True, exist_ok=True)
     xm3600 = []
     for task, lang in cells:
@@ -41,7 +44,14 @@ def write(out: Path, seed: int = EVAL_SEED, per_cell: int = 100) -> None:
             example.image.save(out / "images" / f"{key}.png")
             number = len(images) + 1
             images.append({"id": number, "file_name": f"{key}.png"})
-            if task == "caption":
+            if task == "ocr":
+                annotations.append({"id": key, "text": example.target, "image": f"{key}.png"})
+            elif task == "detect":
+                shape = next(s for s in example.shapes if s.kind == example.prompt_args["label"])
+                x0, y0, x1, y1 = shape.box
+                annotations.append({"id": number, "image_id": number, "category_id": synthetic.SHAPES.index(shape.kind) + 1,
+                                    "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+            elif task == "caption":
                 annotations.append({"id": number, "image_id": number, "caption": example.target})
                 xm3600.append({"image/key": key, lang: {"caption": [example.target]}})
             else:
@@ -49,7 +59,13 @@ def write(out: Path, seed: int = EVAL_SEED, per_cell: int = 100) -> None:
                 annotations.append({"question_id": number, "image_id": key, "question_type": "synthetic",
                                     "answer_type": "other", "answers": [
                                         {"answer": example.target, "answer_id": i + 1} for i in range(10)]})
-        if task == "caption":
+        if task == "ocr":
+            (out / "ocr.jsonl").write_text("".join(json.dumps(a) + "\n" for a in annotations))
+        elif task == "detect":
+            categories = [{"id": n + 1, "name": name} for n, name in enumerate(synthetic.SHAPES)]
+            (out / "detect_instances.json").write_text(json.dumps(
+                {"images": images, "annotations": annotations, "categories": categories}))
+        elif task == "caption":
             (out / f"captions_{lang}.json").write_text(json.dumps({"images": images, "annotations": annotations},
                                                                   ensure_ascii=False))
         else:

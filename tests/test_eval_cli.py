@@ -90,3 +90,20 @@ def test_model_without_images_is_an_error(demo_files, tmp_path, capsys):
     assert main(["eval", "captions", "--model", "pali-demo", "--references", str(demo_files / "captions_en.json"),
                  "--predictions", str(tmp_path / "p.json")]) == 2
     assert "--model needs --images" in capsys.readouterr().err
+
+
+def test_model_on_ocr_and_detection(demo_files, tmp_path, capsys):
+    common = ["--model", "pali-demo", "--images", str(demo_files / "images"), "--no-progress"]
+    out = _json(capsys, ["eval", "ocr", *common, "--references", str(demo_files / "ocr.jsonl"),
+                         "--predictions", str(tmp_path / "ocr.jsonl")])
+    assert set(out) == {"exact_match", "CER", "ANLS"}
+    assert len((tmp_path / "ocr.jsonl").read_text().splitlines()) == 3
+    out = _json(capsys, ["eval", "detect", *common, "--references", str(demo_files / "detect_instances.json"),
+                         "--predictions", str(tmp_path / "detections.json")])
+    assert set(out) == {"mAP@0.5", "mAP", "mean_IoU"} and 0 <= out["mean_IoU"] <= 1
+    saved = json.loads((tmp_path / "detections.json").read_text())
+    assert all({"image_id", "category_id", "bbox", "score"} == set(r) for r in saved)
+    # re-scored from the saved COCO results without the model: the same numbers
+    again = _json(capsys, ["eval", "detect", "--references", str(demo_files / "detect_instances.json"),
+                           "--predictions", str(tmp_path / "detections.json")])
+    assert again == out

@@ -9,8 +9,9 @@ import json
 import pytest
 
 from pali.cli import main
-from pali.eval import anls, box_iou, classification_accuracy, detection_metrics, ocr_metrics, xm3600_metrics
+from pali.eval import anls, classification_accuracy, detection_metrics, ocr_metrics, xm3600_metrics
 from pali.eval.formats import read_xm3600_references
+from pali.tasks.heads.detect import box_iou
 
 
 def test_anls():
@@ -30,12 +31,6 @@ def test_classification_top_k():
     out = classification_accuracy({1: ["cat", "dog"], 2: ["a", "b", "c", "d", "e", "bird"], 3: "fish"},
                                   {1: "dog", 2: "bird", 3: "fish"})
     assert out == {"top1": pytest.approx(1 / 3), "top5": pytest.approx(2 / 3)}
-
-
-def test_box_iou():
-    assert box_iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
-    assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
-    assert box_iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0
 
 
 def test_detection_equals_cocoeval_on_the_coco_files(tmp_path, capsys):

@@ -63,7 +63,7 @@ def add_parser(sub) -> None:
 
     d = kinds.add_parser("detect", help="detection mAP@0.5 (pycocotools) and mean IoU")
     d.add_argument("--references", required=True, help="COCO instances_*.json")
-    _common(d, "COCO detection results [{\"image_id\", \"category_id\", \"bbox\", \"score\"}]", model=False)
+    _common(d, "COCO detection results [{\"image_id\", \"category_id\", \"bbox\", \"score\"}]")
     d.set_defaults(func=run_detect)
 
     j = kinds.add_parser("jsonl", help="any metric over one JSONL of {\"id\", \"prediction\", \"references\"}")
@@ -276,15 +276,34 @@ def run_ocr(args) -> int:
 
 def run_detect(args) -> int:
     from ..eval.detection import score_detection
-    from ..eval.formats import read_coco_detection
     from ..eval.errors import UnknownIdsError, show_ids
+    from ..eval.formats import read_coco_detection
+    from ..eval.predict import Request, find_images
 
-    found, truth, _ = read_coco_detection(args.references, args.predictions)
+    path = Path(args.predictions)
+    found, truth, files, categories = read_coco_detection(args.references, path if path.is_file() else None)
+    if args.model:
+        # Each image is asked for the classes it holds (PaLI's "detect cat ; dog" prompt), as the
+        # demo's evaluation does; a COCO-wide protocol would ask for every class.
+        images = find_images(_images(args), truth, files)
+        requests = [Request(k, images[k], "detect", {"labels": sorted({b["label"] for b in truth[k]})})
+                    for k in truth if truth[k]]
+        ids = {name: i for i, name in categories.items()}
+
+        def save(done):
+            rows = [{"image_id": k, "category_id": ids[b["label"]], "score": 1.0,
+                     "bbox": [b["box"][0], b["box"][1], b["box"][2] - b["box"][0], b["box"][3] - b["box"][1]]}
+                    for k, boxes in done.items() for b in boxes if b["label"] in ids]
+            _write_json(path, rows)
+
+        found = _run_model(args, requests, found, save)
+    elif not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     unknown = [k for k in found if k not in truth]
     if unknown:
         raise UnknownIdsError(f"{args.predictions}: {show_ids(unknown)} are not among the references' images")
     # COCO results list only the boxes found: an image without a line had no detection, as COCOeval reads it.
-    predictions = {k: found.get(k, []) for k in truth}
+    predictions = {k: [b for b in found.get(k, []) if b["label"] in categories.values()] for k in truth}
     return _report(args, score_detection(predictions, truth, allow_partial=args.allow_partial))
 
 

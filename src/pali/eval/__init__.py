@@ -16,7 +16,7 @@ scores. See docs/evaluation.md.
 
 from .captions import CAPTION_KEYS, caption_metrics, score_captions
 from .classification import classification_accuracy, score_classification
-from .detection import box_iou, detection_metrics, score_detection
+from .detection import detection_metrics, score_detection
 from .errors import (
     AnnotationFormatError,
     DuplicateIdsError,
@@ -34,7 +34,7 @@ from .xm3600 import score_xm3600, xm3600_metrics
 
 __all__ = [
     "CAPTION_KEYS", "AnnotationFormatError", "Coverage", "DuplicateIdsError", "EvalInputError", "EvalResult",
-    "MissingExtraError", "MissingPredictionsError", "UnknownIdsError", "VqaAnnotation", "anls", "box_iou",
+    "MissingExtraError", "MissingPredictionsError", "UnknownIdsError", "VqaAnnotation", "anls",
     "caption_metrics", "classification_accuracy", "detection_metrics", "levenshtein", "normalize_answer",
     "ocr_metrics", "ptb_tokenize", "score_anls", "score_captions", "score_classification", "score_detection",
     "score_ocr", "score_vqa", "score_xm3600", "segment_characters", "vqa_accuracy", "xm3600_metrics",

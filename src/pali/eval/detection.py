@@ -19,15 +19,6 @@ from .result import EvalResult
 Box = Mapping[str, Any]  # {"box": [x0, y0, x1, y1], "label": str, "score": float (predictions, optional)}
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``[x0, y0, x1, y1]`` boxes (0 when either is empty)."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0) * max(h, 0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _check(boxes: Mapping[Hashable, Sequence[Box]], what: str) -> None:
     for key, items in boxes.items():
         if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
@@ -83,6 +74,8 @@ def score_detection(predictions: Mapping[Hashable, Sequence[Box]], references: M
     best IoU with a predicted box of its label (0 if none), averaged over true boxes."""
     _check(references, "references")
     _check(predictions, "predictions")
+    from ..tasks.heads.detect import box_iou  # the demo's and the heads' IoU (imports torch)
+
     ids, coverage = align(predictions, references, allow_partial=allow_partial)
     per_item = {}
     overlaps: list[float] = []

@@ -274,8 +274,8 @@ def read_jsonl_predictions(path: str | Path) -> dict[Hashable, Any]:
 
 def read_coco_detection(references: str | Path, predictions: str | Path | None):
     """COCO ``instances_*.json`` and a COCO detection results file (``[{"image_id", "category_id",
-    "bbox": [x, y, w, h], "score"}]``) -> ``({id: [box]}, {id: [box]}, {id: file name})`` with
-    boxes ``{"box": [x0, y0, x1, y1], "label": category name, "score"}``."""
+    "bbox": [x, y, w, h], "score"}]``) -> ``({id: [box]}, {id: [box]}, {id: file name}, {category id:
+    name})`` with boxes ``{"box": [x0, y0, x1, y1], "label": category name, "score"}``."""
     path = Path(references)
     data = read_json(path)
     names = {field_of(c, "id", int, f"{path}: categories[{n}]"): field_of(c, "name", str, f"{path}: categories[{n}]")
@@ -310,4 +310,4 @@ def read_coco_detection(references: str | Path, predictions: str | Path | None):
             item = box(row, where)
             item["score"] = float(field_of(row, "score", (int, float), where)) if "score" in row else 1.0
             found.setdefault(field_of(row, "image_id", ID, where), []).append(item)
-    return found, truth, files
+    return found, truth, files, names

@@ -20,13 +20,13 @@ from ..tasks.heads import get_head
 from ..tasks.heads.base import generate_texts
 from .errors import show_ids
 
-TASKS = ("caption", "vqa", "ocr")
+TASKS = ("caption", "vqa", "ocr", "detect")
 
 
 @dataclass(frozen=True)
 class Request:
     """One prediction to make: ``task`` is a generating head's name, ``options`` its prompt
-    arguments (``lang``, ``question``)."""
+    arguments (``lang``, ``question``, ``labels``)."""
 
     id: Hashable
     image: Path
@@ -46,10 +46,11 @@ def open_image(path: Path):
         raise InputError(f"{path}: not a readable image ({e})") from None
 
 
-def predict(pipe, requests: Iterable[Request], *, batch_size: int = 8, done: Mapping[Hashable, str] | None = None,
-            save: Callable[[dict[Hashable, str]], None] | None = None, save_every: float = 10.0,
-            progress: bool = True) -> dict[Hashable, str]:
-    """``{id: predicted text}`` for every request (those in ``done`` are kept, not re-run)."""
+def predict(pipe, requests: Iterable[Request], *, batch_size: int = 8, done: Mapping[Hashable, Any] | None = None,
+            save: Callable[[dict[Hashable, Any]], None] | None = None, save_every: float = 10.0,
+            progress: bool = True) -> dict[Hashable, Any]:
+    """``{id: predicted text}`` (detection: ``[{"box": [x0, y0, x1, y1], "label"}]``) for every
+    request; those in ``done`` are kept, not re-run."""
     from tqdm.auto import tqdm
 
     results = dict(done or {})
@@ -65,8 +66,8 @@ def predict(pipe, requests: Iterable[Request], *, batch_size: int = 8, done: Map
             heads = [get_head(r.task) for r in batch]
             prompts = [head.prompt(pipe.processor, **r.options) for head, r in zip(heads, batch)]
             texts = generate_texts(pipe.model, pipe.processor, images, prompts, pipe.generate_kwargs)
-            for head, r, text in zip(heads, batch, texts):
-                results[r.id] = head.parse(text).text
+            for head, r, text, image in zip(heads, batch, texts, images):
+                results[r.id] = _plain(head.parse(text, **head.parse_context(pipe.processor, image, r.options)))
             bar.update(len(batch))
             if save is not None and time.monotonic() - last_save >= save_every:
                 save(results)
@@ -74,6 +75,13 @@ def predict(pipe, requests: Iterable[Request], *, batch_size: int = 8, done: Map
     if save is not None:
         save(results)
     return results
+
+
+def _plain(result):
+    """A head's result as the scorers take it: the text, or detections as ``{"box", "label"}``."""
+    if isinstance(result, list):
+        return [{"box": [float(v) for v in d.box], "label": d.label} for d in result]
+    return result.text
 
 
 def find_images(folder: str | Path, ids: Iterable[Hashable], names: Mapping[Hashable, str] | None = None) -> dict:
