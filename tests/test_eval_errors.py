@@ -96,3 +96,13 @@ def test_cli_one_line_and_exit_code_2(tmp_path, capsys):
     assert (out["scored"], out["total"]) == (1, 2)
     assert main(["eval", "captions", "--references", str(tmp_path / "nope.json"), "--predictions", "x"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_missing_extra_names_it(monkeypatch):
+    import sys
+
+    from pali.eval import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "pycocoevalcap.cider.cider", None)  # import fails as if not installed
+    with pytest.raises(MissingExtraError, match=r'pip install "pali-vlm\[eval\]"'):
+        caption_metrics({1: "a dog"}, {1: ["a dog"]})
