@@ -60,3 +60,12 @@ def test_karpathy_split_json(tmp_path):
     refs = read_caption_references(tmp_path / "dataset_coco.json", "test")
     assert refs.captions == {42: ["A dog on a couch.", "A sleeping dog."]}
     assert refs.images == {42: "val2014/COCO_val2014_000000000042.jpg"}
+
+
+def test_textcaps_json(tmp_path):
+    refs = ["A sign that says stop.", "a red stop sign"]
+    rows = [{"image_id": "0054c91397f2fe05", "image_path": "train/0054c91397f2fe05.jpg", "caption_str": r,
+             "reference_strs": refs} for r in refs]
+    (tmp_path / "TextCaps_0.1_val.json").write_text(json.dumps({"dataset_name": "textcaps", "data": rows}))
+    out = read_caption_references(tmp_path / "TextCaps_0.1_val.json")
+    assert out.captions == {"0054c91397f2fe05": refs} and out.images == {"0054c91397f2fe05": "train/0054c91397f2fe05.jpg"}

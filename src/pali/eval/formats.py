@@ -85,10 +85,14 @@ class CaptionReferences:
 
 
 def read_caption_references(path: str | Path, split: str | None = "test") -> CaptionReferences:
-    """COCO ``captions_*.json`` (``images`` + ``annotations``) or a Karpathy-split ``dataset_*.json``
-    (``images`` with ``sentences``; only the images of ``split``, ids ``cocoid`` if present else ``imgid``)."""
+    """COCO ``captions_*.json`` (``images`` + ``annotations``; NoCaps too), a Karpathy-split
+    ``dataset_*.json`` (``images`` with ``sentences``; only the images of ``split``, ids ``cocoid``
+    if present else ``imgid``) or TextCaps' ``TextCaps_0.1_*.json`` (``data`` rows with
+    ``reference_strs``)."""
     path = Path(path)
     data = read_json(path)
+    if isinstance(data, dict) and "data" in data and "images" not in data:
+        return _read_textcaps(data, path)
     images = _list_of(data, "images", path)
     if "annotations" in data:
         captions: dict[Hashable, list[str]] = {}
@@ -118,6 +122,22 @@ def read_caption_references(path: str | Path, split: str | None = "test") -> Cap
         files[key] = f"{image['filepath']}/{name}" if image.get("filepath") else name
     if not captions:
         raise AnnotationFormatError(f"{path}: no image of split {split!r} (Karpathy splits: train, restval, val, test)")
+    return CaptionReferences(captions, files)
+
+
+def _read_textcaps(data: dict, path: Path) -> CaptionReferences:
+    """TextCaps: one row per (image, caption), each holding all of the image's ``reference_strs``."""
+    captions: dict[Hashable, list[str]] = {}
+    files = {}
+    for n, row in enumerate(_list_of(data, "data", path)):
+        where = f"{path}: data[{n}]"
+        key = field_of(row, "image_id", ID, where)
+        references = field_of(row, "reference_strs", list, where)
+        if not references or not all(isinstance(r, str) for r in references):
+            raise AnnotationFormatError(f"{where}: 'reference_strs' should be a non-empty list of strings")
+        if captions.setdefault(key, references) != references:
+            raise AnnotationFormatError(f"{where}: image_id {key!r} has other reference_strs in an earlier row")
+        files[key] = row.get("image_path") or f"{key}.jpg"
     return CaptionReferences(captions, files)
 
 
