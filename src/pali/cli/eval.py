@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..defaults import MAX_NEW_TOKENS
 from .common import positive
 
 METRICS = ("captions", "vqa", "anls", "ocr", "classify")
@@ -88,7 +89,8 @@ def _common(p: argparse.ArgumentParser, predictions: str | None, model: bool = T
         g.add_argument("--images", help="folder of the benchmark's images (with --model)")
         g.add_argument("--batch-size", type=positive, default=8, metavar="N", help="images per batch (default: 8)")
         g.add_argument("--threads", type=positive, metavar="N", help="CPU threads for torch")
-        g.add_argument("--max-new-tokens", type=positive, default=32, metavar="N", help="longest output (default: 32)")
+        g.add_argument("--max-new-tokens", type=positive, default=MAX_NEW_TOKENS, metavar="N",
+                       help=f"longest output in tokens (default: {MAX_NEW_TOKENS}, as PaliModel.generate's)")
         g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
