@@ -48,13 +48,15 @@ _ABBREVIATIONS = (
     "mr|mrs|ms|dr|st|jr|sr|vs|etc|inc|co|ltd|prof|gen|sen|rep|gov|jan|feb|mar|apr|aug|sept|sep|oct|nov|dec"
     "|mt|ave|blvd|rd|ft|dept|est|calif|corp|bros|sgt|capt|col|lt"
 )
-_QUOTES = "\"'`“”„‘’‚«»‹›"
+_QUOTES = "\"'`“”‘’‚«»‹›"  # not „ (U+201E): the lexer keeps it as a token
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 _SAME_AS = {"€": "$", "£": "#", "½": "1/2", "…": "...", "–": "--", "—": "--"}
 # Characters that never belong to a word: everything else that is not a space does (letters of
 # every script, their combining marks, digits).
-_PUNCT = r""".,;:!?"'`()\[\]{}<>$%&#*/\\+=~^|@\-“”„‘’‚«»‹›…–—€£¥½°±×÷¿¡•·→★©™。、，！？：；（）"""
-_UNTOKENIZABLE = re.compile("[\U00010000-\U0010FFFF「」『』]")  # the lexer warns and skips these
+_PUNCT = r""".,;:!?"'`()\[\]{}<>$%&#*/\\+=~^|@\-“”„‘’‚«»‹›…–—€£¥½°±×÷¿¡•·→★©™。、，！？：；（）।॥،؟؛"""
+# The lexer skips these (astral characters and corner brackets "untokenizable", zero-width joiners
+# as spaces): each still ends a token.
+_UNTOKENIZABLE = re.compile("[\U00010000-\U0010FFFF「」『』\u200c\u200d]")
 _W = rf"[^\s{_PUNCT}]"  # a word character
 
 _TOKEN = re.compile(
