@@ -107,3 +107,29 @@ def test_model_on_ocr_and_detection(demo_files, tmp_path, capsys):
     again = _json(capsys, ["eval", "detect", "--references", str(demo_files / "detect_instances.json"),
                            "--predictions", str(tmp_path / "detections.json")])
     assert again == out
+
+
+@pytest.mark.slow
+def test_demo_card_numbers_come_from_pali_eval(tmp_path, capsys):
+    """The model card's pali eval figures (English captions, VQA, detection) are what pali eval
+    prints on the held-out files, and agree with evaluation.json where both measure one thing."""
+    import re
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    import demo_eval_files
+
+    demo_eval_files.write(tmp_path, per_cell=100)
+    card = (ROOT / "src" / "pali" / "bundled" / "pali-demo" / "README.md").read_text(encoding="utf-8")
+    truth = json.loads((ROOT / "src" / "pali" / "bundled" / "pali-demo" / "evaluation.json").read_text())["results"]
+    common = ["--model", "pali-demo", "--images", str(tmp_path / "images"), "--no-progress"]
+    captions = _json(capsys, ["eval", "captions", *common, "--references", str(tmp_path / "captions_en.json"),
+                              "--predictions", str(tmp_path / "c.json")])
+    cider_en = re.search(r"\| caption CIDEr \(x100\) \| ([\d.]+) \|", card)[1]
+    assert f"{100 * captions['CIDEr']:.1f}" == cider_en
+    vqa = _json(capsys, ["eval", "vqa", *common, "--lang", "en", "--questions", str(tmp_path / "vqa_en_questions.json"),
+                         "--annotations", str(tmp_path / "vqa_en_annotations.json"), "--predictions", str(tmp_path / "v.json")])
+    assert vqa["overall"] == pytest.approx(100 * truth["vqa_en"])  # ten equal answers: exact match
+    detect = _json(capsys, ["eval", "detect", *common, "--references", str(tmp_path / "detect_instances.json"),
+                            "--predictions", str(tmp_path / "d.json")])
+    assert detect["mean_IoU"] == pytest.approx(truth["detect_iou"])
+    assert f"mAP@0.5 {detect['mAP@0.5']:.3f}" in " ".join(card.split())
