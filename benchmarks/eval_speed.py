@@ -26,7 +26,6 @@ import platform
 from pathlib import Path
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
