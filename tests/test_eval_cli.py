@@ -133,3 +133,16 @@ def test_demo_card_numbers_come_from_pali_eval(tmp_path, capsys):
                             "--predictions", str(tmp_path / "d.json")])
     assert detect["mean_IoU"] == pytest.approx(truth["detect_iou"])
     assert f"mAP@0.5 {detect['mAP@0.5']:.3f}" in " ".join(card.split())
+
+
+def test_scoring_files_imports_no_torch():
+    """Scoring saved predictions is light: the model side (and torch) loads only with --model."""
+    import subprocess
+
+    code = ("import sys, io, contextlib; from pali.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    assert main(['eval', 'captions', '--references', {str(CAPTIONS / 'captions.json')!r}, "
+            f"'--predictions', {str(CAPTIONS / 'results.json')!r}]) == 0\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

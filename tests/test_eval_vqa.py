@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from pali.cli import main
 from pali.eval import VqaAnnotation, normalize_answer, score_vqa, vqa_accuracy
 from pali.eval.formats import read_vqa_references, read_vqa_results

@@ -164,11 +164,12 @@ def _report(args, result, predictions: dict | None = None, table_rows=None) -> i
 def run_captions(args) -> int:
     from ..eval.captions import score_captions
     from ..eval.formats import read_caption_references, read_caption_results
-    from ..eval.predict import Request, find_images
 
     refs = read_caption_references(args.references, args.split)
     path = Path(args.predictions)
     if args.model:
+        from ..eval.predict import Request, find_images  # imports torch: only when a model runs
+
         images = find_images(_images(args), refs.captions, refs.images)
         requests = [Request(k, images[k], "caption", {"lang": args.lang}) for k in refs.captions]
         save = lambda done: _write_json(path, [{"image_id": k, "caption": v} for k, v in done.items()])  # noqa: E731
@@ -182,12 +183,13 @@ def run_captions(args) -> int:
 def run_vqa(args) -> int:
     from ..errors import InputError
     from ..eval.formats import read_vqa_references, read_vqa_results
-    from ..eval.predict import Request, find_images
     from ..eval.vqa import score_vqa
 
     refs = read_vqa_references(args.annotations, args.questions)
     path = Path(args.predictions)
     if args.model:
+        from ..eval.predict import Request, find_images  # imports torch: only when a model runs
+
         unasked = [k for k in refs.annotations if not refs.questions.get(k, (None, ""))[1]]
         if unasked:
             raise InputError(f"--model: {len(unasked)} questions have no text; give the questions file (--questions)")
@@ -213,13 +215,14 @@ def run_vqa(args) -> int:
 
 def run_xm3600(args) -> int:
     from ..eval.formats import read_language_predictions, read_xm3600_references
-    from ..eval.predict import Request, find_images
     from ..eval.xm3600 import score_xm3600
 
     languages = [lang.strip() for lang in args.languages.split(",")] if args.languages else None
     refs = read_xm3600_references(args.references, languages, tokenized=args.segmentation == "tokenized")
     path = Path(args.predictions)
     if args.model:
+        from ..eval.predict import Request, find_images  # imports torch: only when a model runs
+
         langs = languages or sorted(refs)
         keys = sorted({k for lang in langs for k in refs[lang]}, key=str)
         images = find_images(_images(args), keys, {k: f"{k}.jpg" for k in keys})
@@ -253,7 +256,6 @@ def run_xm3600(args) -> int:
 def run_ocr(args) -> int:
     from ..eval.errors import AnnotationFormatError
     from ..eval.formats import read_jsonl_predictions, read_jsonl_references
-    from ..eval.predict import Request, find_images
     from ..eval.text import score_anls, score_ocr
 
     refs = read_jsonl_references(args.references, "text")
@@ -262,6 +264,8 @@ def run_ocr(args) -> int:
         raise AnnotationFormatError(f"{args.references}: field 'text' should be a string (ids {bad[:5]})")
     path = Path(args.predictions)
     if args.model:
+        from ..eval.predict import Request, find_images  # imports torch: only when a model runs
+
         images = find_images(_images(args), refs.references, refs.images)
         requests = [Request(k, images[k], "ocr", {"lang": args.lang}) for k in refs.references]
         save = lambda done: _write_json(path, [{"id": k, "prediction": v} for k, v in done.items()], lines=True)  # noqa: E731
@@ -280,11 +284,12 @@ def run_detect(args) -> int:
     from ..eval.detection import score_detection
     from ..eval.errors import UnknownIdsError, show_ids
     from ..eval.formats import read_coco_detection
-    from ..eval.predict import Request, find_images
 
     path = Path(args.predictions)
     found, truth, files, categories = read_coco_detection(args.references, path if path.is_file() else None)
     if args.model:
+        from ..eval.predict import Request, find_images  # imports torch: only when a model runs
+
         # Each image is asked for the classes it holds (PaLI's "detect cat ; dog" prompt), as the
         # demo's evaluation does; a COCO-wide protocol would ask for every class.
         images = find_images(_images(args), truth, files)
