@@ -149,8 +149,20 @@ def blip2_load_figure(plt, result: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def eval_speed_figure(plt, result: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 1.9))
+    rows = [("pycocoevalcap + PTBTokenizer (Java)", result["theirs_s"], PEER), ("pali eval captions", result["ours_s"], OURS)]
+    ax.barh([r[0] for r in rows], [r[1] for r in rows], color=[r[2] for r in rows])
+    for y, (_, seconds, _) in enumerate(rows):
+        ax.annotate(f"{seconds:.2f} s", (seconds, y), va="center", xytext=(3, 0), textcoords="offset points")
+    ax.set_xlabel("s to score (lower is better)")
+    fig.suptitle(f"Caption scoring, {result['images']:,} images x {result['references_per_image']} references: "
+                 f"{result['ratio']:.2f}x, {result['device']}, {result['date']}", fontsize=9)
+    _save(fig, path)
+
+
 BENCHMARKS = {"attention": attention_figure, "generate": generate_figure, "train_step": train_step_figure,
-              "blip2_load": blip2_load_figure}
+              "blip2_load": blip2_load_figure, "eval_speed": eval_speed_figure}
 
 
 # -- the bundled model ------------------------------------------------------------------------------

@@ -29,3 +29,10 @@ def test_train_step_benchmark_quick():
     out = _run("train_step.py")
     assert "ours s/step" in out
     assert len(out.strip().splitlines()) == 3  # header, column names, one resolution row
+
+
+@pytest.mark.slow
+def test_eval_speed_benchmark_quick():
+    """It exits non-zero when our caption metrics differ from pycocoevalcap's."""
+    out = _run("eval_speed.py")
+    assert "ratio ours/theirs:" in out or "java is not installed" in out

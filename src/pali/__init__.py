@@ -49,8 +49,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 # Sub-packages reachable as attributes on first use (``pali.io.list_tensors`` after ``import pali``).
-_SUBPACKAGES = ("cli", "config", "convert", "data", "generation", "hub", "io", "models", "nn", "processing", "tasks",
-                "train")
+_SUBPACKAGES = ("cli", "config", "convert", "data", "eval", "generation", "hub", "io", "models", "nn", "processing",
+                "tasks", "train")
 
 
 def __getattr__(name: str) -> Any:

@@ -27,18 +27,18 @@ def add_model_argument(parser: argparse.ArgumentParser, *, generates: bool = Tru
         help=f"bundled model name, checkpoint folder or Hub repo id (default: {DEFAULT_MODEL})",
     )
     parser.add_argument(
-        "--threads", type=_positive, metavar="N",
+        "--threads", type=positive, metavar="N",
         help=f"CPU threads for torch (default: 1 for models under {SMALL_MODEL // 10**6}M parameters, "
         "such as the bundled one; otherwise torch's default)",
     )
     if generates:
         parser.add_argument(
-            "--max-new-tokens", type=_positive, metavar="N", default=MAX_NEW_TOKENS,
+            "--max-new-tokens", type=positive, metavar="N", default=MAX_NEW_TOKENS,
             help=f"longest answer in tokens (default: {MAX_NEW_TOKENS}, as PaliModel.generate's)",
         )
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
