@@ -177,7 +177,7 @@ def test_finetune_resumed_run_equals_the_uninterrupted_one(tmp_path, capsys, mon
     second = _run(finetune_folder, capsys, *common, "--out", tmp_path / "parts", "--steps", "4", "--resume")
     logs = [[json.loads(line) for line in lines if line.startswith("{")] for lines in (whole, first, second)]
     assert logs[0] == logs[1] + logs[2]
-    assert {"val_loss", "val_exact_match"} <= set(logs[0][-1]) and [r["step"] for r in logs[0]] == [1, 2, 2, 3, 4, 4]
+    assert {"val_loss", "val_exact_match", "val_cider"} <= set(logs[0][-1]) and [r["step"] for r in logs[0]] == [1, 2, 2, 3, 4, 4]
     a = PaliModel.from_pretrained(tmp_path / "whole" / "final").state_dict()
     b = PaliModel.from_pretrained(tmp_path / "parts" / "final").state_dict()
     start = PaliModel.from_pretrained("pali-demo").state_dict()
@@ -248,3 +248,16 @@ def test_demo_model_meets_its_model_card():
     results = train_synthetic.evaluate(model, processor, seed=card["training"]["eval_seed"] + 1, per_cell=30)
     for key in ("caption", "vqa", "detect_iou", "detect_hit@0.5", "ocr"):
         assert results[key] >= card["results"][key] - 0.15, (key, results[key], card["results"][key])
+
+
+def test_finetune_validation_cider_is_pali_eval_captions():
+    """The example's validation CIDEr is the one ``pali eval captions`` reports (x100), each
+    target the single reference of its pair."""
+    import finetune_folder
+
+    import pali.eval
+
+    predictions, targets = ["a red square", "two blue circles", "a cat"], ["a red square", "blue circles", "a dog"]
+    scores = finetune_folder.validation_score(predictions, targets)
+    expected = pali.eval.caption_metrics(dict(enumerate(predictions)), {i: [t] for i, t in enumerate(targets)})
+    assert scores["exact_match"] == 1 / 3 and scores["cider"] == 100 * expected["CIDEr"]

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Low to high. A module may import modules of its own layer or of the layers below it, never above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("leaves", ("pali.errors", "pali.defaults", "pali._moved", "pali._kernels_path", "pali.bundled")),
+    ("leaves", ("pali.errors", "pali.defaults", "pali.lazy", "pali._moved", "pali._kernels_path", "pali.bundled")),
     ("kernels", ("pali.kernels",)),
     ("config", ("pali.config",)),
     ("nn", ("pali.nn",)),

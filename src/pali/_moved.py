@@ -13,10 +13,8 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
-import importlib.util
 import sys
 import types
-from typing import Callable
 
 #: old module -> the module that holds it now; a package's submodules follow it.
 MOVED = {
@@ -80,17 +78,3 @@ def install() -> None:
     if not any(isinstance(f, _MovedFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _MovedFinder())
 
-
-def submodules_on_demand(package: str) -> Callable[[str], types.ModuleType]:
-    """A package's module ``__getattr__`` (PEP 562) that imports its submodule ``name`` on first use.
-
-    The docs and pali's own messages spell module paths (``pali.hub.card``, ``pali.train.helpers``);
-    each must work as an attribute after a bare ``import pali``, without every package importing
-    all its modules up front (a config loads without torch)."""
-
-    def __getattr__(name: str) -> types.ModuleType:
-        if not name.startswith("__") and importlib.util.find_spec(f"{package}.{name}") is not None:
-            return importlib.import_module(f"{package}.{name}")
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
-
-    return __getattr__

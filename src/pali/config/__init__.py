@@ -6,6 +6,6 @@ from .base import SIZE_LIMITS, Config, ConnectorConfig, PaliConfig, TextConfig, 
 
 __all__ = ["SIZE_LIMITS", "Config", "ConnectorConfig", "PaliConfig", "TextConfig", "VisionConfig", "size_limit"]
 
-from .._moved import submodules_on_demand  # noqa: E402
+from ..lazy import submodules_on_demand  # noqa: E402
 
 __getattr__ = submodules_on_demand(__name__)  # pali.config.<module> after a bare ``import pali``

@@ -217,6 +217,6 @@ def verify(src: str | Path, out: str | Path, format: str | None = None, *, progr
     conversion = read(src, format, image_size=image_size, dtype=parse_dtype(metadata.get("pali.dtype") or None))
     return _compare(conversion, out, progress)
 
-from .._moved import submodules_on_demand  # noqa: E402
+from ..lazy import submodules_on_demand  # noqa: E402
 
 __getattr__ = submodules_on_demand(__name__)  # pali.convert.<module> after a bare ``import pali``

@@ -35,3 +35,7 @@ __all__ = [
     "UnreadableImage", "decode_image", "iter_shard", "make_example", "open_source", "part_of_world",
     "rank_and_world", "read_manifest", "read_rows", "read_shard_index", "run", "run_ray", "write_parquet",
 ]
+
+from ..lazy import submodules_on_demand  # noqa: E402
+
+__getattr__ = submodules_on_demand(__name__)  # pali.data.<module> after a bare ``import pali``

@@ -39,3 +39,7 @@ __all__ = [
     "ocr_metrics", "ptb_tokenize", "score_anls", "score_captions", "score_classification", "score_detection",
     "score_ocr", "score_vqa", "score_xm3600", "segment_characters", "vqa_accuracy", "xm3600_metrics",
 ]
+
+from ..lazy import submodules_on_demand  # noqa: E402
+
+__getattr__ = submodules_on_demand(__name__)  # pali.eval.<module> after a bare ``import pali``

@@ -5,6 +5,6 @@ from .search import GenerationConfig, beam_search, decoder_step, greedy_or_sampl
 
 __all__ = ["GenerationConfig", "beam_search", "decoder_step", "greedy_or_sample"]
 
-from .._moved import submodules_on_demand  # noqa: E402
+from ..lazy import submodules_on_demand  # noqa: E402
 
 __getattr__ = submodules_on_demand(__name__)  # pali.generation.<module> after a bare ``import pali``

@@ -19,6 +19,6 @@ def list_recipes():
 
 __all__ = ["HubError", "list_recipes"]
 
-from .._moved import submodules_on_demand  # noqa: E402
+from ..lazy import submodules_on_demand  # noqa: E402
 
 __getattr__ = submodules_on_demand(__name__)  # pali.hub.<module> after a bare ``import pali``

@@ -45,6 +45,6 @@ __all__ = [
     "read_safetensors_file", "replaceable_save", "shard_files", "write_config_json", "write_index", "write_safetensors",
 ]
 
-from .._moved import submodules_on_demand  # noqa: E402
+from ..lazy import submodules_on_demand  # noqa: E402
 
 __getattr__ = submodules_on_demand(__name__)  # pali.io.<module> after a bare ``import pali``

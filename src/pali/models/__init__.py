@@ -6,6 +6,6 @@ Nothing is imported here, so a tower's config module loads without torch; ``pali
 ``pali.pretrained``) is this model with loading and saving added.
 """
 
-from .._moved import submodules_on_demand  # noqa: E402
+from ..lazy import submodules_on_demand  # noqa: E402
 
 __getattr__ = submodules_on_demand(__name__)  # pali.models.<module> after a bare ``import pali``

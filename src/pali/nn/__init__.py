@@ -2,6 +2,6 @@
 (``mlp``), position-embedding resampling (``pos_embed``), and building on the meta device
 (``meta``). Knows no tower, no model and no file."""
 
-from .._moved import submodules_on_demand  # noqa: E402
+from ..lazy import submodules_on_demand  # noqa: E402
 
 __getattr__ = submodules_on_demand(__name__)  # pali.nn.<module> after a bare ``import pali``

@@ -3,6 +3,6 @@
 (``hf_reference``), and state-dict helpers (``checkpoints``). Needs the ``test`` extra
 (transformers, msgpack); nothing else in pali imports it."""
 
-from .._moved import submodules_on_demand  # noqa: E402
+from ..lazy import submodules_on_demand  # noqa: E402
 
 __getattr__ = submodules_on_demand(__name__)  # pali.testing.<module> after a bare ``import pali``

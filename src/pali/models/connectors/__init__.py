@@ -9,6 +9,6 @@ so PaLI checkpoints keep their ``projection.*`` names. Nothing is imported here:
 imports the modules on its first read, and a config loads without them.
 """
 
-from ..._moved import submodules_on_demand  # noqa: E402
+from ...lazy import submodules_on_demand  # noqa: E402
 
 __getattr__ = submodules_on_demand(__name__)  # pali.models.connectors.<module> after a bare ``import pali``

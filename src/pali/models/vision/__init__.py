@@ -2,6 +2,6 @@
 and presets live in a torch-free ``*_config`` module beside it. Nothing is imported here: the
 registry imports the modules on its first read, and a config loads without them."""
 
-from ..._moved import submodules_on_demand  # noqa: E402
+from ...lazy import submodules_on_demand  # noqa: E402
 
 __getattr__ = submodules_on_demand(__name__)  # pali.models.vision.<module> after a bare ``import pali``

@@ -25,3 +25,7 @@ __all__ = [
     "FamilyHead", "Head", "LocationCodec", "OCRHead", "OcrText", "TextLocationCodec", "TokenLocationCodec",
     "VQAHead", "generate_texts", "get_head",
 ]
+
+from ...lazy import submodules_on_demand  # noqa: E402
+
+__getattr__ = submodules_on_demand(__name__)  # pali.tasks.heads.<module> after a bare ``import pali``
