@@ -2,10 +2,14 @@
 plus a JSONL file.
 
 Each line of ``DATA/data.jsonl`` is ``{"image": "cat.png", "target": "..."}``, image paths
-relative to ``DATA``. The target is what the decoder learns to write. The prompt that goes to the
-encoder with the image is the model family's own caption prompt in ``"lang"`` (default ``en``),
-taken from the processor's prompt set (PaLI's ``Generate the alt_text in en at 0: <extra_id_0>``,
-BLIP-2's ``a photo of``...), unless the record gives its own ``"prompt"``.
+relative to ``DATA`` (never escaping it) or absolute; an image may appear on several lines (several
+captions). The target is what the decoder learns to write. The prompt that goes to the encoder
+with the image is the model family's own caption prompt in ``"lang"`` (default ``en``), taken from
+the processor's prompt set (PaLI's ``Generate the alt_text in en at 0: <extra_id_0>``, BLIP-2's
+``a photo of``...), unless the record gives its own ``"prompt"``. The data side is ``pali.data``:
+the manifest is read by its manifest source into an ``ExampleDataset`` (every row's target, image
+file and prompt checked before training starts, a bad one named by file and line) and batched by
+its ``Collator``.
 
     python examples/finetune_folder.py --model pali-demo --data my_data --out runs/mine \\
         --steps 200 --batch-size 8 --grad-accum 4 --save-every 50 --val-fraction 0.1 --eval-every 50
@@ -33,66 +37,35 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 import pali
 import pali.eval
 from pali import PaliModel, PaliProcessor
 from pali.cli import run_script
+from pali.data import Collator, ExampleDataset
 from pali.defaults import MAX_NEW_TOKENS
 from pali.errors import InputError
 from pali.io import atomic_directory
-from pali.processing.prompts import get_prompt_set
 from pali.tasks.heads.base import generate_texts
 
 RESUME = "resume"
 TRAINER_STATE = "trainer.pt"
 
 
-def load_pairs(data: Path) -> list[dict]:
-    """The JSONL records, with every image path checked before training starts."""
+def load_pairs(data: Path) -> ExampleDataset:
+    """The caption examples of ``DATA/data.jsonl``, every row's target and image file checked
+    before training starts (pixels are decoded only when a batch needs them)."""
     index = data / "data.jsonl"
     if not index.is_file():
         raise InputError(f"{index}: not found (one JSON object per line: image, target, and optionally prompt or lang)")
-    pairs = []
-    for number, line in enumerate(index.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{index}:{number}: not JSON ({e})") from None
-        missing = {"image", "target"} - set(record)
-        if missing:
-            raise InputError(f"{index}:{number}: missing {sorted(missing)}")
-        path = data / record["image"]
-        if not path.is_file():
-            raise InputError(f"{index}:{number}: image {path} not found")
-        pairs.append({**record, "image": path, "where": f"{index}:{number}"})
-    if not pairs:
-        raise InputError(f"{index}: no records")
+    pairs = ExampleDataset(index, "caption", target="target")
+    pairs.check()
     return pairs
 
 
-def add_prompts(pairs: list[dict], processor: PaliProcessor) -> None:
-    """Give each record the prompt it is trained with: its own, or its family's caption prompt.
-    A prompt the model's tokenizer cannot encode (a PaLI prompt's ``<extra_id_0>`` for a BLIP-2
-    model) is named with its line before any training."""
-    prompts = get_prompt_set(processor.config.prompt_set)
-    for record in pairs:
-        own = "prompt" in record
-        if not own:
-            record["prompt"] = prompts.caption_prompt(record.get("lang", "en"))
-        try:
-            processor(text=record["prompt"])
-        except InputError as e:
-            hint = "; leave \"prompt\" out to use the model's own caption prompt" if own else ""
-            raise InputError(f"{record['where']}: prompt {record['prompt']!r} does not suit this "
-                             f"{prompts.name} model: {e}{hint}") from None
-
-
-def split(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split(pairs: ExampleDataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """(train, validation): ``fraction`` of the pairs, drawn with ``seed``, held out."""
     if not 0 <= fraction < 1:
         raise InputError(f"--val-fraction must be in [0, 1), got {fraction}")
@@ -102,7 +75,8 @@ def split(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], li
     order = list(range(len(pairs)))
     random.Random(f"split-{seed}").shuffle(order)
     val = set(order[:held])
-    return [p for i, p in enumerate(pairs) if i not in val], [p for i, p in enumerate(pairs) if i in val]
+    return (Subset(pairs, [i for i in range(len(pairs)) if i not in val]),
+            Subset(pairs, [i for i in range(len(pairs)) if i in val]))
 
 
 def cpu_flags() -> set[str]:
@@ -148,28 +122,20 @@ def validation_score(predictions: list[str], targets: list[str]) -> dict[str, fl
 _said_no_cider: list[bool] = []
 
 
-def images_of(records: list[dict]) -> list[Image.Image]:
-    images = []
-    for r in records:
-        with Image.open(r["image"]) as image:
-            images.append(image.convert("RGB"))
-    return images
-
-
-def evaluate(model, processor, val: list[dict], args, device: torch.device) -> dict[str, float]:
+def evaluate(model, processor, collator: Collator, val: Dataset, args, device: torch.device) -> dict[str, float]:
     """Validation loss (mean over pairs) and ``validation_score`` of greedy answers."""
     model.eval()
-    loss, predictions = 0.0, []
+    loss, predictions, targets = 0.0, [], []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
         for start in range(0, len(val), args.batch_size):
-            records = val[start : start + args.batch_size]
-            images, prompts = images_of(records), [r["prompt"] for r in records]
-            batch = processor(images, prompts, [r["target"] for r in records])
-            loss += model(**{k: v.to(device) for k, v in batch.items()}).loss.item() * len(records)
-            predictions += generate_texts(model, processor, images, prompts, {"max_new_tokens": args.max_new_tokens})
+            examples = [val[i] for i in range(start, min(start + args.batch_size, len(val)))]
+            batch = collator(examples)
+            loss += model(**{k: v.to(device) for k, v in batch.items()}).loss.item() * len(examples)
+            predictions += generate_texts(model, processor, [e["image"] for e in examples],
+                                          [collator.prompt(e) for e in examples], {"max_new_tokens": args.max_new_tokens})
+            targets += [e["target"] for e in examples]
     model.train()
-    return {"val_loss": loss / len(val), **{f"val_{k}": v for k, v in validation_score(
-        predictions, [r["target"] for r in val]).items()}}
+    return {"val_loss": loss / len(val), **{f"val_{k}": v for k, v in validation_score(predictions, targets).items()}}
 
 
 def save(model: PaliModel, processor: PaliProcessor, directory: Path, data: Path) -> None:
@@ -234,14 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     pairs = load_pairs(args.data)
-    val_pairs = load_pairs(args.val_data) if args.val_data is not None else []
+    val_pairs = load_pairs(args.val_data) if args.val_data is not None else None
     source, state = load_state(args.out) if args.resume else (args.model, None)
     model = PaliModel.from_pretrained(source).train().freeze_vision(not args.train_vision)
     processor = PaliProcessor.from_pretrained(source)
     base = state["base"] if state else model.name_or_path
     model.name_or_path = base  # the card names what the run started from, resumed or not
-    add_prompts(pairs + val_pairs, processor)
-    train, val = (pairs, val_pairs) if args.val_data is not None else split(pairs, args.val_fraction, args.seed)
+    collator = Collator(processor)  # the family's caption prompt, or the row's own prompt / lang
+    for dataset in (pairs, val_pairs):
+        if dataset is not None:
+            dataset.check(collator)  # a prompt this tokenizer cannot encode: named before training
+    train, val = (pairs, val_pairs) if val_pairs is not None else split(pairs, args.val_fraction, args.seed)
     model.to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     first = 1
@@ -258,9 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(args.grad_accum):
-            records = rng.sample(train, min(args.batch_size, len(train)))
-            batch = processor(images_of(records), [r["prompt"] for r in records], [r["target"] for r in records])
-            batch = {k: v.to(device) for k, v in batch.items()}
+            drawn = rng.sample(range(len(train)), min(args.batch_size, len(train)))
+            batch = {k: v.to(device) for k, v in collator([train[i] for i in drawn]).items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 loss = model(**batch).loss / args.grad_accum
             loss.backward()
@@ -268,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         print(json.dumps({"step": step, "loss": total}), flush=True)
-        if val and (step == args.steps or (args.eval_every and step % args.eval_every == 0)):
-            print(json.dumps({"step": step, **evaluate(model, processor, val, args, device)}), flush=True)
+        if len(val) and (step == args.steps or (args.eval_every and step % args.eval_every == 0)):
+            print(json.dumps({"step": step, **evaluate(model, processor, collator, val, args, device)}), flush=True)
         if step == args.steps or (args.save_every and step % args.save_every == 0):
             save_state(args.out, model, processor, optimizer, step, rng, base, args.data)
             if step != args.steps:

@@ -418,8 +418,8 @@ def test_finetuning_a_blip2_model_uses_its_familys_prompt(padded_blip2, tmp_path
     logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["step"] for r in logged] == [1, 2, 2] and 0 <= logged[-1]["val_exact_match"] <= 1
     pairs = finetune_folder.load_pairs(data)
-    finetune_folder.add_prompts(pairs, __import__("pali").PaliProcessor.from_pretrained(folder))
-    assert {p["prompt"] for p in pairs} == {"a photo of"}  # BLIP-2's caption prompt, not PaLI's
+    collator = __import__("pali").data.Collator(__import__("pali").PaliProcessor.from_pretrained(folder))
+    assert {collator.prompt(pairs[i]) for i in range(len(pairs))} == {"a photo of"}  # BLIP-2's caption prompt, not PaLI's
     records[1]["prompt"] = "Generate the alt_text in en at 0: <extra_id_0>"
     (data / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(InputError, match=r"data.jsonl:2: prompt .* does not suit this blip2 model: .*sentinels.*leave \"prompt\" out"):

@@ -22,7 +22,8 @@ What each input means:
 - ``hf://NAME`` (or ``hf://NAME:SPLIT``): a Hub dataset by name, through ``datasets.load_dataset``.
 
 Ids must be unique across all inputs (results and ``--resume`` are keyed by them): a clash is an
-error that says which inputs clash, never a silently merged row.
+error that says which inputs clash, never a silently merged row. Training data, keyed by nothing,
+may repeat an image (several captions of one photo): ``open_source(..., unique_ids=False)``.
 """
 
 from __future__ import annotations
@@ -183,9 +184,11 @@ def open_source(
     columns: Columns | None = None,
     *,
     split: str | None = None,
+    unique_ids: bool = True,
 ) -> Source:
     """One [`Source`][pali.data.Source] from folders, globs, images, manifests, shards and
-    ``datasets`` (see the module docs); ``split`` picks a ``DatasetDict``'s split."""
+    ``datasets`` (see the module docs); ``split`` picks a ``DatasetDict``'s split; ``unique_ids=False``
+    lets ids repeat (training data, where nothing is keyed by id)."""
     if isinstance(inputs, Source):
         return inputs
     columns = columns or Columns()
@@ -198,7 +201,8 @@ def open_source(
     if not source.records:
         raise SourceError(f"{', '.join(map(str, names))}: no images found (image extensions: "
                           f"{' '.join(IMAGE_EXTENSIONS)})")
-    _check_unique(source.records)
+    if unique_ids:
+        _check_unique(source.records)
     return source
 
 
@@ -228,7 +232,10 @@ def _extend(source: Source, name: str, columns: Columns, split: str | None) -> N
         raise SourceError(f"{name}: no such file, folder or pattern")
     lower = path.name.lower()
     if lower.endswith(MANIFEST_EXTENSIONS):
-        source.records += read_manifest(path, columns)
+        rows = read_manifest(path, columns)
+        if not rows:
+            raise SourceError(f"{name}: a manifest with no row in it")
+        source.records += rows
     elif lower.endswith(SHARD_EXTENSIONS):
         source.records += read_shard_index(path)
     elif lower.endswith(IMAGE_EXTENSIONS):
@@ -261,8 +268,8 @@ def read_manifest(path: str | Path, columns: Columns | None = None) -> list[Reco
     for line, row in _manifest_rows(path):
         where = f"{path}:{line}"
         if columns.image not in row:
-            raise SourceError(f"{where}: no {columns.image!r} column (columns: {sorted(row)}); "
-                              f"name the image column with --image-column")
+            raise SourceError(f"{where}: no {columns.image!r} column (columns: {sorted(row)}); name the image "
+                              f"column with Columns(image=...) (pali run: --image-column)")
         value = row[columns.image]
         if not isinstance(value, str) or not value.strip() or "\0" in value:
             raise SourceError(f"{where}: {columns.image!r} must be a non-empty path, got {value!r}")
@@ -437,7 +444,8 @@ def _load_hub_dataset(name: str, split: str | None) -> Any:
 def _add_hf(source: Source, data: Any, where: str, columns: Columns) -> None:
     names = list(data.column_names)
     if columns.image not in names:
-        raise SourceError(f"{where}: no {columns.image!r} column (columns: {names}); name it with --image-column")
+        raise SourceError(f"{where}: no {columns.image!r} column (columns: {names}); name it with "
+                          f"Columns(image=...) (pali run: --image-column)")
     feature = data.features[columns.image]
     if type(feature).__name__ == "Image":  # decode ourselves: the same checks as every other source
         data = data.cast_column(columns.image, _datasets().Image(decode=False))

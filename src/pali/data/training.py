@@ -55,11 +55,13 @@ def _check_task(task: str) -> None:
 
 
 def make_example(record: Record, image, task: str, target_field: str | None, source: str = "") -> dict[str, Any]:
-    """An example from a record and its decoded image; a row with no target is an InputError."""
+    """An example from a record and its decoded image (``None``: a check before training); a row
+    with no target is an InputError."""
     names = (target_field,) if target_field else TARGET_FIELDS[task]
     target = next((record.fields[n] for n in names if record.fields.get(n) is not None), None)
     if not isinstance(target, str):
-        raise InputError(f"{record.where}: no {' / '.join(names)} field to learn as the {task} target")
+        raise InputError(f"{record.where}: missing the {task} target: no {' / '.join(names)} field "
+                         f"(the row has: {', '.join(sorted(record.fields)) or 'only its image'})")
     return {"image": image, "task": task, "target": target, "fields": record.fields, "id": record.id,
             "source": source}
 
@@ -68,12 +70,13 @@ class ExampleDataset(torch.utils.data.Dataset):
     """Examples of one task from any source (folder + manifest, shards, ``datasets``...).
 
     ``target`` names the field holding the target text (default: the task's usual ones, see
-    ``TARGET_FIELDS``); ``image_size`` lets large JPEGs decode at a reduced scale."""
+    ``TARGET_FIELDS``); ``image_size`` lets large JPEGs decode at a reduced scale. Ids may repeat
+    (several captions of one image are several examples)."""
 
     def __init__(self, source: Any, task: str, *, target: str | None = None, image_size: int | None = None,
                  name: str = "") -> None:
         _check_task(task)
-        self.source: Source = open_source(source)
+        self.source: Source = open_source(source, unique_ids=False)
         self.task, self.target, self.image_size, self.name = task, target, image_size, name
 
     def __len__(self) -> int:
@@ -82,6 +85,17 @@ class ExampleDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.source.records[index]
         return make_example(record, self.source.image(index, self.image_size), self.task, self.target, self.name)
+
+    def check(self, collator: Collator | None = None) -> None:
+        """Read every row before training starts, decoding no pixel: each has its target, each image
+        file exists and, given a ``collator``, each prompt suits its processor; the first bad row is
+        an InputError naming it, rather than a stop at step 10,000 of a long run."""
+        for record in self.source.records:
+            example = make_example(record, None, self.task, self.target, self.name)
+            if isinstance(record.image, str) and not Path(record.image).is_file():
+                raise SourceError(f"{record.where}: image {record.image} not found")
+            if collator is not None:
+                collator.check(example, record.where)
 
     def endless(self, seed: int, rank: int, world: int) -> Iterator[Callable[[], dict[str, Any]]]:
         """Loaders of this rank's examples, reshuffled each epoch, forever (for the mixture)."""
@@ -195,13 +209,34 @@ class Collator:
     def __init__(self, processor) -> None:
         self.processor = processor
         self.prompts = prompt_set_of(processor)
+        self._suitable: set[str] = set()  # prompts check() found the tokenizer can encode
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return self.processor(
             images=[e["image"] for e in examples],
-            text=[train_prompt(e, self.prompts) for e in examples],
+            text=[self.prompt(e) for e in examples],
             suffix=[e["target"] for e in examples],
         )
+
+    def prompt(self, example: dict[str, Any]) -> str:
+        """The prompt ``example`` trains with: its own ``prompt`` field, else its task's in this
+        processor's prompt set (in its ``lang``)."""
+        return train_prompt(example, self.prompts)
+
+    def check(self, example: dict[str, Any], where: str) -> None:
+        """An InputError naming ``where`` when the example's prompt does not encode with this
+        processor (a PaLI prompt's ``<extra_id_0>`` for a BLIP-2 tokenizer without sentinels)."""
+        prompt = self.prompt(example)
+        if prompt in self._suitable:
+            return
+        try:
+            self.processor(text=prompt)
+        except InputError as e:
+            own = prompt == example["fields"].get("prompt")
+            hint = f"; leave \"prompt\" out to use the model's own {example['task']} prompt" if own else ""
+            raise InputError(f"{where}: prompt {prompt!r} does not suit this {self.prompts.name} model: "
+                             f"{e}{hint}") from None
+        self._suitable.add(prompt)
 
 
 # -- the mixture ---------------------------------------------------------------------------------
