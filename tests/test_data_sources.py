@@ -116,6 +116,11 @@ def test_duplicate_ids_and_empty_sources_are_errors(folder, tmp_path):
     (folder / "m.jsonl").write_text(json.dumps({"image": "b.png"}) + "\n" + json.dumps({"image": "b.png"}) + "\n")
     with pytest.raises(SourceError, match="id 'b.png' twice"):
         open_source(folder / "m.jsonl")
+    repeated = open_source(folder / "m.jsonl", unique_ids=False)  # training data: two captions of one image
+    assert [(r.id, r.where) for r in repeated] == [("b.png", f"{folder / 'm.jsonl'}:1"), ("b.png", f"{folder / 'm.jsonl'}:2")]
+    (folder / "m.jsonl").write_text("\n")
+    with pytest.raises(SourceError, match="m.jsonl: a manifest with no row in it"):
+        open_source(folder / "m.jsonl")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no image in it"):
         open_source(tmp_path / "empty")

@@ -66,6 +66,45 @@ def test_the_collator_words_each_task_and_pads_labels(tmp_path, processor):
     assert (batch["labels"][1, short:] == IGNORE_INDEX).all() and (batch["labels"][1, :short] != IGNORE_INDEX).all()
 
 
+def test_a_dataset_is_checked_row_by_row_before_training(tmp_path, processor):
+    """``check`` names the first bad row by file and line, decoding no pixel: a missing target, a
+    missing image file, a prompt the processor cannot encode (with a hint when the row chose it)."""
+    from pali.errors import InputError
+
+    (tmp_path / "a.png").write_bytes(_png(1))
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"image": "a.png", "caption": "a red square"}, {"image": "a.png", "caption": "un carré", "lang": "fr"}]
+
+    def write(*extra) -> ExampleDataset:
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in [*rows, *extra]))
+        return ExampleDataset(manifest, "caption")
+
+    data, collator = write(), Collator(processor)
+    data.check(collator)  # one image, two captions: two examples
+    assert [(data[i]["id"], data[i]["target"]) for i in range(2)] == [("a.png", "a red square"), ("a.png", "un carré")]
+    assert [collator.prompt(data[i]) for i in range(2)] == [PALI.caption_prompt("en"), PALI.caption_prompt("fr")]
+    with pytest.raises(SourceError, match=r"m.jsonl:3: image \S*gone.png not found"):
+        write({"image": "gone.png", "caption": "x"}).check()
+    with pytest.raises(InputError, match=r"m.jsonl:3: missing the caption target: no target / caption / text "
+                                         r"field \(the row has: lang\)"):
+        write({"image": "a.png", "lang": "en"}).check()
+
+    class NoSentinels:  # a tokenizer without T5's <extra_id_N>, as some BLIP-2 checkpoints ship
+        config = processor.config
+
+        def __call__(self, text):
+            if "<extra_id_" in text:
+                raise InputError("no sentinels in this vocabulary")
+
+    with pytest.raises(InputError, match=r"m.jsonl:1: prompt 'Generate the alt_text in en at 0: <extra_id_0>' does "
+                                         r"not suit this pali model: no sentinels in this vocabulary$"):
+        write().check(Collator(NoSentinels()))
+    rows[:] = [{"image": "a.png", "caption": "x", "prompt": "caption <extra_id_0>"}]
+    with pytest.raises(InputError, match=r"m.jsonl:1: prompt .* no sentinels in this vocabulary; leave \"prompt\" out "
+                                         r"to use the model's own caption prompt"):
+        write().check(Collator(NoSentinels()))
+
+
 def _keys(dataset, workers: int) -> list[str]:
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers)
     return [e["id"] for e in loader]

@@ -209,6 +209,7 @@ def test_examples_print_a_users_mistake_in_one_line(tmp_path, script, argv, mess
 
 def test_finetune_folder_rejects_bad_data(tmp_path):
     import finetune_folder
+    from PIL import Image
 
     from pali import InputError
 
@@ -216,8 +217,21 @@ def test_finetune_folder_rejects_bad_data(tmp_path):
     with pytest.raises(InputError, match="nope.png not found"):
         finetune_folder.load_pairs(tmp_path)
     (tmp_path / "data.jsonl").write_text('{"image": "x.png"}\n')
-    with pytest.raises(InputError, match="missing"):
+    with pytest.raises(InputError, match="data.jsonl:1: missing the caption target: no target field"):
         finetune_folder.load_pairs(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    for line, message in [('{"image": "x.png", "target": "t"', "data.jsonl:2: not a JSON line"),
+                          ('{"image": "../x.png", "target": "t"}', "data.jsonl:2: '../x.png' escapes"),
+                          ('{"target": "t"}', "data.jsonl:2: no 'image' column")]:
+        (tmp_path / "data.jsonl").write_text('{"image": "x.png", "target": "a"}\n' + line + "\n")
+        with pytest.raises(InputError, match=message):
+            finetune_folder.load_pairs(tmp_path)
+    (tmp_path / "data.jsonl").write_text("\n")
+    with pytest.raises(InputError, match="data.jsonl: a manifest with no row in it"):
+        finetune_folder.load_pairs(tmp_path)
+    (tmp_path / "data.jsonl").write_text('{"image": "x.png", "target": "a"}\n{"image": "x.png", "target": "b"}\n')
+    pairs = finetune_folder.load_pairs(tmp_path)  # several captions of one image: several pairs
+    assert [pairs[i]["target"] for i in range(len(pairs))] == ["a", "b"]
 
 
 def test_readme_quotes_the_model_card():
