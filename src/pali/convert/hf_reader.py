@@ -3,7 +3,8 @@
 A HF directory holds ``config.json`` and weights as ``model.safetensors`` (or shards with
 ``model.safetensors.index.json``) or ``pytorch_model.bin`` (or shards with
 ``pytorch_model.bin.index.json``). safetensors go through ``pali.io`` (headers
-checked first, then one tensor read at a time); ``.bin`` files are loaded with ``mmap=True,
+checked first, then each tensor mapped from the file, nothing copied: a model loads from such a
+folder in place, ``reads_in_place``); ``.bin`` files are loaded with ``mmap=True,
 weights_only=True`` so their tensors page in on use. ``config.json``'s ``model_type`` picks the
 key map: mT5/T5 v1.1, SigLIP, CLIP (vision towers, also out of two-tower checkpoints) or ViT.
 """
@@ -38,7 +39,7 @@ MODEL_TYPES: dict[str, tuple[str, KeyMap, Callable[[dict], Any]]] = {
 
 def _safetensors_sources(directory: Path) -> list[Source]:
     entries, _ = list_tensors(directory)  # headers only, shapes bounded; each tensor read on demand
-    return [Source(name, entry.shape, entry.load) for name, entry in entries.items()]
+    return [Source(name, entry.shape, entry.load, entry.dtype) for name, entry in entries.items()]
 
 
 def _bin_sources(directory: Path) -> list[Source]:
@@ -58,8 +59,15 @@ def _bin_sources(directory: Path) -> list[Source]:
             raise CheckpointError(f"{path}: entries {bad[:5]!r} are not named tensors")
         for k, v in state.items():
             check_shape(list(v.shape), v.element_size(), f"{path}: {k}")
-        sources += [Source(k, tuple(v.shape), lambda v=v: v) for k, v in state.items()]
+        sources += [Source(k, tuple(v.shape), lambda v=v: v, v.dtype) for k, v in state.items()]
     return sources
+
+
+def reads_in_place(path: Path) -> bool:
+    """Whether ``path`` is a transformers folder with safetensors weights: what a model loads in
+    place (each tensor mapped, renamed and reshaped as it is read), with no converted copy."""
+    return path.is_dir() and (path / CONFIG_NAME).is_file() \
+        and ((path / SINGLE_NAME).exists() or (path / INDEX_NAME).exists())
 
 
 def hf_sources(directory: Path) -> list[Source]:

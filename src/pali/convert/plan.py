@@ -33,21 +33,27 @@ PROJECTION = "projection."  # the one model-level name a vision tower checkpoint
 
 @dataclass(frozen=True)
 class Source:
-    """One tensor of a foreign checkpoint, not yet read."""
+    """One tensor of a foreign checkpoint, not yet read (``dtype``: when its header says it)."""
 
     name: str
     shape: tuple[int, ...]
     load: Callable[[], torch.Tensor]
+    dtype: torch.dtype | None = None
 
 
 @dataclass(frozen=True)
 class Item:
-    """One output tensor: our name, its shape, and how to produce it from the source."""
+    """One output tensor: our name, its shape, and how to produce it from the source.
+
+    Transforms keep the dtype. An item is a [`Weight`][pali.io.loading.Weight]: a model loads
+    from a plan as it loads from our own files, each tensor renamed and reshaped as it is read.
+    """
 
     target: str
     source: str
     shape: tuple[int, ...]
     load: Callable[[], torch.Tensor]
+    dtype: torch.dtype | None = None
 
     def then(self, transform: Transform) -> "Item":
         """This item with ``transform`` applied after its own."""
@@ -84,7 +90,7 @@ def map_sources(sources: Sequence[Source], keymap: KeyMap) -> list[Item]:
             raise CheckpointError(f"{keymap.name}: {seen[target]!r} and {source.name!r} both map to {target!r}")
         seen[target] = source.name
         shape = _shape_after(transform, source.shape, source.name)
-        items.append(Item(target, source.name, shape, _loader(source, transform)))
+        items.append(Item(target, source.name, shape, _loader(source, transform), source.dtype))
     if unknown:
         raise CheckpointError(f"{keymap.name}: {len(unknown)} unexpected tensors: {sorted(unknown)}")
     return items
@@ -202,6 +208,11 @@ class Conversion:
             if self.dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(self.dtype)
             yield item.target, tensor
+
+    def weights(self) -> dict[str, Item]:
+        """Our name -> its planned tensor, for a model loading in place
+        (``pali.io.loading.build_model``): the same mapping ``__iter__`` writes out."""
+        return {item.target: item for item in self.items}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything at once, for small checkpoints and tests."""
