@@ -21,7 +21,8 @@ from PIL import Image
 
 from pali.testing.t5x import t5x_names, write_t5x
 
-import pali.io
+import pali.io.atomic
+import pali.io.safetensors
 from pali import PaliModel
 from pali.io import atomic_directory
 from pali.cli.common import save_png
@@ -33,18 +34,18 @@ _CONVERT = textwrap.dedent(
     """
     import signal, sys, time
     from pathlib import Path
-    import pali.io
+    import pali.io.safetensors
 
     # A worker of pytest-xdist ignores SIGINT and its children inherit that: restore Ctrl-C.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from pali.convert import convert_t5x
 
-    add = pali.io._Shard.add
+    add = pali.io.safetensors._Shard.add
     def slow_add(self, name, tensor):
         add(self, name, tensor)
         Path(sys.argv[3]).touch()  # mid-write: the parent may signal now
         time.sleep(60)
-    pali.io._Shard.add = slow_add
+    pali.io.safetensors._Shard.add = slow_add
     convert_t5x(sys.argv[1], sys.argv[2], force=True)
     """
 )
@@ -121,7 +122,7 @@ def test_restore_after_a_kill_inside_the_rename_fallback(tmp_path):
 
 
 def test_exchange_fallback_replaces_in_place(tmp_path, monkeypatch):
-    monkeypatch.setattr(pali.io.ctypes, "CDLL", lambda *a, **k: object())  # no renameat2
+    monkeypatch.setattr(pali.io.atomic.ctypes, "CDLL", lambda *a, **k: object())  # no renameat2
     target = tmp_path / "t"
     for text in ("one", "two"):
         with atomic_directory(target, overwrite=True) as tmp:
@@ -137,7 +138,7 @@ def test_save_pretrained_interrupted_mid_write(tmp_path, monkeypatch, error):
     out = model.save_pretrained(tmp_path / "m")
     before = _snapshot(out)
     calls = []
-    add = pali.io._Shard.add
+    add = pali.io.safetensors._Shard.add
 
     def failing_add(self, name, tensor):
         calls.append(name)
@@ -145,7 +146,7 @@ def test_save_pretrained_interrupted_mid_write(tmp_path, monkeypatch, error):
             raise error
         add(self, name, tensor)
 
-    monkeypatch.setattr(pali.io._Shard, "add", failing_add)
+    monkeypatch.setattr(pali.io.safetensors._Shard, "add", failing_add)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1)

@@ -19,7 +19,7 @@ import warnings
 
 from .. import __version__
 
-COMMANDS = ["demo", "tasks", "presets", "convert"]
+COMMANDS = ["demo", "tasks", "presets", "convert", "cache"]
 
 
 def build_parser() -> argparse.ArgumentParser:
