@@ -296,9 +296,11 @@ def test_load_benchmark_quick(tmp_path):
 
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "blip2_load.py"
     out = tmp_path / "blip2_load.json"
-    run = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, str(script), "--quick", "--reps", "1", "--out", str(out)],
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
-    rows = {(r["dtype"], r["row"]) for r in result["rows"]}
-    assert len(rows) == 6 and ("bfloat16", "ours warm (cache)") in rows
-    assert all(r["weights_bytes"] > 0 and r["seconds"] > 0 for r in result["rows"])
+    rows = {(r["dtype"], r["which"], r["state"]): r for r in result["rows"]}
+    assert len(rows) == 8 and ("bfloat16", "ours", "cold") in rows
+    assert all(r["weights_bytes"] > 0 and r["seconds"] > 0 and r["reps"] == 1 for r in result["rows"])
+    assert all(r["cache_bytes_written"] == 0 for r in result["rows"])  # loaded in place: nothing written
