@@ -158,8 +158,9 @@ class StoredTensor:
         """The tensor as a copy-on-write view of its bytes in the file (``mmap``), read nothing yet.
 
         Pages come in when the tensor is first used, as transformers' safetensors loading does,
-        and the kernel is asked to read them ahead (``MADV_WILLNEED``: from a cold disk, large
-        reads instead of one page fault at a time); writes stay private to this process. Each tensor maps only its own byte range, so the
+        read ahead in large steps (``MADV_SEQUENTIAL``: from a cold disk, few large reads instead
+        of many small ones; free on a warm page cache, unlike ``MADV_WILLNEED``, which walks
+        every page at once); writes stay private to this process. Each tensor maps only its own byte range, so the
         mapping goes away with the tensor: a caller that casts it to another dtype holds the
         source bytes only while it casts. A tensor whose offset is not a multiple of its element
         size (legal, rare) is copied into fresh memory instead.
@@ -172,7 +173,7 @@ class StoredTensor:
                 if self.start % self.dtype.itemsize:
                     return self.read(f)
                 mapped = mmap.mmap(f.fileno(), self.end - begin, offset=begin, access=mmap.ACCESS_COPY)
-                mapped.madvise(mmap.MADV_WILLNEED)
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
         except (OSError, ValueError) as e:  # ValueError: the file shrank since its header was read
             raise CheckpointError(f"{self.file}: cannot read ({e})") from None
         data = torch.frombuffer(mapped, dtype=torch.uint8)[self.start - begin :]
