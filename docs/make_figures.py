@@ -139,9 +139,9 @@ def blip2_load_figure(plt, result: dict, path: Path) -> None:
                       [by[d, load][key + "_range"][1] - v for d, v in zip(dtypes, values)]]
             ax.bar(xs, values, width, color=color, alpha=alpha, label=load, yerr=spread, capsize=2,
                    error_kw={"linewidth": 0.8})
-            for x, v in zip(xs, values):
-                ax.annotate(f"{v:.2f}x" if key == "ratio" else f"{v:.1f} s", (x, v), ha="center", va="bottom",
-                            fontsize=7)
+            for x, v, d in zip(xs, values, dtypes):  # above the error bar
+                ax.annotate(f"{v:.2f}x" if key == "ratio" else f"{v:.1f} s", (x, by[d, load][key + "_range"][1]),
+                            ha="center", va="bottom", fontsize=7)
     for ax, label in ((axes[0], "peak RSS / weights (lower is better)"),
                       (axes[1], "s, load + one read (lower is better)")):
         ax.set_xticks(range(len(dtypes)), dtypes)
