@@ -87,7 +87,7 @@ class PretrainedMixin:
         if resolved.plan is None:
             model = load_model(cls, resolved.folder, **options)
         else:  # a transformers checkpoint, read in place through its conversion plan
-            model = build_model(cls, resolved.plan.config, resolved.plan.weights(), **options)
+            model = build_model(cls, resolved.plan.config, resolved.plan.weights(), check=resolved.plan.check, **options)
         if resolved.sources is not None:
             model.weight_sources = resolved.sources
         model.name_or_path = resolved.snapshot.source

@@ -144,13 +144,16 @@ def _module(config: Config) -> torch.nn.Module:
     return registry.get(config.kind)(config)
 
 
-def check_items(items: Sequence[Item], config: Config, against: str) -> None:
+def check_items(items: Sequence[Item], config: Config, against: str, module: torch.nn.Module | None = None) -> None:
     """Compare the planned tensors with the module ``config`` builds: names and shapes, all at once.
 
     ``against`` names the reference in messages ("preset 'vit-b16'", "the inferred config").
+    ``module``: that module already built on the meta device (a loader that fills it passes it,
+    so it is not built twice).
     """
-    with meta_device():
-        module = _module(config)
+    if module is None:
+        with meta_device():
+            module = _module(config)
     check_num_parameters(module, against)
     expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
     problems = []
@@ -190,6 +193,16 @@ class Conversion:
     items: list[Item]
     metadata: dict[str, str] = field(default_factory=dict)
     dtype: torch.dtype | None = None
+    #: What the plan is checked against, in messages; ``checked`` is False for a plan read with
+    #: ``check=False``, whose loader calls ``check(module)`` on the module it builds anyway.
+    against: str = ""
+    checked: bool = True
+
+    def check(self, module: torch.nn.Module | None = None) -> None:
+        """Names and shapes against ``module`` (``config``'s module built on the meta device),
+        before any tensor is read (``check_items``)."""
+        check_items(self.items, self.config, self.against, module)
+        self.checked = True
 
     @property
     def tower(self) -> str:

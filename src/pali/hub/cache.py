@@ -86,7 +86,7 @@ def open_source(role: str, snapshot: Snapshot, folder: Path) -> Opened:
     """``snapshot``'s ``role`` tower (or whole ``"model"``): in place when it is transformers
     safetensors, else converted once into the cache ``folder`` (said in a warning)."""
     if reads_in_place(snapshot.folder):
-        plan = _plan(role, snapshot)
+        plan = _plan(role, snapshot, check=False)  # checked against the model its loader builds
         return Opened(_record(role, snapshot, plan), plan=plan)
     return Opened(convert_once(folder, lambda tmp: convert_source(role, snapshot, tmp), snapshot.source), folder=folder)
 
@@ -111,9 +111,10 @@ def convert_once(folder: Path, write: Callable[[Path], None], source: str) -> di
     return record
 
 
-def _plan(role: str, snapshot: Snapshot) -> Conversion:
-    """`pali.convert.read`'s checked plan (format detected, names and shapes from the headers)."""
-    conversion = read_checkpoint(snapshot.folder)
+def _plan(role: str, snapshot: Snapshot, check: bool = True) -> Conversion:
+    """`pali.convert.read`'s plan (format detected, names and shapes from the headers; checked
+    against the module unless ``check=False``)."""
+    conversion = read_checkpoint(snapshot.folder, check=check)
     if conversion.tower != role:
         what = "a whole model" if conversion.tower == "model" else f"a {conversion.tower} tower"
         raise CheckpointError(f"{snapshot.source} holds {what}, not a {role} tower")

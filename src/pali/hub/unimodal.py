@@ -103,6 +103,8 @@ def seed_from_towers(
         model = cls(config)
     entries = {}
     for role, tower in towers.items():
+        if tower.plan is not None:  # read in place: its names and shapes against the tower built above
+            tower.plan.check(getattr(model, role))
         tower_entries = tower.weights()
         # pali.convert's rule: a vision source that carries PaLI's projection stores it under
         # its PaliModel name; it seeds the projection when its shape fits.

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 import warnings
 
 import torch
@@ -177,12 +177,18 @@ def load_model(
 def build_model(
     cls: type[nn.Module], config: PaliConfig, entries: Mapping[str, Weight], *, source: str,
     dtype: torch.dtype | None, device: str | torch.device | None, strict: bool,
+    check: Callable[[nn.Module], None] | None = None,
 ) -> nn.Module:
     """A ``cls(config)`` built on the meta device, ``entries`` checked against it (names, shapes,
-    float vs integer: every problem raised before any tensor is read), then assigned."""
+    float vs integer: every problem raised before any tensor is read), then assigned.
+
+    ``check``: the caller's own check of the meta-built model, run first (a conversion plan's,
+    whose messages name the source tensors)."""
     with meta_device():
         model = cls(config)
     check_num_parameters(model, f"{source}/{CONFIG_NAME}")
+    if check is not None:
+        check(model)
     entries = verify(entries, model.state_dict(), source=source, strict=strict)
     model = materialize(model, entries, device=torch.device(device or "cpu"), dtype=dtype or common_dtype(entries))
     return model.eval()
