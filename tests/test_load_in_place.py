@@ -120,8 +120,11 @@ def test_bad_shards_named_before_any_weight_is_assigned(folder, tmp_path, monkey
 def test_cache_list_and_clear(tmp_path, capsys):
     source = write_bin_layout(hf_blip2("mt5"), tmp_path / "mblip", shards=2)
     snapshot = Snapshot(source.resolve(), str(source.resolve()))
-    with pytest.warns(UserWarning, match="cannot be read in place"):
+    with pytest.warns(UserWarning) as record:
         opened = hub_cache.open_source("model", snapshot, hub_cache.entry_folder("model", snapshot, tmp_path))
+    said = [str(w.message) for w in record]  # before writing: where; after: where and how big
+    assert len(said) == 2 and "cannot be read in place" in said[0] and str(opened.folder) in said[0]
+    assert said[1].startswith(f"converted {source.resolve()} into {opened.folder}: ") and said[1].endswith("kB")
     assert opened.plan is None and opened.record["source"] == str(source.resolve())
     assert main(["cache", "list", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
