@@ -5,15 +5,19 @@ MLP 6144, 16 heads; Q-Former 768 x 12 layers, 32 queries; Flan-T5-XL d_model 204
 32 heads, vocab 32128) and fewer layers (``--vision-layers``, ``--text-layers``; the real model has
 39 and 24+24), as the Hub holds it: fp32 safetensors shards + index, written one random tensor at a
 time. Then each load runs in a fresh subprocess that reports its own peak RSS (``VmHWM``) minus its
-RSS after the imports, next to the loaded parameters' bytes:
+RSS after the imports, next to the loaded parameters' bytes, and the time of the load and of the
+load plus one read of every weight:
 
-- ours cold: ``from_pretrained(folder)`` with an empty conversion cache (converts, then loads);
-- ours warm: the same call again (reads the cache);
+- ours: ``from_pretrained(folder, cache_dir=...)``, read in place (the child checks that nothing
+  was written into the cache);
 - transformers: ``Blip2ForConditionalGeneration.from_pretrained(folder)`` on the same files;
 
-in fp32 and in bf16 (``dtype=torch.bfloat16`` for both). ``--quick``: a tiny shape, for tests.
+each cold (the checkpoint's pages dropped from the page cache first, ``posix_fadvise(DONTNEED)``
+on its files alone) and warm (right after), in fp32 and in bf16 (``dtype=torch.bfloat16`` for
+both), ``--reps`` times, ours and transformers alternating; medians and min-max are reported.
+``--quick``: a tiny shape, for tests.
 
-    python benchmarks/blip2_load.py [--vision-layers 8] [--text-layers 4] [--out results/blip2_load.json]
+    python benchmarks/blip2_load.py [--vision-layers 8] [--text-layers 4] [--reps 3] [--out results/blip2_load.json]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +40,7 @@ import torch
 # the spawning process's peak across exec, so a child would report the generator's peak.
 CHILD = r"""
 import json, sys, time
+from pathlib import Path
 which, src, cache, dtype_name = sys.argv[1:5]
 
 def hwm_kb():
@@ -46,7 +52,7 @@ import torch
 torch.set_num_threads(int(sys.argv[5]))
 dtype = getattr(torch, dtype_name)
 if which == "ours":
-    import huggingface_hub.utils  # imported by a conversion; the transformers child has it too
+    import huggingface_hub.utils  # what a Hub load imports; the transformers child has it too
     from pali import PaliModel
     import pali.hub.resolve
     load = lambda: PaliModel.from_pretrained(src, cache_dir=cache, dtype=dtype)
@@ -60,14 +66,15 @@ t = time.perf_counter()
 model = load()
 seconds = time.perf_counter() - t
 loaded_kb = hwm_kb()
-# Read every weight once, as a first forward pass would: transformers maps safetensors files and
-# pages fp32 weights in on first use, so its load alone leaves most of them on disk.
+# Read every weight once, as a first forward pass would: both libraries map the safetensors files
+# and page the weights in on first use, so a load alone leaves most of them on disk.
 for p in [] if model is None else model.parameters():
     p.detach().sum()
 touched = time.perf_counter() - t
 weights = 0 if model is None else sum(p.numel() * p.element_size() for p in model.parameters())
+written = sum(f.stat().st_size for f in Path(cache).rglob("*") if f.is_file()) if Path(cache).exists() else 0
 print(json.dumps({"base_kb": base, "loaded_kb": loaded_kb, "peak_kb": hwm_kb(), "seconds": seconds,
-                  "seconds_with_read": touched, "weights_bytes": weights}))
+                  "seconds_with_read": touched, "weights_bytes": weights, "cache_bytes_written": written}))
 """
 
 QUICK = dict(vision=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -119,17 +126,46 @@ def write_checkpoint(folder: Path, shape: dict) -> int:
     return sum(p.stat().st_size for p in folder.iterdir())
 
 
+def evict(folder: Path) -> None:
+    """Drop ``folder``'s files from the page cache (theirs alone: the machine is shared), so the
+    next load reads them from disk."""
+    for path in folder.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def measure(which: str, src: Path, cache: Path, dtype: str, threads: int) -> dict:
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", "PYTHONSAFEPATH": "1"}
     run = subprocess.run([sys.executable, "-c", CHILD, which, str(src), str(cache), dtype, str(threads)],
                          capture_output=True, text=True, env=env)
     if run.returncode:
         raise SystemExit(f"{which} {dtype} failed:\n{run.stderr[-3000:]}")
     r = json.loads(run.stdout.strip().splitlines()[-1])
     r["load_kb"] = r["peak_kb"] - r["base_kb"]
+    r["ratio"] = round(r["load_kb"] * 1024 / max(r["weights_bytes"], 1), 3)
     r["ratio_after_load"] = round((r.pop("loaded_kb") - r["base_kb"]) * 1024 / max(r["weights_bytes"], 1), 3)
     return r
+
+
+ROWS = [(which, state) for state in ("cold", "warm") for which in ("ours", "transformers")]
+KEYS = ("seconds", "seconds_with_read", "ratio", "ratio_after_load")
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Medians of ``runs`` (one row's repetitions) and their min-max spread."""
+    out = {k: runs[0][k] for k in ("which", "state", "dtype", "weights_bytes")}
+    out["reps"] = len(runs)
+    out["cache_bytes_written"] = max(r["cache_bytes_written"] for r in runs)
+    for k in KEYS:
+        values = [r[k] for r in runs]
+        out[k] = round(statistics.median(values), 3)
+        out[k + "_range"] = [round(min(values), 3), round(max(values), 3)]
+    return out
 
 
 def main() -> None:
@@ -137,6 +173,7 @@ def main() -> None:
     parser.add_argument("--vision-layers", type=int, default=8)
     parser.add_argument("--text-layers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a tiny shape (tests)")
     parser.add_argument("--out", default=None, help="JSON results (default: benchmarks/results/blip2_load.json)")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
@@ -145,29 +182,35 @@ def main() -> None:
     shape = QUICK if args.quick else xl_shape(args.vision_layers, args.text_layers)
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "blip2_load.json"
     scratch = Path(tempfile.mkdtemp(prefix="pali-blip2-load-", dir=args.dir))
+    gb = 1e9
     rows = []
     try:
         src, cache = scratch / "blip2", scratch / "cache"
         size = write_checkpoint(src, shape)
-        gb = 1e9
         print(f"checkpoint: {size / gb:.3f} GB fp32 safetensors on disk")
         floor = measure("empty", src, cache, "float32", args.threads)
         for dtype in ("float32", "bfloat16"):
-            shutil.rmtree(cache, ignore_errors=True)
-            for which, label in (("ours", "ours cold (converts)"), ("ours", "ours warm (cache)"),
-                                 ("transformers", "transformers")):
-                r = measure(which, src, cache, dtype, args.threads)
-                r.update(row=label, dtype=dtype, ratio=round(r["load_kb"] * 1024 / r["weights_bytes"], 3))
-                rows.append(r)
-                print(f"{dtype:8s} {label:22s} weights {r['weights_bytes'] / gb:.3f} GB | peak RSS over imports "
-                      f"{r['load_kb'] * 1024 / gb:.3f} GB = {r['ratio']:.2f}x ({r['ratio_after_load']:.2f}x before "
-                      f"reading every weight) | {r['seconds']:.1f} s, {r['seconds_with_read']:.1f} s with the read")
-            ours = {r["row"]: r for r in rows if r["dtype"] == dtype}
-            hf = ours["transformers"]
-            for label in ("ours cold (converts)", "ours warm (cache)"):
-                print(f"{dtype:8s} {label}: time {ours[label]['seconds_with_read'] / hf['seconds_with_read']:.2f}x "
-                      f"transformers (load + one read of every weight), "
-                      f"peak {ours[label]['load_kb'] / hf['load_kb']:.2f}x transformers")
+            runs: dict[tuple[str, str], list[dict]] = {row: [] for row in ROWS}
+            for rep in range(args.reps):
+                for which in ("ours", "transformers") if rep % 2 == 0 else ("transformers", "ours"):
+                    for state in ("cold", "warm"):
+                        if state == "cold":
+                            evict(src)
+                        r = measure(which, src, cache, dtype, args.threads)
+                        r.update(which=which, state=state, dtype=dtype)
+                        runs[which, state].append(r)
+                        print(f"{dtype:8s} rep {rep} {which:12s} {state}: peak {r['ratio']:.2f}x the weights "
+                              f"({r['ratio_after_load']:.2f}x before the read) | {r['seconds']:.2f} s, "
+                              f"{r['seconds_with_read']:.2f} s with the read", flush=True)
+            summary = {row: summarise(rs) for row, rs in runs.items()}
+            rows += summary.values()
+            for state in ("cold", "warm"):
+                ours, hf = summary["ours", state], summary["transformers", state]
+                print(f"{dtype:8s} {state}: ours {ours['seconds_with_read']:.2f} s "
+                      f"(range {ours['seconds_with_read_range']}) vs transformers {hf['seconds_with_read']:.2f} s "
+                      f"(range {hf['seconds_with_read_range']}): {ours['seconds_with_read'] / hf['seconds_with_read']:.2f}x "
+                      f"(load + one read of every weight, medians); peak {ours['ratio']:.2f}x vs {hf['ratio']:.2f}x "
+                      f"the weights; ours wrote {ours['cache_bytes_written']} bytes into the cache")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     v, q, t = shape["vision"], shape["qformer"], shape["text"]
@@ -183,11 +226,12 @@ def main() -> None:
                   f"{t['num_layers']}+{t['num_decoder_layers']} layers, vocab {t['vocab_size']}"),
         "checkpoint_bytes": size,
         "empty_torch_process_kb": floor["base_kb"],
-        "note": ("each load in a fresh process, then every weight read once (p.sum()); ratio = (peak RSS - RSS "
-                 "after imports) / loaded parameter bytes; ratio_after_load: the same before the read (transformers "
-                 "maps fp32 safetensors and pages weights in on use); seconds: the load, seconds_with_read: load + "
-                 "read; the machine's 2 cores are shared with other jobs, so times are noisy"),
-        "rows": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+        "note": ("each load in a fresh process, then every weight read once (p.sum()); cold: the checkpoint's "
+                 "pages dropped from the page cache first (posix_fadvise DONTNEED on its files), warm: right "
+                 "after; ratio = (peak RSS - RSS after imports) / loaded parameter bytes, ratio_after_load: the "
+                 "same before the read; seconds: the load, seconds_with_read: load + read; medians over reps, "
+                 "*_range: min and max; the machine's 2 cores are shared with other jobs, so times are noisy"),
+        "rows": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -123,29 +123,33 @@ def train_step_figure(plt, result: dict, path: Path) -> None:
 
 
 def blip2_load_figure(plt, result: dict, path: Path) -> None:
+    """Medians of each (library, cold/warm, dtype) with min-max bars; the goal line is 1.1x."""
     rows = result["rows"]
     dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
-    loads = list(dict.fromkeys(r["row"] for r in rows))
-    by = {(r["dtype"], r["row"]): r for r in rows}
-    colors = {load: (OURS if load.startswith("ours") else PEER) for load in loads}
+    loads = list(dict.fromkeys(f"{r['which']} {r['state']}" for r in rows))
+    by = {(r["dtype"], f"{r['which']} {r['state']}"): r for r in rows}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     width = 0.8 / len(loads)
     for j, load in enumerate(loads):
         xs = [i + (j - (len(loads) - 1) / 2) * width for i in range(len(dtypes))]
-        alpha = 0.55 if "warm" in load else 1.0
+        color, alpha = (OURS if load.startswith("ours") else PEER), (0.55 if load.endswith("warm") else 1.0)
         for ax, key in ((axes[0], "ratio"), (axes[1], "seconds_with_read")):
             values = [by[d, load][key] for d in dtypes]
-            ax.bar(xs, values, width, color=colors[load], alpha=alpha, label=load)
-            for x, v in zip(xs, values):
-                ax.annotate(f"{v:.2f}x" if key == "ratio" else f"{v:.0f} s", (x, v), ha="center", va="bottom")
+            spread = [[v - by[d, load][key + "_range"][0] for d, v in zip(dtypes, values)],
+                      [by[d, load][key + "_range"][1] - v for d, v in zip(dtypes, values)]]
+            ax.bar(xs, values, width, color=color, alpha=alpha, label=load, yerr=spread, capsize=2,
+                   error_kw={"linewidth": 0.8})
+            for x, v, d in zip(xs, values, dtypes):  # above the error bar
+                ax.annotate(f"{v:.2f}x" if key == "ratio" else f"{v:.1f} s", (x, by[d, load][key + "_range"][1]),
+                            ha="center", va="bottom", fontsize=7)
     for ax, label in ((axes[0], "peak RSS / weights (lower is better)"),
                       (axes[1], "s, load + one read (lower is better)")):
         ax.set_xticks(range(len(dtypes)), dtypes)
         ax.set_ylabel(label)
-    axes[0].axhline(1.3, color="#e53935", linewidth=0.8, linestyle="--")
+    axes[0].axhline(1.1, color="#e53935", linewidth=0.8, linestyle="--")
     axes[0].legend(frameon=False, fontsize=8)
-    fig.suptitle(f"Loading a BLIP-2 checkpoint ({result['checkpoint_bytes'] / 1e9:.2f} GB), {result['device']}, "
-                 f"{result['date']}")
+    fig.suptitle(f"Loading a BLIP-2 checkpoint ({result['checkpoint_bytes'] / 1e9:.2f} GB), median of "
+                 f"{rows[0]['reps']}, {result['device']}, {result['date']}", fontsize=9)
     _save(fig, path)
 
 

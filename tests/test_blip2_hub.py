@@ -3,14 +3,16 @@
 Tiny random models in both Hub layouts (safetensors shards written by transformers'
 ``save_pretrained``; mBLIP's sharded ``pytorch_model-*.bin`` with fp16 text and fp32 vision /
 Q-Former tensors), served by the loopback Hub or read from a local folder: parity with
-transformers, the conversion cache (hit, new commit, local edit, interrupted conversion), dtypes,
-provenance, and the named errors.
+transformers, safetensors read in place (nothing written), the conversion cache of ``.bin``
+checkpoints (hit, new commit, local edit, interrupted conversion, announced), dtypes, provenance,
+and the named errors.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from blip2_reference import (
 )
 from hub_fixtures import hub, offline  # noqa: F401  (fixtures)
 from pali import CheckpointError, PaliModel
-from pali.hub import resolve as hub_resolve
+from pali.hub import cache as hub_cache
 
 ATOL = 1e-4
 MODELS = {"blip2-t5": ("t5", False), "blip2-mt5": ("mt5", False), "instructblip": ("t5", True)}
@@ -114,24 +116,53 @@ def test_safetensors_preferred_when_a_repo_holds_both(checkpoints, hub, tmp_path
     _check_parity(model, ref, instruct=False)
 
 
-def test_cache_hit_new_commit_and_offline(checkpoints, hub, tmp_path, monkeypatch):  # noqa: F811
+def _cache_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if "pali cache" in str(w.message) or "converted " in str(w.message)]
+
+
+def test_safetensors_read_in_place_write_nothing(checkpoints, hub, tmp_path, monkeypatch):  # noqa: F811
+    ref, folders = checkpoints["blip2-t5"]
+    sha = hub.commit("org/inplace", folders["safetensors"])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model = PaliModel.from_pretrained("org/inplace", cache_dir=tmp_path)
+    assert _cache_warnings(record) == []
+    assert not (tmp_path / "pali-converted").exists()  # the Hub cache holds the checkpoint, once
+    assert model.weight_sources[0]["revision"] == sha
+    card = (model.save_pretrained(tmp_path / "saved") / "README.md").read_text()
+    assert "- org/inplace" in card and "license: mit" in card  # provenance carried into our card
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    asked = len(hub.requests)
+    offline_model = PaliModel.from_pretrained("org/inplace", cache_dir=tmp_path)
+    assert len(hub.requests) == asked and offline_model.weight_sources[0]["revision"] == sha
+    _check_parity(offline_model, ref, instruct=False)
+
+
+def test_bin_cache_hit_new_commit_and_offline(checkpoints, hub, tmp_path, monkeypatch):  # noqa: F811
     ref, folders = checkpoints["blip2-t5"]
     conversions = []
-    real = hub_resolve.convert_source
-    monkeypatch.setattr(hub_resolve, "convert_source", lambda *a: (conversions.append(a[1].commit), real(*a)))
-    first_sha = hub.commit("org/cached", folders["safetensors"])
-    first = PaliModel.from_pretrained("org/cached", cache_dir=tmp_path)
+    real = hub_cache.convert_source
+    monkeypatch.setattr(hub_cache, "convert_source", lambda *a: (conversions.append(a[1].commit), real(*a)))
+    first_sha = hub.commit("org/cached", folders["bin"])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        first = PaliModel.from_pretrained("org/cached", cache_dir=tmp_path)
     assert conversions == [first_sha]
     entries = list((tmp_path / "pali-converted").iterdir())
     assert len(entries) == 1 and entries[0].name.startswith("org--cached--model--")
+    announced, done = _cache_warnings(record)  # said before writing, then where and how big
+    assert announced.startswith("org/cached cannot be read in place") and str(entries[0]) in announced
+    assert done.startswith(f"converted org/cached into {entries[0]}: ") and done.endswith("kB")
+    [listed] = hub_cache.list_entries(tmp_path)
+    assert listed.record["source"] == "org/cached" and listed.record["revision"] == first_sha and listed.size > 0
     before = len(_weight_requests(hub, "org/cached"))
     second = PaliModel.from_pretrained("org/cached", cache_dir=tmp_path)
     assert conversions == [first_sha]  # no conversion
     assert len(_weight_requests(hub, "org/cached")) == before  # and no weight file asked for
     assert torch.equal(first.text.lm_head.weight, second.text.lm_head.weight)
-    card = (second.save_pretrained(tmp_path / "saved") / "README.md").read_text()
-    assert "- org/cached" in card and "license: mit" in card  # provenance carried into our card
-    new_sha = hub.commit("org/cached", folders["safetensors"])  # same files, a new commit
+    new_sha = hub.commit("org/cached", folders["bin"])  # same files, a new commit
     PaliModel.from_pretrained("org/cached", cache_dir=tmp_path)
     assert conversions == [first_sha, new_sha]
     assert PaliModel.from_pretrained("org/cached", revision=first_sha, cache_dir=tmp_path).weight_sources[0][
@@ -144,6 +175,10 @@ def test_cache_hit_new_commit_and_offline(checkpoints, hub, tmp_path, monkeypatc
     offline_model = PaliModel.from_pretrained("org/cached", cache_dir=tmp_path)
     assert len(hub.requests) == asked and offline_model.weight_sources[0]["revision"] == new_sha
     _check_parity(offline_model, ref, instruct=False)
+    stored = {e.folder.name for e in hub_cache.list_entries(tmp_path)}
+    assert len(stored) == 2 and entries[0].name in stored  # one per commit
+    assert {e.folder.name for e in hub_cache.clear(tmp_path)} == stored
+    assert hub_cache.list_entries(tmp_path) == []
 
 
 def test_bf16_load_and_cache_keeps_source_dtypes(checkpoints, hub, tmp_path):  # noqa: F811
@@ -181,41 +216,58 @@ def test_decoder_only_text_model_refused_before_any_weight(checkpoints, hub, tmp
     assert not (tmp_path / "c" / "pali-converted").exists()
 
 
-def test_local_folder_cached_by_file_identity(checkpoints, tmp_path, monkeypatch):
+def test_local_safetensors_folder_loads_in_place(checkpoints, tmp_path):
     ref, folders = checkpoints["instructblip"]
     local = tmp_path / "local"
     local.mkdir()
     for f in folders["safetensors"].iterdir():
         (local / f.name).write_bytes(f.read_bytes())
-    conversions = []
-    real = hub_resolve.convert_source
-    monkeypatch.setattr(hub_resolve, "convert_source", lambda *a: (conversions.append(1), real(*a)))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
     model = PaliModel.from_pretrained(str(local), cache_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing beside it, nothing cached
     assert model.name_or_path == str(local.resolve()) and model.weight_sources[0]["revision"] is None
+    _check_parity(model, ref, instruct=True)
+
+
+def test_local_bin_folder_cached_by_file_identity(checkpoints, tmp_path, monkeypatch):
+    ref, folders = checkpoints["instructblip"]
+    local = tmp_path / "local"
+    local.mkdir()
+    for f in folders["bin"].iterdir():
+        (local / f.name).write_bytes(f.read_bytes())
+    conversions = []
+    real = hub_cache.convert_source
+    monkeypatch.setattr(hub_cache, "convert_source", lambda *a: (conversions.append(1), real(*a)))
+    with pytest.warns(UserWarning, match="cannot be read in place"):
+        model = PaliModel.from_pretrained(str(local), cache_dir=tmp_path)
+    assert model.name_or_path == str(local.resolve()) and model.weight_sources[0]["revision"] is None
+    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in folders["bin"].iterdir())
     _check_parity(model, ref, instruct=True)
     PaliModel.from_pretrained(local, cache_dir=tmp_path)
     assert conversions == [1]
     config = local / "config.json"
     stat = config.stat()
     os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # an edit: convert again
-    PaliModel.from_pretrained(local, cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match="cannot be read in place"):
+        PaliModel.from_pretrained(local, cache_dir=tmp_path)
     assert conversions == [1, 1]
 
 
 def test_interrupted_conversion_leaves_no_cache_entry(checkpoints, tmp_path, monkeypatch):
     _, folders = checkpoints["blip2-t5"]
-    real = hub_resolve.convert_source
+    real = hub_cache.convert_source
 
     def crash(*args):
         real(*args)  # every file written into the temporary folder, then the process "dies"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hub_resolve, "convert_source", crash)
-    with pytest.raises(KeyboardInterrupt):
-        PaliModel.from_pretrained(folders["safetensors"], cache_dir=tmp_path)
+    monkeypatch.setattr(hub_cache, "convert_source", crash)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="cannot be read in place"):
+        PaliModel.from_pretrained(folders["bin"], cache_dir=tmp_path)
     assert list((tmp_path / "pali-converted").iterdir()) == []
-    monkeypatch.setattr(hub_resolve, "convert_source", real)
-    assert PaliModel.from_pretrained(folders["safetensors"], cache_dir=tmp_path) is not None
+    monkeypatch.setattr(hub_cache, "convert_source", real)
+    with pytest.warns(UserWarning, match="cannot be read in place"):
+        assert PaliModel.from_pretrained(folders["bin"], cache_dir=tmp_path) is not None
 
 
 def test_missing_qformer_tensor_and_shape_mismatch_named(tmp_path):
@@ -232,7 +284,7 @@ def test_missing_qformer_tensor_and_shape_mismatch_named(tmp_path):
     with pytest.raises(CheckpointError, match=r"projection\.embed_norm\.weight \(from 'qformer\.layernorm\.weight'\)"
                                               r": checkpoint gives \[31\].*expects \[32\]"):
         PaliModel.from_pretrained(src, cache_dir=tmp_path)
-    assert list((tmp_path / "pali-converted").iterdir()) == []  # failed conversions cache nothing
+    assert not (tmp_path / "pali-converted").exists()  # read in place: nothing cached, failed or not
 
 
 @pytest.mark.slow
@@ -244,9 +296,11 @@ def test_load_benchmark_quick(tmp_path):
 
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "blip2_load.py"
     out = tmp_path / "blip2_load.json"
-    run = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, str(script), "--quick", "--reps", "1", "--out", str(out)],
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
-    rows = {(r["dtype"], r["row"]) for r in result["rows"]}
-    assert len(rows) == 6 and ("bfloat16", "ours warm (cache)") in rows
-    assert all(r["weights_bytes"] > 0 and r["seconds"] > 0 for r in result["rows"])
+    rows = {(r["dtype"], r["which"], r["state"]): r for r in result["rows"]}
+    assert len(rows) == 8 and ("bfloat16", "ours", "cold") in rows
+    assert all(r["weights_bytes"] > 0 and r["seconds"] > 0 and r["reps"] == 1 for r in result["rows"])
+    assert all(r["cache_bytes_written"] == 0 for r in result["rows"])  # loaded in place: nothing written

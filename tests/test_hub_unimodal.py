@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from toy_tower import ToyTower, ToyTowerConfig, register
 from pali import CheckpointError, ConfigError, PaliConfig, PaliModel, get_config
 from pali.io import write_safetensors
 from pali.hub import HubError, list_recipes
+from pali.hub import cache as hub_cache
 from pali.hub import unimodal
 from pali.models.pali import shift_right
 
@@ -86,20 +89,35 @@ def test_seed_from_local_folders_matches_sources(towers, tmp_path, text_dir, vis
         model.generate(torch.randn(1, 3, 32, 32), torch.randint(2, 256, (1, 4)), max_new_tokens=3)
 
 
-def test_conversion_is_cached_and_invalidated_by_edits(towers, tmp_path, monkeypatch):
+def test_safetensors_towers_are_read_in_place(towers, tmp_path):
+    dirs = towers["dirs"]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no conversion to announce
+        model = PaliModel.from_unimodal(vision=dirs["siglip"], text=dirs["mt5"], cache_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing cached
+    _check_text(model, towers["mt5"])
+    _check_vision(model, towers["siglip"], "siglip")
+
+
+def test_bin_conversion_is_cached_and_invalidated_by_edits(towers, tmp_path, monkeypatch):
     dirs = towers["dirs"]
     calls = []
-    real = unimodal.convert_source
-    monkeypatch.setattr(unimodal, "convert_source", lambda *a: (calls.append(a[0]), real(*a)))
-    first = PaliModel.from_unimodal(vision=dirs["siglip"], text=dirs["mt5"], cache_dir=tmp_path)
+    real = hub_cache.convert_source
+    monkeypatch.setattr(hub_cache, "convert_source", lambda *a: (calls.append(a[0]), real(*a)))
+    with pytest.warns(UserWarning, match="cannot be read in place"):
+        first = PaliModel.from_unimodal(vision=dirs["clip_bin"], text=dirs["mt5_bin"], cache_dir=tmp_path)
     assert calls == ["vision", "text"]
-    second = PaliModel.from_unimodal(vision=dirs["siglip"], text=dirs["mt5"], cache_dir=tmp_path)
+    assert {e.record["tower"]: e.record["source"] for e in hub_cache.list_entries(tmp_path)} == {
+        "vision": str(dirs["clip_bin"].resolve()), "text": str(dirs["mt5_bin"].resolve())}
+    second = PaliModel.from_unimodal(vision=dirs["clip_bin"], text=dirs["mt5_bin"], cache_dir=tmp_path)
     assert calls == ["vision", "text"]  # nothing converted the second time
     assert torch.equal(first.text.lm_head.weight, second.text.lm_head.weight)
-    config = dirs["siglip"] / "config.json"
+    config = dirs["clip_bin"] / "config.json"
     stat = config.stat()
     os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    PaliModel.from_unimodal(vision=dirs["siglip"], text=dirs["mt5"], cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match="cannot be read in place"):
+        PaliModel.from_unimodal(vision=dirs["clip_bin"], text=dirs["mt5_bin"], cache_dir=tmp_path)
     assert calls == ["vision", "text", "vision"]
 
 

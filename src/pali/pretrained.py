@@ -52,19 +52,23 @@ class PretrainedMixin:
         repo id.
 
         Built on the meta device; every tensor's shape and dtype is checked from the safetensors
-        headers, then read straight into ``device`` (default CPU) as ``dtype`` (default: the
-        stored dtype), so the weights are never held twice. Missing or unexpected tensors raise a
+        headers, then assigned (``load_state_dict(assign=True)``): a tensor already in ``device``
+        (default CPU) and ``dtype`` (default: the stored dtype) is the copy-on-write map of the
+        file, paged in on first use; another dtype is cast tensor by tensor, so the weights are
+        never held twice. Missing or unexpected tensors raise a
         [`pali.CheckpointError`][] listing them; ``strict=False`` warns instead and keeps the
         model's own initialisation for the missing ones. Hub problems (no such repo, revision or
         file, a private repo without ``token``, offline with an empty cache) raise
         [`pali.hub.HubError`][]. ``HF_HUB_OFFLINE=1`` or ``local_files_only`` reads the cache only.
 
-        A BLIP-2 / InstructBLIP checkpoint (safetensors shards or sharded ``pytorch_model-*.bin``,
-        read with ``weights_only=True``) is converted once into our layout in a cache keyed by its
-        Hub commit (``cache_dir/pali-converted`` or ``$PALI_HOME/converted``), then loaded from
-        there like any pali checkpoint: later loads convert nothing. One whose text model is
-        decoder-only (OPT, Vicuna...) raises [`CheckpointError`][pali.CheckpointError] before any weight file
-        is fetched or read.
+        A BLIP-2 / InstructBLIP / mBLIP checkpoint in safetensors is loaded in place: each
+        tensor is renamed, split or transposed as it is read from the mapped shards, and no copy
+        is written anywhere. Sharded ``pytorch_model-*.bin`` (read with ``weights_only=True``)
+        is converted once into our layout in a cache keyed by its Hub commit
+        (``cache_dir/pali-converted`` or ``$PALI_HOME/converted``; a warning says where and how
+        big; ``pali cache list`` / ``pali cache clear``), then loaded from there. One whose text
+        model is decoder-only (OPT, Vicuna...) raises [`CheckpointError`][pali.CheckpointError]
+        before any weight file is fetched or read.
 
         ``torch_dtype`` is ``dtype``'s older transformers name, accepted so code written for
         transformers runs unchanged.
@@ -76,11 +80,15 @@ class PretrainedMixin:
             if dtype is not None and dtype != torch_dtype:
                 raise InputError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; give one")
             dtype = torch_dtype
-        from .io.loading import load_model
+        from .io.loading import build_model, load_model
 
         resolved = resolve(name_or_path, revision=revision, cache_dir=cache_dir,
                            local_files_only=local_files_only, token=token)
-        model = load_model(cls, resolved.folder, source=resolved.label, dtype=dtype, device=device, strict=strict)
+        options = dict(source=resolved.label, dtype=dtype, device=device, strict=strict)
+        if resolved.plan is None:
+            model = load_model(cls, resolved.folder, **options)
+        else:  # a transformers checkpoint, read in place through its conversion plan
+            model = build_model(cls, resolved.plan.config, resolved.plan.weights(), check=resolved.plan.check, **options)
         if resolved.sources is not None:
             model.weight_sources = resolved.sources
         model.name_or_path = resolved.snapshot.source
@@ -105,7 +113,9 @@ class PretrainedMixin:
         """A fine-tunable PaLI seeded from public unimodal checkpoints, as the paper did.
 
         ``vision`` / ``text``: a Hub repo id, a local transformers folder, or a JAX checkpoint
-        path; each is converted once and cached (keyed by commit hash, or path + size + mtime).
+        path. transformers safetensors are read in place; ``.bin``, big_vision ``.npz`` and T5X
+        are converted once and cached (keyed by commit hash, or path + size + mtime), with a
+        warning saying where and how big.
         Without ``preset_or_config`` the architecture is read from the checkpoints; with a preset
         that has a recipe ([`pali.hub.list_recipes`][]) the missing sources come from the recipe,
         and each checkpoint must have the preset tower's shape. A tower without a source is

@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import PaliError
 from . import common  # noqa: F401  (torch-free; pali.cli.common.save_image is named in the docs)
 
-COMMANDS = ["demo", "tasks", "presets", "convert", "run", "eval"]
+COMMANDS = ["demo", "tasks", "presets", "convert", "run", "eval", "cache"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,11 +76,16 @@ def read(
     text_preset: str | None = None,
     image_size: int | None = None,
     dtype: str | torch.dtype | None = None,
+    check: bool = True,
 ) -> Conversion:
-    """Plan a conversion; iterate the result for ``(our_name, tensor)`` (see the naming rule)."""
+    """Plan a conversion; iterate the result for ``(our_name, tensor)`` (see the naming rule).
+
+    ``check=False`` (transformers checkpoints, which load in place): the plan's names and shapes
+    are checked by its loader, ``Conversion.check(module)`` on the module it builds anyway."""
     format = format or detect_format(src)
     if format == "hf":
-        return read_hf(src, vision_preset=vision_preset, text_preset=text_preset, image_size=image_size, dtype=dtype)
+        return read_hf(src, vision_preset=vision_preset, text_preset=text_preset, image_size=image_size, dtype=dtype,
+                       check=check)
     if format == "big_vision":
         if text_preset is not None:
             raise CheckpointError(f"{src}: a big_vision .npz holds a vision tower; text preset {text_preset!r} given")

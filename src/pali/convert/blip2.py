@@ -193,16 +193,16 @@ def split_fused_qkv(sources: list[Source]) -> list[Source]:
                 continue
 
             def load(source=source, i=i, part=part) -> torch.Tensor:
-                return source.load()[i * part : (i + 1) * part].clone()
+                return source.load()[i * part : (i + 1) * part]  # rows: a contiguous range of the map
 
-            out.append(Source(f"{prefix}{name}.{kind}", (part, *source.shape[1:]), load))
+            out.append(Source(f"{prefix}{name}.{kind}", (part, *source.shape[1:]), load, source.dtype))
     return out
 
 
 def map_state_dict(hf_config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A transformers BLIP-2 / InstructBLIP state dict in memory, with its config as a dict ->
     PaliModel names (tests, notebooks)."""
-    sources = [Source(k, tuple(v.shape), lambda v=v: v) for k, v in state_dict.items()]
+    sources = [Source(k, tuple(v.shape), lambda v=v: v, v.dtype) for k, v in state_dict.items()]
     items = plan_items(blip2_config(hf_config), hf_config, sources)
     return {item.target: item.load() for item in items}
 

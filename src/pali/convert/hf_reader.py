@@ -3,7 +3,8 @@
 A HF directory holds ``config.json`` and weights as ``model.safetensors`` (or shards with
 ``model.safetensors.index.json``) or ``pytorch_model.bin`` (or shards with
 ``pytorch_model.bin.index.json``). safetensors go through ``pali.io`` (headers
-checked first, then one tensor read at a time); ``.bin`` files are loaded with ``mmap=True,
+checked first, then each tensor mapped from the file, nothing copied: a model loads from such a
+folder in place, ``reads_in_place``); ``.bin`` files are loaded with ``mmap=True,
 weights_only=True`` so their tensors page in on use. ``config.json``'s ``model_type`` picks the
 key map: mT5/T5 v1.1, SigLIP, CLIP (vision towers, also out of two-tower checkpoints) or ViT.
 """
@@ -19,7 +20,7 @@ from . import blip2, hf
 from ..errors import CheckpointError, ConfigError
 from ..io import CONFIG_NAME, INDEX_NAME, SINGLE_NAME, check_shape, checked_file, index_shards, list_tensors, read_json
 from .keymap import KeyMap
-from .plan import Conversion, Source, check_items, fit_lm_head, fit_pos_embed, map_sources, parse_dtype, target_config
+from .plan import Conversion, Source, fit_lm_head, fit_pos_embed, map_sources, parse_dtype, target_config
 
 BIN_NAME = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -38,7 +39,7 @@ MODEL_TYPES: dict[str, tuple[str, KeyMap, Callable[[dict], Any]]] = {
 
 def _safetensors_sources(directory: Path) -> list[Source]:
     entries, _ = list_tensors(directory)  # headers only, shapes bounded; each tensor read on demand
-    return [Source(name, entry.shape, entry.load) for name, entry in entries.items()]
+    return [Source(name, entry.shape, entry.load, entry.dtype) for name, entry in entries.items()]
 
 
 def _bin_sources(directory: Path) -> list[Source]:
@@ -58,8 +59,15 @@ def _bin_sources(directory: Path) -> list[Source]:
             raise CheckpointError(f"{path}: entries {bad[:5]!r} are not named tensors")
         for k, v in state.items():
             check_shape(list(v.shape), v.element_size(), f"{path}: {k}")
-        sources += [Source(k, tuple(v.shape), lambda v=v: v) for k, v in state.items()]
+        sources += [Source(k, tuple(v.shape), lambda v=v: v, v.dtype) for k, v in state.items()]
     return sources
+
+
+def reads_in_place(path: Path) -> bool:
+    """Whether ``path`` is a transformers folder with safetensors weights: what a model loads in
+    place (each tensor mapped, renamed and reshaped as it is read), with no converted copy."""
+    return path.is_dir() and (path / CONFIG_NAME).is_file() \
+        and ((path / SINGLE_NAME).exists() or (path / INDEX_NAME).exists())
 
 
 def hf_sources(directory: Path) -> list[Source]:
@@ -90,9 +98,13 @@ def read_hf(
     text_preset: str | None = None,
     image_size: int | None = None,
     dtype: str | torch.dtype | None = None,
+    check: bool = True,
 ) -> Conversion:
     """Plan the conversion of a Hugging Face checkpoint directory (mT5, SigLIP, CLIP or ViT towers;
-    whole BLIP-2 / InstructBLIP models, see ``pali.convert.blip2``)."""
+    whole BLIP-2 / InstructBLIP models, see ``pali.convert.blip2``).
+
+    ``check=False`` leaves the names-and-shapes check to the caller (``Conversion.check(module)``):
+    a model loading in place builds the module anyway."""
     directory = Path(src)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
@@ -100,7 +112,7 @@ def read_hf(
     if blip2.is_blip2(raw):
         if vision_preset or text_preset or image_size:
             raise CheckpointError(f"{directory} holds a whole {raw['model_type']} model: tower presets and image_size do not apply")
-        return _read_blip2(directory, raw, dtype=dtype)
+        return _read_blip2(directory, raw, dtype=dtype, check=check)
     hf_config = read_hf_config(directory)
     family, keymap, config_fn = MODEL_TYPES[hf_config["model_type"]]
     preset, other = (vision_preset, text_preset) if family == "vision" else (text_preset, vision_preset)
@@ -121,13 +133,22 @@ def read_hf(
         version = hf_config.get("transformers_version")
         items = fit_lm_head(items, tied=hf.head_tied(hf_config, version),
                             scale=hf.decoder_output_scale(hf_config, version))
-    check_items(items, config, against)
-    return Conversion(config, items, {"pali.source_format": "hf"}, parse_dtype(dtype))
+    return _checked(Conversion(config, items, {"pali.source_format": "hf"}, parse_dtype(dtype), against), check)
 
 
-def _read_blip2(directory: Path, hf_config: Mapping[str, Any], *, dtype: str | torch.dtype | None) -> Conversion:
+def _read_blip2(
+    directory: Path, hf_config: Mapping[str, Any], *, dtype: str | torch.dtype | None, check: bool
+) -> Conversion:
     """Plan the conversion of a BLIP-2 / InstructBLIP directory; config first, then the weights."""
     config = blip2.blip2_config(hf_config)  # refuses unsupported text models before any weight is read
     items = blip2.plan_items(config, hf_config, hf_sources(directory))
-    check_items(items, config, f"the {hf_config['model_type']} config")
-    return Conversion(config, items, {"pali.source_format": "hf"}, parse_dtype(dtype))
+    against = f"the {hf_config['model_type']} config"
+    return _checked(Conversion(config, items, {"pali.source_format": "hf"}, parse_dtype(dtype), against), check)
+
+
+def _checked(conversion: Conversion, check: bool) -> Conversion:
+    if check:
+        conversion.check()
+    else:
+        conversion.checked = False
+    return conversion

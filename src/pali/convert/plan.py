@@ -33,21 +33,27 @@ PROJECTION = "projection."  # the one model-level name a vision tower checkpoint
 
 @dataclass(frozen=True)
 class Source:
-    """One tensor of a foreign checkpoint, not yet read."""
+    """One tensor of a foreign checkpoint, not yet read (``dtype``: when its header says it)."""
 
     name: str
     shape: tuple[int, ...]
     load: Callable[[], torch.Tensor]
+    dtype: torch.dtype | None = None
 
 
 @dataclass(frozen=True)
 class Item:
-    """One output tensor: our name, its shape, and how to produce it from the source."""
+    """One output tensor: our name, its shape, and how to produce it from the source.
+
+    Transforms keep the dtype. An item is a [`Weight`][pali.io.loading.Weight]: a model loads
+    from a plan as it loads from our own files, each tensor renamed and reshaped as it is read.
+    """
 
     target: str
     source: str
     shape: tuple[int, ...]
     load: Callable[[], torch.Tensor]
+    dtype: torch.dtype | None = None
 
     def then(self, transform: Transform) -> "Item":
         """This item with ``transform`` applied after its own."""
@@ -84,7 +90,7 @@ def map_sources(sources: Sequence[Source], keymap: KeyMap) -> list[Item]:
             raise CheckpointError(f"{keymap.name}: {seen[target]!r} and {source.name!r} both map to {target!r}")
         seen[target] = source.name
         shape = _shape_after(transform, source.shape, source.name)
-        items.append(Item(target, source.name, shape, _loader(source, transform)))
+        items.append(Item(target, source.name, shape, _loader(source, transform), source.dtype))
     if unknown:
         raise CheckpointError(f"{keymap.name}: {len(unknown)} unexpected tensors: {sorted(unknown)}")
     return items
@@ -138,13 +144,16 @@ def _module(config: Config) -> torch.nn.Module:
     return registry.get(config.kind)(config)
 
 
-def check_items(items: Sequence[Item], config: Config, against: str) -> None:
+def check_items(items: Sequence[Item], config: Config, against: str, module: torch.nn.Module | None = None) -> None:
     """Compare the planned tensors with the module ``config`` builds: names and shapes, all at once.
 
     ``against`` names the reference in messages ("preset 'vit-b16'", "the inferred config").
+    ``module``: that module already built on the meta device (a loader that fills it passes it,
+    so it is not built twice).
     """
-    with meta_device():
-        module = _module(config)
+    if module is None:
+        with meta_device():
+            module = _module(config)
     check_num_parameters(module, against)
     expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
     problems = []
@@ -184,6 +193,16 @@ class Conversion:
     items: list[Item]
     metadata: dict[str, str] = field(default_factory=dict)
     dtype: torch.dtype | None = None
+    #: What the plan is checked against, in messages; ``checked`` is False for a plan read with
+    #: ``check=False``, whose loader calls ``check(module)`` on the module it builds anyway.
+    against: str = ""
+    checked: bool = True
+
+    def check(self, module: torch.nn.Module | None = None) -> None:
+        """Names and shapes against ``module`` (``config``'s module built on the meta device),
+        before any tensor is read (``check_items``)."""
+        check_items(self.items, self.config, self.against, module)
+        self.checked = True
 
     @property
     def tower(self) -> str:
@@ -202,6 +221,11 @@ class Conversion:
             if self.dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(self.dtype)
             yield item.target, tensor
+
+    def weights(self) -> dict[str, Item]:
+        """Our name -> its planned tensor, for a model loading in place
+        (``pali.io.loading.build_model``): the same mapping ``__iter__`` writes out."""
+        return {item.target: item for item in self.items}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything at once, for small checkpoints and tests."""

@@ -2,9 +2,10 @@
 
 The Hub lives here, never in the model code, and no file format does: ``download`` turns a repo id
 (or a local folder) into a local folder, ``push`` uploads one, ``card`` writes the model card,
-``unimodal`` seeds a PaLI from public tower checkpoints (recipes and a conversion cache).
-Reading and writing the files is ``pali.io``; a folder becomes a model in
-``pali.io.loading``. ``PaliModel`` reaches them through [`pali.pretrained.PretrainedMixin`][].
+``unimodal`` seeds a PaLI from public tower checkpoints (recipes), ``cache`` opens a foreign
+checkpoint: in place through its ``pali.convert`` plan (transformers safetensors), else converted
+once into the conversion cache (``pali cache list`` / ``clear``). Reading and writing the files is
+``pali.io``; a folder or a plan becomes a model in ``pali.io.loading``. ``PaliModel`` reaches them through [`pali.pretrained.PretrainedMixin`][].
 """
 
 from .errors import HubError

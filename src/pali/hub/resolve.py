@@ -1,13 +1,14 @@
-"""A name for ``from_pretrained`` -> a local folder in our layout, converting a foreign one once.
+"""A name for ``from_pretrained`` -> what to load: a folder in our layout, or a transformers
+checkpoint with the plan that reads it in place.
 
 ``config.json`` is fetched first and alone: it says what the checkpoint is before any weight file
 is downloaded or read. A pali checkpoint then gets its safetensors fetched (pinned to the same
 commit). A transformers BLIP-2 / InstructBLIP checkpoint (``model_type`` ``blip-2`` /
 ``instructblip``) is checked for a text model pali can run (refused otherwise, still before any
-weight), looked up in the conversion cache (`pali.hub.cache`, keyed by the Hub commit or the
-local files' identity) and, on a miss only, has its weight files fetched (safetensors preferred
-over ``pytorch_model-*.bin`` when a repo holds both) and converted into the cache, in the stored
-dtypes. Either way the result is a folder `pali.io.loading.load_model` reads as it is.
+weight), then has its weight files fetched (safetensors preferred over ``pytorch_model-*.bin``
+when a repo holds both): safetensors are read in place, through `pali.convert`'s mapping;
+``.bin`` shards are converted once into the conversion cache (`pali.hub.cache`, keyed by the Hub
+commit or the local files' identity; a cached one is found before any weight is fetched).
 """
 
 from __future__ import annotations
@@ -16,23 +17,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..convert import blip2
+from ..convert import Conversion, blip2
 from ..io import layout_files, read_config_json
-from .cache import convert_once, convert_source, entry_folder
+from .cache import cached_record, entry_folder, open_source
 from .download import Snapshot, config_file, fetch, transformers_files
 
 
 @dataclass(frozen=True)
 class Resolved:
-    """Where ``from_pretrained``'s weights are, in our layout, and where they came from.
+    """What ``from_pretrained`` loads, and where it came from.
 
-    ``sources``: provenance records when the folder is a conversion (else the folder's own
-    safetensors metadata holds them).
+    ``plan``: a transformers checkpoint read in place (``folder`` is its own folder); else
+    ``folder`` is in our layout. ``sources``: provenance records for a foreign checkpoint (else
+    the folder's own safetensors metadata holds them).
     """
 
     folder: Path
     snapshot: Snapshot
     sources: list[dict[str, Any]] | None = None
+    plan: Conversion | None = None
 
     @property
     def label(self) -> str:
@@ -58,10 +61,10 @@ def resolve(
     if not blip2.is_blip2(config):
         return Resolved(fetch(head.source, layout_files, revision=head.commit, **options).folder, head)
     blip2.check_text_model(config)  # a decoder-only text model: refused before any weight is fetched
-
-    def fetch_and_convert(tmp: Path) -> None:  # runs on a cache miss only
-        snapshot = fetch(head.source, transformers_files, revision=head.commit, **options)
-        convert_source("model", snapshot, tmp)
-
     folder = entry_folder("model", head, cache_dir)
-    return Resolved(folder, head, [convert_once(folder, fetch_and_convert)])
+    record = cached_record(folder)  # a .bin checkpoint converted earlier
+    if record is not None:
+        return Resolved(folder, head, [record])
+    snapshot = fetch(head.source, transformers_files, revision=head.commit, **options)
+    opened = open_source("model", snapshot, folder)
+    return Resolved(opened.folder or snapshot.folder, head, [opened.record], opened.plan)

@@ -1,11 +1,13 @@
 """Seed a PaLI from public unimodal checkpoints, as the paper did.
 
-Each tower source (Hub repo id, local transformers directory, or a JAX checkpoint path) is
-converted once into our single-tower layout (``config.json`` with the tower's ``kind`` +
-tower-relative safetensors) in a cache keyed by the source's identity: Hub commit hash, or for
-local paths path + size + mtime of every weight file. The second load reads the cache and converts
-nothing. The towers are then loaded into a meta-built [`pali.PaliModel`][] exactly like
-``from_pretrained``; the projection (and any tower without weights) is freshly initialised.
+Each tower source (Hub repo id, local transformers directory, or a JAX checkpoint path) is opened
+by `pali.hub.cache`: transformers safetensors (SigLIP, ViT, CLIP, mT5) are read in place through
+their `pali.convert` plan, nothing written; ``.bin``, big_vision ``.npz`` and T5X are converted
+once into our single-tower layout (``config.json`` with the tower's ``kind`` + tower-relative
+safetensors) in a cache keyed by the source's identity (Hub commit hash, or path + size + mtime
+of every file), and the second load reads the cache. The towers are then loaded into a
+meta-built [`pali.PaliModel`][] exactly like ``from_pretrained``; the projection (and any tower
+without weights) is freshly initialised.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import torch
 
 from ..config.base import Config, PaliConfig, TextConfig, VisionConfig
 from ..config.presets import get_config
+from ..convert import Conversion
 from ..convert.big_vision import split_selector
 from ..errors import CheckpointError, ConfigError
 from ..io import list_tensors, read_config
-from ..io.loading import common_dtype, materialize, verify
+from ..io.loading import Weight, common_dtype, materialize, verify
 from ..nn.meta import meta_device
-from .cache import convert_once, convert_source, entry_folder
+from .cache import entry_folder, open_source
 from .download import Snapshot, fetch, transformers_files
 
 ROLES = ("vision", "text")
@@ -60,12 +63,20 @@ def list_recipes() -> dict[str, Recipe]:
 
 @dataclass(frozen=True)
 class Tower:
-    """One converted tower in the cache."""
+    """One tower to load: read in place through ``plan``, or from ``folder`` (our tower layout)."""
 
     role: str
-    folder: Path
+    folder: Path | None
     config: Config
     record: dict[str, Any]  # provenance: tower, source, revision, format, license
+    plan: Conversion | None = None
+
+    def weights(self) -> dict[str, Weight]:
+        """Tower-relative name -> tensor to load (plus ``projection.*`` when the source carries it)."""
+        if self.plan is not None:
+            return self.plan.weights()
+        entries, _ = list_tensors(self.folder)
+        return entries
 
 
 def seed_from_towers(
@@ -92,7 +103,9 @@ def seed_from_towers(
         model = cls(config)
     entries = {}
     for role, tower in towers.items():
-        tower_entries, _ = list_tensors(tower.folder)
+        if tower.plan is not None:  # read in place: its names and shapes against the tower built above
+            tower.plan.check(getattr(model, role))
+        tower_entries = tower.weights()
         # pali.convert's rule: a vision source that carries PaLI's projection stores it under
         # its PaliModel name; it seeds the projection when its shape fits.
         carried = {n: tower_entries.pop(n) for n in list(tower_entries) if n.startswith("projection.")}
@@ -154,7 +167,7 @@ def _check_fits(wanted: Config, tower: Tower, preset: str | None) -> None:
         raise ConfigError(f"{what} does not have the shape of {target}'s {tower.role} tower: " + ", ".join(diff))
 
 
-# -- conversion cache (pali.hub.cache) --------------------------------------------------------
+# -- opening the sources (pali.hub.cache) ------------------------------------------------------
 
 
 def converted_tower(
@@ -166,17 +179,19 @@ def converted_tower(
     local_files_only: bool = False,
     token: str | bool | None = None,
 ) -> Tower:
-    """The tower ``source`` in our layout, converting it on the first call only."""
+    """The tower ``source``: in place, or converted into the cache on the first call only."""
     snapshot = _fetch_source(source, revision, cache_dir, local_files_only, token)
-    folder = entry_folder(role, snapshot, cache_dir)
-    record = convert_once(folder, lambda tmp: convert_source(role, snapshot, tmp))
-    try:
-        config = read_config(folder, str(folder))
-    except ConfigError as e:
-        raise CheckpointError(f"{snapshot.source} is not a {role} tower: {e}") from None
+    opened = open_source(role, snapshot, entry_folder(role, snapshot, cache_dir))
+    if opened.plan is not None:
+        config = opened.plan.config
+    else:
+        try:
+            config = read_config(opened.folder, str(opened.folder))
+        except ConfigError as e:
+            raise CheckpointError(f"{snapshot.source} is not a {role} tower: {e}") from None
     if not isinstance(config, _CONFIG_TYPES[role]):
         raise CheckpointError(f"{snapshot.source} is not a {role} tower: it holds a {type(config).__name__}")
-    return Tower(role, folder, config, record)
+    return Tower(role, opened.folder, config, opened.record, opened.plan)
 
 
 def _fetch_source(source, revision, cache_dir, local_files_only, token) -> Snapshot:

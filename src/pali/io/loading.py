@@ -2,20 +2,26 @@
 
 The model is built on the meta device (no memory, no init), every tensor's name, shape and dtype
 is checked against it from the safetensors headers alone ([`pali.io.list_tensors`][]),
-and only then are the bytes read, one tensor at a time, straight into the target device and
-dtype and assigned into the model (the effect of ``load_state_dict(assign=True)``). Peak memory
-is the model plus one tensor. ``PaliModel.from_pretrained`` resolves a name to a folder
-(``pali.hub.download``) and calls ``load_model``; ``from_unimodal`` and any other loader
-(a converted tower, a connector) use ``verify`` + ``materialize`` the same way.
+and only then is each tensor assigned into the model (the effect of
+``load_state_dict(assign=True)``, as gpt-fast and transformers load): a tensor already in the
+asked device and dtype is assigned as the copy-on-write map of its bytes in the file, so nothing
+is copied and pages come in on first use; one in another dtype is cast tensor by tensor, the
+largest first, so a bf16 load of fp32 files never holds more than one fp32 tensor.
+
+What is assigned is anything with a ``shape``, a ``dtype`` and a ``load()`` ([`Weight`][pali.io.loading.Weight]):
+a stored tensor of our layout, or an item of a [`pali.convert`][] plan that renames and reshapes
+a transformers checkpoint's tensor as it is read, so those load in place too.
+``PaliModel.from_pretrained`` resolves a name (``pali.hub.resolve``) and calls ``load_model`` or
+``build_model``; ``from_unimodal`` uses ``verify`` + ``materialize`` the same way.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 import json
 import logging
+import math
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 import warnings
 
 import torch
@@ -26,12 +32,24 @@ from ..errors import CheckpointError, ConfigError
 from ..nn.meta import meta_device
 from .guards import check_num_parameters
 from .layout import CONFIG_NAME, read_config_json, write_config_json
-from .safetensors import StoredTensor, list_tensors, write_safetensors
+from .safetensors import list_tensors, write_safetensors
 
 logger = logging.getLogger(__name__)
 
 _LISTED = 20  # names shown in an error before "... and N more"
 CARD_NAME = "README.md"
+
+
+class Weight(Protocol):
+    """One tensor to load, not read yet: a stored tensor or a planned (renamed, reshaped) one."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> torch.dtype | None: ...
+
+    def load(self) -> torch.Tensor: ...
 
 
 def _listing(names: list[str]) -> str:
@@ -40,7 +58,7 @@ def _listing(names: list[str]) -> str:
 
 
 def check_against(
-    entries: Mapping[str, StoredTensor], expected: Mapping[str, torch.Tensor], source: str
+    entries: Mapping[str, Weight], expected: Mapping[str, torch.Tensor], source: str
 ) -> tuple[list[str], list[str]]:
     """Raise on any tensor whose shape or kind (float vs integer) does not fit the model.
 
@@ -51,22 +69,23 @@ def check_against(
         stored, want = entries[name], expected[name]
         if stored.shape != tuple(want.shape):
             problems.append(f"{name}: checkpoint {list(stored.shape)}, model {list(want.shape)}")
-        elif stored.dtype.is_floating_point != want.dtype.is_floating_point:
+        elif stored.dtype is not None and stored.dtype.is_floating_point != want.dtype.is_floating_point:
             problems.append(f"{name}: checkpoint {stored.dtype}, model {want.dtype}")
     if problems:
         raise CheckpointError(f"{source}: {len(problems)} tensors do not fit the model: " + "; ".join(problems))
     return sorted(expected.keys() - entries.keys()), sorted(entries.keys() - expected.keys())
 
 
-def common_dtype(entries: Mapping[str, StoredTensor]) -> torch.dtype:
+def common_dtype(entries: Mapping[str, Weight]) -> torch.dtype:
     """The stored floating dtype when there is one, else float32: what ``dtype=None`` loads as."""
-    dtypes = {e.dtype for e in entries.values() if e.dtype.is_floating_point}
+    dtypes = {e.dtype for e in entries.values() if e.dtype is None or e.dtype.is_floating_point}
+    dtypes.discard(None)  # a planned tensor whose reader cannot tell its dtype before reading
     return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
 
 def materialize(
     model: nn.Module,
-    entries: Mapping[str, StoredTensor],
+    entries: Mapping[str, Weight],
     *,
     device: torch.device,
     dtype: torch.dtype,
@@ -75,7 +94,10 @@ def materialize(
 
     Parameters absent from ``entries`` (a fresh projection, a tower without public weights) are
     allocated and initialised by ``model.init_weights()``, which skips what is still on the meta
-    device, so nothing that will be loaded is ever initialised.
+    device, so nothing that will be loaded is ever initialised. Floating tensors become ``dtype``
+    on ``device``; one already so is assigned as it was loaded (a map of the file, no copy).
+    Largest first: while the last (small) tensors are cast, the model is nearly complete, so the
+    one source tensor held beside it is small.
     """
     missing = model.state_dict().keys() - entries.keys()
     if missing:
@@ -84,14 +106,9 @@ def materialize(
         model.init_weights()
         for owner in {name.rpartition(".")[0] for name in missing}:
             model.get_submodule(owner).to(dtype)
-    by_file: dict[Path, list[tuple[str, StoredTensor]]] = defaultdict(list)
-    for name, stored in entries.items():
-        by_file[stored.file].append((name, stored))
-    for path, items in by_file.items():
-        with open(path, "rb") as f:
-            for name, stored in sorted(items, key=lambda item: item[1].start):
-                tensor = stored.read(f)
-                _assign(model, name, tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None))
+    for name, weight in sorted(entries.items(), key=lambda item: -math.prod(item[1].shape)):
+        tensor = weight.load()
+        _assign(model, name, tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None))
     return model
 
 
@@ -106,13 +123,13 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 
 def verify(
-    entries: Mapping[str, StoredTensor],
+    entries: Mapping[str, Weight],
     expected: Mapping[str, torch.Tensor],
     *,
     source: str,
     strict: bool,
     allowed_missing: tuple[str, ...] = (),
-) -> dict[str, StoredTensor]:
+) -> dict[str, Weight]:
     """Check ``entries`` against a meta-built model's state dict; return the ones to load.
 
     Missing tensors (except under ``allowed_missing`` prefixes, initialised on purpose) and
@@ -139,12 +156,12 @@ def load_model(
     cls: type[nn.Module], folder: Path, *, source: str, dtype: torch.dtype | None,
     device: str | torch.device | None, strict: bool,
 ) -> nn.Module:
-    """A ``cls`` (PaliModel) filled from ``folder``; ``source`` names it in every error."""
+    """A ``cls`` (PaliModel) filled from ``folder`` (our layout); ``source`` names it in every error."""
     data = read_config_json(folder, source)
     if "kind" in data or "model_type" in data:
         what = f"a single {data['kind']!r} tower" if "kind" in data else f"a transformers {data['model_type']!r} model"
         raise CheckpointError(
-            f"{source} holds {what}, not a PaLI model (of transformers models, from_pretrained converts "
+            f"{source} holds {what}, not a PaLI model (of transformers models, from_pretrained loads "
             "BLIP-2 / InstructBLIP with a T5 or mT5 text model): seed one with PaliModel.from_unimodal(vision=..., text=...)"
         )
     try:
@@ -152,12 +169,28 @@ def load_model(
     except ConfigError as e:
         raise ConfigError(f"{source}/{CONFIG_NAME}: {e}") from None
     entries, metadata = list_tensors(folder)
+    model = build_model(cls, config, entries, source=source, dtype=dtype, device=device, strict=strict)
+    model.weight_sources = sources_from_metadata(metadata)
+    return model
+
+
+def build_model(
+    cls: type[nn.Module], config: PaliConfig, entries: Mapping[str, Weight], *, source: str,
+    dtype: torch.dtype | None, device: str | torch.device | None, strict: bool,
+    check: Callable[[nn.Module], None] | None = None,
+) -> nn.Module:
+    """A ``cls(config)`` built on the meta device, ``entries`` checked against it (names, shapes,
+    float vs integer: every problem raised before any tensor is read), then assigned.
+
+    ``check``: the caller's own check of the meta-built model, run first (a conversion plan's,
+    whose messages name the source tensors)."""
     with meta_device():
         model = cls(config)
     check_num_parameters(model, f"{source}/{CONFIG_NAME}")
+    if check is not None:
+        check(model)
     entries = verify(entries, model.state_dict(), source=source, strict=strict)
     model = materialize(model, entries, device=torch.device(device or "cpu"), dtype=dtype or common_dtype(entries))
-    model.weight_sources = sources_from_metadata(metadata)
     return model.eval()
 
 

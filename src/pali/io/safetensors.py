@@ -1,10 +1,12 @@
 """safetensors, read and written by pali's own codec.
 
-A safetensors file is a JSON header and raw little-endian bytes: nothing in it can execute, and
-reading one tensor with ``readinto`` at our own checked offsets never maps (or copies) anything
-else, so it is parsed here, not by the ``safetensors`` library. Every safetensors file pali reads
-(our own, a Hugging Face model's, a converted tower) goes through
-[`list_tensors`][pali.io.list_tensors] / ``read_safetensors_file``; every one it writes through
+A safetensors file is a JSON header and raw little-endian bytes: nothing in it can execute. Every
+header is checked here (shapes bounded, offsets inside the file) before anything is mapped or
+allocated, so it is parsed here, not by the ``safetensors`` library. Every safetensors file pali
+reads (our own, a Hugging Face model's, a converted tower) goes through
+[`list_tensors`][pali.io.list_tensors] / ``read_safetensors_file``, and a tensor is then a
+copy-on-write map of its own byte range (``StoredTensor.load``): loading a model copies nothing,
+a cast to another dtype holds one source tensor at a time. Every file pali writes goes through
 [`write_safetensors`][pali.io.write_safetensors].
 
 Writing streams: each tensor's bytes go to a scratch file as they arrive, and a shard's header is
@@ -16,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import json
 import math
+import mmap
 from pathlib import Path
 import shutil
 import struct
@@ -152,12 +155,29 @@ class StoredTensor:
         return buf.view(self.dtype).reshape(self.shape)
 
     def load(self) -> torch.Tensor:
-        """``read``, opening the file for this one tensor (loaders that run one tensor at a time)."""
+        """The tensor as a copy-on-write view of its bytes in the file (``mmap``), read nothing yet.
+
+        Pages come in when the tensor is first used, as transformers' safetensors loading does,
+        read ahead in large steps (``MADV_SEQUENTIAL``: from a cold disk, few large reads instead
+        of many small ones; free on a warm page cache, unlike ``MADV_WILLNEED``, which walks
+        every page at once); writes stay private to this process. Each tensor maps only its own byte range, so the
+        mapping goes away with the tensor: a caller that casts it to another dtype holds the
+        source bytes only while it casts. A tensor whose offset is not a multiple of its element
+        size (legal, rare) is copied into fresh memory instead.
+        """
+        if self.end == self.start:
+            return torch.empty(self.shape, dtype=self.dtype)
+        begin = self.start - self.start % mmap.ALLOCATIONGRANULARITY
         try:
             with open(self.file, "rb") as f:
-                return self.read(f)
-        except OSError as e:
+                if self.start % self.dtype.itemsize:
+                    return self.read(f)
+                mapped = mmap.mmap(f.fileno(), self.end - begin, offset=begin, access=mmap.ACCESS_COPY)
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+        except (OSError, ValueError) as e:  # ValueError: the file shrank since its header was read
             raise CheckpointError(f"{self.file}: cannot read ({e})") from None
+        data = torch.frombuffer(mapped, dtype=torch.uint8)[self.start - begin :]
+        return data.view(self.dtype).reshape(self.shape)
 
 
 def read_safetensors_file(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
