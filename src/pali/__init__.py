@@ -35,7 +35,7 @@ _EXPORTS = {
     "HubError": "hub", "list_recipes": "hub",
     "GenerationConfig": "generation",
     "ImageProcessor": "processing.image",
-    "PaliModel": "pretrained", "PaliOutput": "models.pali",
+    "PaliModel": "pretrained", "PaliOutput": "models.pali", "quantize": "models.quantize",
     "Pipeline": "tasks.pipeline", "pipeline": "tasks.pipeline",
     "get_config": "config.presets", "list_presets": "config.presets",
     "PaliProcessor": "processing.processor", "ProcessorConfig": "processing.processor",

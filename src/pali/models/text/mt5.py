@@ -24,6 +24,7 @@ from ...config.registry import TEXT_STACKS
 from ...errors import InputError
 from ...generation.kv_cache import KVCache
 from ...nn.attention import Attention, RelativeBias
+from ...nn.gemv import decode_linear
 from .mt5_config import MT5Config
 
 _FP16_LIMIT = torch.finfo(torch.float16).max - 1000
@@ -237,8 +238,9 @@ class MT5(nn.Module):
         """Fill the decoder's ``KVCache`` for a generation of up to ``max_len`` tokens.
 
         The cross-attention keys/values are projected once here; the self-attention buffers are
-        preallocated (and reused from the previous generation when the shapes match, so a
-        compiled ``decode_step`` sees the same module and buffers every call).
+        preallocated (reused when called again with the same shapes; ``generate`` releases them
+        when it ends, and a compiled ``decode_step`` takes new buffers of the same shapes as
+        inputs, without recompiling).
         """
         cfg = self.config
         cross = [layer.cross_attn.project_kv(encoder_hidden) for layer in self.decoder.layers]
@@ -268,7 +270,7 @@ class MT5(nn.Module):
         bias = self.decoder.bias()
         cross_kv = cache.cross_kv()
         x = self.decoder.run(self.embed(ids), lambda i: (bias, cross_kv[i], cache.enc_mask, cache, start, i))
-        return self.lm_head(x)
+        return decode_linear(x, self.lm_head)
 
 
 TEXT_STACKS.register(MT5Config.kind, MT5)
