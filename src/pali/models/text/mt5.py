@@ -24,7 +24,7 @@ from ...config.registry import TEXT_STACKS
 from ...errors import InputError
 from ...generation.kv_cache import KVCache
 from ...nn.attention import Attention, RelativeBias
-from ...nn.gemv import decode_linear
+from ...nn.gemv import decode_linear, few_threads
 from .mt5_config import MT5Config
 
 _FP16_LIMIT = torch.finfo(torch.float16).max - 1000
@@ -78,7 +78,8 @@ class FeedForward(nn.Module):
                 params = {name: p.float() for name, p in self.wo.named_parameters()}
                 out = torch.func.functional_call(self.wo, params, (h.float(),))
             return out.clamp(-_FP16_LIMIT, _FP16_LIMIT).half()
-        return self.wo(h.to(self.wo.weight.dtype))
+        weight = getattr(self.wo, "weight", None)  # an int8 layer (pali.quantize) takes any input dtype
+        return self.wo(h if weight is None or not weight.is_floating_point() else h.to(weight.dtype))
 
 
 class EncoderLayer(nn.Module):
@@ -269,7 +270,8 @@ class MT5(nn.Module):
             cache.check_room(start, ids.shape[1])
         bias = self.decoder.bias()
         cross_kv = cache.cross_kv()
-        x = self.decoder.run(self.embed(ids), lambda i: (bias, cross_kv[i], cache.enc_mask, cache, start, i))
+        with few_threads(ids.device):  # small operations: one thread; the output layer gets them all
+            x = self.decoder.run(self.embed(ids), lambda i: (bias, cross_kv[i], cache.enc_mask, cache, start, i))
         return decode_linear(x, self.lm_head)
 
 
