@@ -29,3 +29,23 @@ def test_train_step_benchmark_quick():
     out = _run("train_step.py")
     assert "ours s/step" in out
     assert len(out.strip().splitlines()) == 3  # header, column names, one resolution row
+
+
+@pytest.mark.slow
+def test_decode_peers_benchmark_quick(tmp_path):
+    """pali against transformers and CTranslate2 at a tiny size: it exits non-zero when pali fp32's
+    tokens differ from transformers'; every row prints its ratios and memory floor."""
+    pytest.importorskip("ctranslate2", reason='CTranslate2 is the peer: pip install ctranslate2 to run this')
+    import json
+
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "decode_peers.py"), "--quick", "--out", str(tmp_path / "r.json")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("token agreement with pali fp32") == 3
+    assert "Full PaLI path with images" in out.stdout
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [r["row"] for r in result["text_rows"]] == ["greedy b1", "greedy b8", "beam b1 x4"]
+    for row in result["text_rows"]:
+        assert row["agreement_with_pali_fp32"]["transformers"] == 1.0
+        for engine in ("pali fp32", "pali int8", "pali bf16"):
+            assert row["engines"][engine]["vs ct2 float32"] > 0 and row["engines"][engine]["vs_floor"] > 0
