@@ -278,6 +278,33 @@ def image_rows(ref, ours, sizes, args) -> list[dict]:
     return rows
 
 
+def compile_child(quick: bool, threads: int) -> None:
+    """In a fresh process: seconds of the first ``generate(compile=True)`` (compilation, or loading
+    it from the on-disk cache) and of the next one, for greedy batch 1."""
+    torch.set_num_threads(threads)
+    sizes = QUICK_PEERS if quick else FULL_PEERS
+    torch.manual_seed(0)
+    model = ours_from(Reference(sizes)).eval()
+    ids = input_ids(1, 12 if quick else INPUT_LEN, sizes["text"]["vocab_size"])
+    run = pali_engine(model, sizes["new_tokens"], 1, compile=True)
+    first = timed(run, ids)
+    print(json.dumps(dict(first_s=first, second_s=timed(run, ids))))
+
+
+def compile_starts(args) -> dict:
+    """A cold start (empty compile cache) and a warm start (a second process, same cache on disk)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        command = [sys.executable, __file__, "--compile-child", "--threads", str(args.threads)] + (["--quick"] * args.quick)
+        starts = {}
+        for name in ("cold", "warm"):
+            out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            starts[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    return starts
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
@@ -287,7 +314,10 @@ def main(argv=None) -> None:
                         help="time generate(compile=True) too (default: on, off with --quick)")
     parser.add_argument("--no-images", dest="images", action="store_false", help="skip the full PaLI path")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--compile-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.compile_child:
+        return compile_child(args.quick, args.threads)
     sizes = QUICK_PEERS if args.quick else FULL_PEERS
     args.reps = args.reps or sizes["reps"]
     args.compile = (not args.quick) if args.compile is None else args.compile
@@ -322,6 +352,10 @@ def main(argv=None) -> None:
         ct2 = {k: v for k, v in r["agreement_with_pali_fp32"].items() if k.startswith("ct2")}
         if ct2:
             print(f"{r['row']}: token agreement with pali fp32: " + ", ".join(f"{k} {v:.3f}" for k, v in ct2.items()))
+    starts = compile_starts(args) if args.compile else {}
+    for name, r in starts.items():
+        print(f"generate(compile=True), {name} start (new process{', cache on disk' if name == 'warm' else ''}): "
+              f"first call {r['first_s']:.1f} s, second {r['second_s']:.2f} s (greedy b1)")
     images = image_rows(ref, ours, sizes, args) if args.images else []
     if images:
         print_table("Full PaLI path with images (pali fp32 vs transformers): tok/s, median (min-max)", images,
@@ -333,6 +367,7 @@ def main(argv=None) -> None:
             benchmark="decode_peers", command="python " + " ".join(["benchmarks/decode_peers.py", *(argv or sys.argv[1:])]),
             versions=dict(torch=torch.__version__, transformers=transformers.__version__, ctranslate2=ct2_version),
             threads=args.threads, reps=args.reps, bandwidth_gb_s=bandwidth / 1e9, text_rows=rows, image_rows=images,
+            compile_starts=starts,
         ), indent=1) + "\n")
 
 

@@ -25,6 +25,8 @@ def quantize(model: nn.Module, fmt: str = "int8") -> nn.Module:
             f"quantize needs a model with a text decoder and an fp output layer (a PaliModel not "
             f"quantized yet), got {type(model).__name__}"
         )
-    quantize_linears(text.decoder, fmt)
+    # int8: the decoder's small layers weight-only (bf16 activations), the large output layer
+    # with dynamic int8 activations (pali.nn.quantize has the measurements).
+    quantize_linears(text.decoder, fmt, **({"activations": "bf16"} if fmt == "int8" else {}))
     text.lm_head = convert_linear(text.lm_head, fmt)
     return model.eval()

@@ -44,7 +44,6 @@ def decode_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
         or weight.dtype != torch.float32
         or weight.numel() < LARGE
         or torch.is_grad_enabled()
-        or torch.compiler.is_compiling()
     ):
         return layer(x)
     rows = x.reshape(-1, x.shape[-1])
@@ -59,9 +58,9 @@ def decode_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 
 @contextmanager
 def few_threads(device: torch.device):
-    """Run the block on one intra-op thread on a CPU (eagerly; a compiled graph keeps its own)."""
+    """Run the block on one intra-op thread on a CPU (eager code only)."""
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1 or torch.compiler.is_compiling():
+    if device.type != "cpu" or threads == 1:
         yield
         return
     torch.set_num_threads(1)

@@ -270,8 +270,13 @@ class MT5(nn.Module):
             cache.check_room(start, ids.shape[1])
         bias = self.decoder.bias()
         cross_kv = cache.cross_kv()
+        def layers():
+            return self.decoder.run(self.embed(ids), lambda i: (bias, cross_kv[i], cache.enc_mask, cache, start, i))
+
+        if torch.compiler.is_compiling():  # a compiled graph schedules its own threads
+            return self.lm_head(layers())
         with few_threads(ids.device):  # small operations: one thread; the output layer gets them all
-            x = self.decoder.run(self.embed(ids), lambda i: (bias, cross_kv[i], cache.enc_mask, cache, start, i))
+            x = layers()
         return decode_linear(x, self.lm_head)
 
 
