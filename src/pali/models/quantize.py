@@ -1,7 +1,7 @@
 """``pali.quantize(model, "int8")``: a model whose decoding reads int8 (or bf16) weights.
 
 The layers one decoding step reads (the text decoder's linear layers and the output layer) are
-swapped for [`pali.nn.quantize`][]'s int8 or bf16 forms; the vision tower, the connector and the
+swapped for ``pali.nn.quantize``'s int8 or bf16 forms; the vision tower, the connector and the
 text encoder, which run once per generation over many rows, keep their weights. Measured quality
 and speed are in ``docs/benchmarks.md`` (decoding against CTranslate2).
 """

@@ -118,7 +118,7 @@ def attend(
 ) -> torch.Tensor:
     """Attention on ``[B, H, L, D]`` tensors through the chosen backend.
 
-    ``key_padding_mask`` is ``[B, Lk]`` (True: attend) or a [`KeyPadding`][] checked once.
+    ``key_padding_mask`` is ``[B, Lk]`` (True: attend) or a ``KeyPadding`` checked once.
 
     ``q_offset`` is the absolute position of the first query: an int, or a 0-d CPU tensor (a
     decode step under ``torch.compile``, which must not specialize on the position). Every
