@@ -48,7 +48,7 @@ def decode_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
         return layer(x)
     rows = x.reshape(-1, x.shape[-1])
     out_features = weight.shape[0]
-    parts = 1 if torch.compiler.is_compiling() else torch.get_num_threads()  # a graph: W @ x.T
+    parts = torch.get_num_threads()
     if rows.shape[0] == 1 and parts > 1 and out_features % parts == 0:
         out = torch.bmm(weight.view(parts, out_features // parts, -1), rows.t().expand(parts, -1, 1))
     else:

@@ -273,8 +273,8 @@ class MT5(nn.Module):
         def layers():
             return self.decoder.run(self.embed(ids), lambda i: (bias, cross_kv[i], cache.enc_mask, cache, start, i))
 
-        if torch.compiler.is_compiling():  # a compiled graph schedules its own threads
-            return decode_linear(layers(), self.lm_head)
+        if torch.compiler.is_compiling():  # a compiled graph schedules its own threads and kernels
+            return self.lm_head(layers())
         with few_threads(ids.device):  # small operations: one thread; the output layer gets them all
             x = layers()
         return decode_linear(x, self.lm_head)
