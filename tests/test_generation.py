@@ -158,3 +158,73 @@ def test_generation_after_inference_mode_runs_under_no_grad(model):
     with torch.no_grad():
         second = model.generate(px, ids, mask, max_new_tokens=6)
     assert torch.equal(first, second)
+
+
+# -- no per-token waste ---------------------------------------------------------------------------
+
+
+def _recording_step(rows: int, vocab: int = 11):
+    """A stand-in decoder: random logits, and a record of what each step was given."""
+    g = torch.Generator().manual_seed(0)
+    seen = []
+
+    def step(new, position):
+        seen.append((tuple(new.shape), position))
+        return torch.randn(rows, 1, vocab, generator=g)
+
+    return step, seen
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_strategies_hand_the_step_only_the_newest_tokens(num_beams, monkeypatch):
+    """No strategy rebuilds (or concatenates) the prefix per token: the step gets ``[rows, 1]`` and
+    its position, and greedy writes into its preallocated output."""
+    from pali.generation import beam_search, greedy_or_sample
+
+    cfg = GenerationConfig(max_new_tokens=6, num_beams=num_beams, eos_token_id=-1, pad_token_id=0)
+    step, seen = _recording_step(2 * num_beams)
+    if num_beams > 1:
+        out = beam_search(step, lambda index: None, 2, 0, cfg, torch.device("cpu"))
+    else:
+        cats = []
+        real_cat = torch.cat
+        monkeypatch.setattr(torch, "cat", lambda *a, **k: cats.append(1) or real_cat(*a, **k))
+        out = greedy_or_sample(step, 2, 0, cfg, torch.device("cpu"))
+        assert cats == []
+    assert out.shape == (2, 6)
+    assert seen == [((2 * num_beams, 1), t) for t in range(6)]
+
+
+def test_one_host_read_per_token_whatever_the_depth(model, monkeypatch):
+    """The encoder's padding is checked once per generation, not per layer per token: a padded
+    batch costs one ``bool(tensor)`` per token (has every row ended?) plus a constant."""
+    px, ids, mask, _ = _prompts()  # rows 2 and 3 carry padding
+    reads = []
+    real_bool = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(1) or real_bool(t))
+    counts = []
+    for n in (4, 9):
+        reads.clear()
+        model.generate(px, ids, mask, max_new_tokens=n, eos_token_id=-1)
+        counts.append(len(reads))
+    assert model.config.text.num_decoder_layers >= 2
+    assert counts[1] - counts[0] == 9 - 4
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_the_kv_cache_is_released_after_generate(model, num_beams, monkeypatch):
+    import weakref
+
+    held = []
+    start = model.text.start_decoding
+
+    def spy(*args, **kwargs):
+        cache = start(*args, **kwargs)
+        held.extend(weakref.ref(t) for t in (cache.k, cache.v, cache.cross_k, cache.cross_v))
+        return cache
+
+    monkeypatch.setattr(model.text, "start_decoding", spy)
+    px, ids, mask, _ = _prompts()
+    out = model.generate(px, ids, mask, max_new_tokens=4, num_beams=num_beams)
+    assert out.shape[0] == 3 and len(held) == 4
+    assert all(ref() is None for ref in held)  # nothing keeps the buffers alive

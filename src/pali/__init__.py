@@ -35,7 +35,7 @@ _EXPORTS = {
     "HubError": "hub", "list_recipes": "hub",
     "GenerationConfig": "generation",
     "ImageProcessor": "processing.image",
-    "PaliModel": "pretrained", "PaliOutput": "models.pali",
+    "PaliModel": "pretrained", "PaliOutput": "models.pali", "quantize": "models.quantize",
     "Pipeline": "tasks.pipeline", "pipeline": "tasks.pipeline", "run": "data.inference",
     "get_config": "config.presets", "list_presets": "config.presets",
     "PaliProcessor": "processing.processor", "ProcessorConfig": "processing.processor",
@@ -100,6 +100,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see
     from .models.connectors.linear_config import LinearConfig  # noqa: F401
     from .models.connectors.qformer_config import QFormerConfig  # noqa: F401
     from .models.pali import PaliOutput  # noqa: F401
+    from .models.quantize import quantize  # noqa: F401
     from .models.text.mt5_config import MT5Config  # noqa: F401
     from .models.vision.vit_config import ViTConfig  # noqa: F401
     from .pretrained import PaliModel  # noqa: F401

@@ -1,9 +1,9 @@
 """Decoding: one KV cache (``kv_cache``), one decode loop with greedy, sampling and beam search on
 top (``search``). Knows no model: ``PaliModel.generate`` hands it a step function."""
 
-from .search import GenerationConfig, beam_search, decoder_step, greedy_or_sample
+from .search import GenerationConfig, beam_search, decoding, greedy_or_sample
 
-__all__ = ["GenerationConfig", "beam_search", "decoder_step", "greedy_or_sample"]
+__all__ = ["GenerationConfig", "beam_search", "decoding", "greedy_or_sample"]
 
 from ..lazy import submodules_on_demand  # noqa: E402
 

@@ -6,8 +6,10 @@ the whole buffer: the decoder asks for causal attention from the step's position
 slots not written yet, so shapes never change from token to token and the step compiles once. An
 eager step (position an int) writes a slice and attends over the filled prefix only: fewer keys,
 and a one-token step needs no causal mask. Either way nothing is allocated per token.
-Cross-attention keys/values are projected once per generation and kept here too. The cache
-stores; it does not decide how attention is called.
+Cross-attention keys/values are projected once per generation and kept here too, with the
+encoder's padding mask checked once. ``generate`` releases the buffers when it ends
+(``release``), so a finished generation holds no memory. The cache stores; it does not decide
+how attention is called.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..nn.attention import KeyPadding
 
 
 class KVCache(nn.Module):
@@ -23,8 +26,9 @@ class KVCache(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("k", "v", "cross_k", "cross_v", "enc_mask"):
+        for name in ("k", "v", "cross_k", "cross_v"):
             self.register_buffer(name, None, persistent=False)
+        self.enc_mask: KeyPadding | None = None
 
     @property
     def allocated(self) -> bool:
@@ -48,11 +52,18 @@ class KVCache(nn.Module):
             self.k = torch.zeros(shape, dtype=dtype, device=device)
             self.v = torch.zeros_like(self.k)
 
+    def release(self) -> None:
+        """Drop every buffer (the end of a generation): the memory goes back at once, not when the
+        model goes. The next ``allocate`` makes new ones."""
+        for name in ("k", "v", "cross_k", "cross_v", "enc_mask"):
+            setattr(self, name, None)
+
     def set_cross(self, cross: list[tuple[torch.Tensor, torch.Tensor]], enc_mask: torch.Tensor | None) -> None:
-        """Keep every layer's cross-attention keys/values (projected once) and the encoder mask."""
+        """Keep every layer's cross-attention keys/values (projected once) and the encoder mask,
+        checked once here for padding (``KeyPadding``: no per-layer, per-token host read)."""
         self.cross_k = torch.stack([k for k, _ in cross])
         self.cross_v = torch.stack([v for _, v in cross])
-        self.enc_mask = enc_mask
+        self.enc_mask = KeyPadding.of(enc_mask, self.cross_k.dtype)
 
     def cross_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return list(zip(self.cross_k.unbind(0), self.cross_v.unbind(0)))

@@ -1,16 +1,20 @@
 """Decoding strategies over an encoder-decoder: greedy, sampling and beam search.
 
-``decoder_step`` builds the one step function every strategy shares: ``step(tokens)`` gives
-the next-token logits after the decoder tokens so far, and ``reorder(index)`` keeps the batch
-rows that beam search selects. The step runs the decoder on the newest token over its KV cache
-(optionally compiled), or, with ``use_cache=False``, recomputes the whole prefix: the reference
-the cached step is tested against. Beam search follows Hugging Face transformers' vectorized
+``decoding`` builds, for one generation, the step function every strategy shares:
+``step(new_tokens, position)`` gives the next-token logits given the newest tokens only, and
+``reorder(index)`` keeps the batch rows that beam search selects. The step runs the decoder on
+the newest token over its KV cache (optionally compiled), or, with ``use_cache=False``,
+recomputes the whole prefix: the reference the cached step is tested against. ``next_logits``
+is the one place where a step's logits are turned into the scores a strategy chooses from. Beam search follows Hugging Face transformers' vectorized
 algorithm (top ``2K`` candidates, length-normalized finished hypotheses, the same early-stop
 heuristic), so both give the same beams.
 """
 
 from __future__ import annotations
 
+import functools
+
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
@@ -80,55 +84,73 @@ class GenerationConfig:
             raise InputError(f"suppress_tokens must be token ids (ints >= 0), got {self.suppress_tokens!r}")
 
 
-def decoder_step(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, cfg: GenerationConfig):
-    """``step(tokens)`` -> logits ``[B, 1, V]`` after ``tokens`` (start token first), and
-    ``reorder(index)`` for beam search, over a text stack (``decode``, ``start_decoding``,
-    ``decode_step``)."""
+@contextmanager
+def decoding(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, cfg: GenerationConfig):
+    """One generation's ``(step, reorder)`` over a text stack (``decode``, ``start_decoding``,
+    ``decode_step``); on exit the KV cache's buffers are released.
+
+    ``step(new_tokens, position)`` -> logits ``[B, 1, V]`` after the decoder tokens so far, given
+    only the newest ones ``[B, 1]`` at ``position`` (the start token is position 0): a strategy never
+    builds the prefix. ``reorder(index)`` keeps the batch rows beam search selects. The cached
+    step runs the decoder over the KV cache (optionally compiled); ``use_cache=False`` keeps
+    the prefix itself in one preallocated buffer and recomputes it whole every step, the
+    reference the cached step is tested against.
+    """
     if not cfg.use_cache:
         held = {"hidden": encoder_hidden, "mask": mask}
+        prefix = torch.empty(encoder_hidden.shape[0], cfg.max_new_tokens + 1, dtype=torch.long,
+                             device=encoder_hidden.device)
 
-        def step(tokens):
-            return text.decode(tokens, held["hidden"], held["mask"])[:, -1:]
+        def step(new_tokens, position):
+            prefix[:, position : position + 1] = new_tokens
+            return text.decode(prefix[:, : position + 1], held["hidden"], held["mask"])[:, -1:]
 
         def reorder(index):
+            prefix.copy_(prefix.index_select(0, index))
             held["hidden"] = held["hidden"].index_select(0, index)
             held["mask"] = None if held["mask"] is None else held["mask"].index_select(0, index)
 
-        return suppressing(step, cfg), reorder
+        yield step, reorder
+        return
 
     cache = text.start_decoding(encoder_hidden, mask, cfg.max_new_tokens)
     decode_step = torch.compile(text.decode_step) if cfg.compile else text.decode_step
     filled = [0]
 
-    def cached_step(tokens):
-        # The newest token sits at position len - 1. A compiled step takes it as a 0-d CPU tensor
-        # so it never specializes on it, and contiguous ids (the newest column's strides would
-        # otherwise change every step: a recompile); an eager step takes the int as it is.
-        filled[0] = tokens.shape[1]
-        position = tokens.shape[1] - 1
+    def cached_step(new_tokens, position):
+        # A compiled step takes the position as a 0-d CPU tensor so it never specializes on it,
+        # and contiguous ids (a column of a larger buffer has other strides: a recompile); an
+        # eager step takes the int as it is.
+        filled[0] = position + 1
         if cfg.compile:
-            return decode_step(tokens[:, -1:].contiguous(), torch.tensor(position))
-        return decode_step(tokens[:, -1:], position)
+            return decode_step(new_tokens.contiguous(), torch.tensor(position))
+        return decode_step(new_tokens, position)
 
-    return suppressing(cached_step, cfg), lambda index: cache.reorder(index, filled[0])
+    try:
+        yield cached_step, lambda index: cache.reorder(index, filled[0])
+    finally:
+        release = getattr(cache, "release", None)  # a plugin's cache may not hold buffers
+        if release is not None:
+            release()
 
 
-def suppressing(
-    step: Callable[[torch.Tensor], torch.Tensor], cfg: GenerationConfig
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``step`` whose logits for ``cfg.suppress_tokens`` are -inf: the one mask every strategy
-    (greedy, sampling, beam) sees, since each reads its logits from the step."""
-    if not cfg.suppress_tokens:
-        return step
-    ids = torch.tensor(sorted(set(cfg.suppress_tokens)))
+def next_logits(step: Callable[[torch.Tensor, int], torch.Tensor], new: torch.Tensor, position: int,
+                cfg: GenerationConfig) -> torch.Tensor:
+    """The fp32 logits ``[rows, V]`` every strategy chooses the token at ``position + 1`` from:
+    the one place logits are processed, so greedy, sampling and beam search all see
+    ``cfg.suppress_tokens`` masked to -inf."""
+    logits = step(new, position)[:, -1].float()
+    if cfg.suppress_tokens:
+        logits = logits.index_fill(-1, _suppressed(tuple(cfg.suppress_tokens), logits.shape[-1], logits.device), float("-inf"))
+    return logits
 
-    def masked(tokens):
-        logits = step(tokens)
-        if int(ids[-1]) >= logits.shape[-1]:
-            raise InputError(f"suppress_tokens has id {int(ids[-1])}, outside the vocabulary [0, {logits.shape[-1]})")
-        return logits.index_fill(-1, ids.to(logits.device), float("-inf"))
 
-    return masked
+@functools.lru_cache(maxsize=8)
+def _suppressed(ids: tuple[int, ...], vocab: int, device: torch.device) -> torch.Tensor:
+    """``ids`` as an index tensor on ``device``, made once per generation setting, not per token."""
+    if max(ids) >= vocab:
+        raise InputError(f"suppress_tokens has id {max(ids)}, outside the vocabulary [0, {vocab})")
+    return torch.tensor(sorted(set(ids)), device=device)
 
 
 def filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
@@ -148,33 +170,38 @@ def filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
 
 
 def greedy_or_sample(
-    step: Callable[[torch.Tensor], torch.Tensor],
+    step: Callable[[torch.Tensor, int], torch.Tensor],
     batch: int,
     start_token: int,
     cfg: GenerationConfig,
     device: torch.device,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Generate ``[batch, <= max_new_tokens]`` ids; rows that ended are padded after their eos."""
-    tokens = torch.full((batch, 1), start_token, dtype=torch.long, device=device)
+    """Generate ``[batch, <= max_new_tokens]`` ids; rows that ended are padded after their eos.
+
+    The output is preallocated: each step writes one column, nothing grows by concatenation.
+    """
+    out = torch.full((batch, cfg.max_new_tokens), cfg.pad_token_id, dtype=torch.long, device=device)
+    new = torch.full((batch, 1), start_token, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    for _ in range(cfg.max_new_tokens):
-        logits = step(tokens)[:, -1].float()
+    for t in range(cfg.max_new_tokens):
+        logits = next_logits(step, new, t, cfg)
         if cfg.do_sample:
             probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             nxt = logits.argmax(-1)
         nxt = torch.where(finished, torch.full_like(nxt, cfg.pad_token_id), nxt)
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        out[:, t] = nxt
+        new = nxt[:, None]
         finished |= nxt == cfg.eos_token_id
         if bool(finished.all()):
-            break
-    return tokens[:, 1:]
+            return out[:, : t + 1]
+    return out
 
 
 def beam_search(
-    step: Callable[[torch.Tensor], torch.Tensor],
+    step: Callable[[torch.Tensor, int], torch.Tensor],
     reorder: Callable[[torch.Tensor], None],
     batch: int,
     start_token: int,
@@ -198,11 +225,10 @@ def beam_search(
     improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
     top_k_mask = torch.arange(2 * k, device=device) < k
     offsets = torch.arange(batch, device=device)[:, None] * k
-    prefix = torch.full((batch * k, 1), start_token, dtype=torch.long, device=device)
+    new = torch.full((batch * k, 1), start_token, dtype=torch.long, device=device)
 
     for t in range(n):
-        tokens = torch.cat([prefix, running[:, :, :t].reshape(batch * k, t)], dim=1)
-        logprobs = torch.log_softmax(step(tokens)[:, -1].float(), dim=-1)
+        logprobs = torch.log_softmax(next_logits(step, new, t, cfg), dim=-1)
         vocab = logprobs.shape[-1]
         logprobs = (logprobs.view(batch, k, vocab) + running_scores[:, :, None]).view(batch, k * vocab)
         cand_scores, cand_index = torch.topk(logprobs, 2 * k)
@@ -217,6 +243,7 @@ def beam_search(
         running = cand_seqs.gather(1, keep[:, :, None].expand(-1, -1, n))
         running_scores = live_scores.gather(1, keep)
         reorder((cand_beam.gather(1, keep) + offsets).view(-1))
+        new = running[:, :, t].reshape(batch * k, 1)
 
         # Finished hypotheses: candidates among the top k that ended, if they beat the kept ones.
         just_ended = ends & top_k_mask[None, :]

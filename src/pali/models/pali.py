@@ -21,7 +21,7 @@ from ..config.presets import get_config
 from ..config.registry import CONNECTORS, TEXT_STACKS, VISION_ENCODERS
 from ..defaults import IGNORE_INDEX
 from ..errors import InputError
-from ..generation import GenerationConfig, beam_search, decoder_step, greedy_or_sample
+from ..generation import GenerationConfig, beam_search, decoding, greedy_or_sample
 from ..nn.attention import Attention, resolve_backend
 
 
@@ -299,11 +299,11 @@ class PaliModel(nn.Module):
             index = torch.arange(batch, device=encoder_hidden.device).repeat_interleave(cfg.num_beams)
             encoder_hidden = encoder_hidden.index_select(0, index)
             mask = None if mask is None else mask.index_select(0, index)
-        step, reorder = decoder_step(self.text, encoder_hidden, mask, cfg)
         start = text_cfg.decoder_start_token_id
-        if cfg.num_beams > 1:
-            return beam_search(step, reorder, batch, start, cfg, encoder_hidden.device)
-        return greedy_or_sample(step, batch, start, cfg, encoder_hidden.device, generator)
+        with decoding(self.text, encoder_hidden, mask, cfg) as (step, reorder):  # frees the KV cache after
+            if cfg.num_beams > 1:
+                return beam_search(step, reorder, batch, start, cfg, encoder_hidden.device)
+            return greedy_or_sample(step, batch, start, cfg, encoder_hidden.device, generator)
 
 
 def _check_labels(labels: torch.Tensor, vocab_size: int, name: str) -> None:

@@ -75,6 +75,35 @@ class RelativeBias:
         return self._dense[key]
 
 
+@dataclass
+class KeyPadding:
+    """A key padding mask checked and shaped once, then shared by every layer and step.
+
+    Whether a ``[B, Lk]`` mask pads anything is a host read; per layer and per decoded token that
+    is a synchronisation each time (on a GPU, a stall). A decoder's cross-attention mask never
+    changes during a generation, so the cache builds this once: ``mask`` ``[B, Lk]`` (True:
+    attend) and its additive form ``[B, 1, 1, Lk]`` (0 or a large negative, in ``dtype``).
+    """
+
+    mask: torch.Tensor
+    additive: torch.Tensor
+
+    @classmethod
+    def of(cls, mask: torch.Tensor | None, dtype: torch.dtype) -> "KeyPadding | None":
+        """``None`` when nothing is padded (the one host read)."""
+        if mask is None or bool(mask.all()):
+            return None
+        mask = mask.bool()
+        additive = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], dtype=dtype, device=mask.device)
+        return cls(mask, additive.masked_fill(~mask[:, None, None, :], _negative(dtype)))
+
+
+def _negative(dtype: torch.dtype) -> float:
+    # Large but finite, so gradients through masked entries stay 0 rather than NaN, and a row
+    # whose keys are all masked stays finite (it is never read).
+    return torch.finfo(dtype).min / 4
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -85,9 +114,11 @@ def attend(
     causal: bool = False,
     bias: RelativeBias | None = None,
     q_offset: int | torch.Tensor = 0,
-    key_padding_mask: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | KeyPadding | None = None,
 ) -> torch.Tensor:
     """Attention on ``[B, H, L, D]`` tensors through the chosen backend.
+
+    ``key_padding_mask`` is ``[B, Lk]`` (True: attend) or a ``KeyPadding`` checked once.
 
     ``q_offset`` is the absolute position of the first query: an int, or a 0-d CPU tensor (a
     decode step under ``torch.compile``, which must not specialize on the position). Every
@@ -97,6 +128,9 @@ def attend(
     backend = resolve_backend(backend, q.device)
     if isinstance(q_offset, torch.Tensor) and not torch.compiler.is_compiling():
         q_offset = int(q_offset)  # eager: a host read (free for a CPU tensor), then the int path
+    padding = key_padding_mask if isinstance(key_padding_mask, KeyPadding) else None
+    if padding is not None and backend != "sdpa":
+        key_padding_mask = padding.mask
     if backend == "triton":
         table = None if bias is None else bias.table
         bidirectional = True if bias is None else bias.bidirectional
@@ -151,9 +185,7 @@ def _(q, k, v, q_offset, table, key_padding_mask, scale, causal, bidirectional, 
 
 def _sdpa(q, k, v, *, scale, causal, bias, q_offset, key_padding_mask):
     lq, lk = q.shape[-2], k.shape[-2]
-    # Large but finite, so gradients through masked entries stay 0 rather than NaN, and a row
-    # whose keys are all masked stays finite (it is never read).
-    neg = torch.finfo(q.dtype).min / 4
+    neg = _negative(q.dtype)
     mask = None if bias is None else bias.to(q.dtype)
     is_causal = False
     # Nothing to hide when no key lies after the first query (an eager decode step over the
@@ -166,9 +198,14 @@ def _sdpa(q, k, v, *, scale, causal, bias, q_offset, key_padding_mask):
             blocked = torch.arange(lk, device=q.device)[None, :] > q_pos[:, None]
             causal_bias = torch.zeros(lq, lk, dtype=q.dtype, device=q.device).masked_fill(blocked, neg)
             mask = causal_bias if mask is None else mask + causal_bias
+    if isinstance(key_padding_mask, KeyPadding):  # checked (and shaped) once already: no host read
+        if mask is None:
+            mask = key_padding_mask.additive.to(q.dtype)
+        else:
+            q, k = _append_padding_feature(q, k, key_padding_mask.mask, neg)
     # Skipping an all-True mask is an eager shortcut; a compiled graph keeps the (exact) feature
     # rather than branching on data.
-    if key_padding_mask is not None and (torch.compiler.is_compiling() or not bool(key_padding_mask.all())):
+    elif key_padding_mask is not None and (torch.compiler.is_compiling() or not bool(key_padding_mask.all())):
         if mask is None:
             # Nothing to keep apart (cross-attention, ViT): the padding alone is a [B,1,1,Lk]
             # additive mask, O(B*Lk).

@@ -24,6 +24,7 @@ from ...config.registry import TEXT_STACKS
 from ...errors import InputError
 from ...generation.kv_cache import KVCache
 from ...nn.attention import Attention, RelativeBias
+from ...nn.gemv import decode_linear, few_threads
 from .mt5_config import MT5Config
 
 _FP16_LIMIT = torch.finfo(torch.float16).max - 1000
@@ -77,7 +78,8 @@ class FeedForward(nn.Module):
                 params = {name: p.float() for name, p in self.wo.named_parameters()}
                 out = torch.func.functional_call(self.wo, params, (h.float(),))
             return out.clamp(-_FP16_LIMIT, _FP16_LIMIT).half()
-        return self.wo(h.to(self.wo.weight.dtype))
+        weight = getattr(self.wo, "weight", None)  # an int8 layer (pali.quantize) takes any input dtype
+        return self.wo(h if weight is None or not weight.is_floating_point() else h.to(weight.dtype))
 
 
 class EncoderLayer(nn.Module):
@@ -237,8 +239,9 @@ class MT5(nn.Module):
         """Fill the decoder's ``KVCache`` for a generation of up to ``max_len`` tokens.
 
         The cross-attention keys/values are projected once here; the self-attention buffers are
-        preallocated (and reused from the previous generation when the shapes match, so a
-        compiled ``decode_step`` sees the same module and buffers every call).
+        preallocated (reused when called again with the same shapes; ``generate`` releases them
+        when it ends, and a compiled ``decode_step`` takes new buffers of the same shapes as
+        inputs, without recompiling).
         """
         cfg = self.config
         cross = [layer.cross_attn.project_kv(encoder_hidden) for layer in self.decoder.layers]
@@ -267,8 +270,14 @@ class MT5(nn.Module):
             cache.check_room(start, ids.shape[1])
         bias = self.decoder.bias()
         cross_kv = cache.cross_kv()
-        x = self.decoder.run(self.embed(ids), lambda i: (bias, cross_kv[i], cache.enc_mask, cache, start, i))
-        return self.lm_head(x)
+        def layers():
+            return self.decoder.run(self.embed(ids), lambda i: (bias, cross_kv[i], cache.enc_mask, cache, start, i))
+
+        if torch.compiler.is_compiling():  # a compiled graph schedules its own threads and kernels
+            return self.lm_head(layers())
+        with few_threads(ids.device):  # small operations: one thread; the output layer gets them all
+            x = layers()
+        return decode_linear(x, self.lm_head)
 
 
 TEXT_STACKS.register(MT5Config.kind, MT5)

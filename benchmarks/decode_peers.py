@@ -1,0 +1,375 @@
+"""CPU decoding against CTranslate2, the engine people pick to run T5-family models fast on a CPU.
+
+One mT5-small shape (vocab 250112, d_model 512, 8+8 layers) with seeded random weights is built
+as a transformers ``MT5ForConditionalGeneration``; CTranslate2 converts that very module with its
+own T5 loader (no checkpoint on disk is read: a stand-in tokenizer gives the vocabulary), and
+pali loads the same state dict through ``pali.convert.hf``'s key maps. Every row feeds 206
+random input ids (as many as PaLI's 196 visual tokens plus a 10-id prompt) and forces 32
+decoding steps (minimum = maximum length, eos disabled), at 2 threads unless told otherwise.
+
+Tokens are compared first: pali fp32 must equal transformers (the script exits otherwise);
+agreement with CTranslate2 and of pali's reduced-precision paths with pali fp32 is reported.
+Then each row times every engine, interleaved rep by rep so machine noise hits them alike, and
+prints the median tokens/s with its spread (min-max), the ratios against CTranslate2 fp32 and
+int8, and pali's decode step as a multiple of the memory floor: the bytes of weights one step
+reads divided by this machine's memory bandwidth, measured here as a large tensor copy (bytes
+read + written per second). A last table times the full PaLI path with images (SigLIP-B/16 +
+projection + the same mT5), pali against transformers.
+
+    python benchmarks/decode_peers.py              # full size, 2 threads, median of 5
+    python benchmarks/decode_peers.py --quick      # tiny sizes, one repetition (tests run this)
+    python benchmarks/decode_peers.py --out benchmarks/results/decode_peers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generate import FULL, QUICK, Reference, inputs, ours_from  # noqa: E402  (the same PaLI build)
+
+import pali  # noqa: E402
+
+ROWS = [("greedy b1", 1, 1), ("greedy b8", 8, 1), ("beam b1 x4", 1, 4)]  # (name, batch, beams)
+INPUT_LEN = 206
+FULL_PEERS = dict(FULL, new_tokens=32, reps=5)
+QUICK_PEERS = dict(QUICK, new_tokens=8, reps=1)
+
+
+# -- CTranslate2, converted from the transformers module in memory --------------------------------
+
+
+class _Vocab:
+    """What CTranslate2's T5 loader reads from a tokenizer: the vocabulary and the special tokens."""
+
+    pad_token, eos_token, unk_token = "<pad>", "</s>", "<unk>"
+
+    def __init__(self, size: int) -> None:
+        self.tokens = [self.pad_token, self.eos_token, self.unk_token] + [f"t{i}" for i in range(3, size)]
+
+    def get_vocab(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
+    def convert_ids_to_tokens(self, i: int) -> str:
+        return self.tokens[i]
+
+
+def ct2_translators(hf_text, threads: int, compute_types=("float32", "int8")):
+    """``{compute_type: ctranslate2.Translator}`` over ``hf_text``'s own tensors, and the vocab."""
+    import ctranslate2
+    from ctranslate2.converters.transformers import TransformersConverter
+
+    vocab = _Vocab(hf_text.config.vocab_size)
+
+    class InMemory(TransformersConverter):
+        def _load(self):  # the loader for this config class, applied to the live module
+            from ctranslate2.converters.transformers import _MODEL_LOADERS
+
+            return _MODEL_LOADERS[type(hf_text.config).__name__](hf_text, vocab)
+
+    translators = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        InMemory("in-memory").convert(tmp, force=True)
+        files = {name: Path(tmp, name).read_bytes() for name in os.listdir(tmp)}
+    for compute_type in compute_types:
+        translators[compute_type] = ctranslate2.Translator(
+            "in-memory", compute_type=compute_type, intra_threads=threads, files=files
+        )
+    return translators, vocab
+
+
+def ct2_engine(translator, vocab: _Vocab, steps: int, beams: int):
+    index = vocab.get_vocab()
+
+    def run(ids: torch.Tensor) -> torch.Tensor:
+        source = [[vocab.tokens[i] for i in row] for row in ids.tolist()]
+        results = translator.translate_batch(
+            source, beam_size=beams, max_decoding_length=steps, min_decoding_length=steps
+        )
+        return torch.tensor([[index[t] for t in r.hypotheses[0]] for r in results])
+
+    return run
+
+
+# -- pali and transformers ------------------------------------------------------------------------
+
+
+def pali_engine(model, steps: int, beams: int, **options):
+    def run(ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model.generate(input_ids=ids, max_new_tokens=steps, num_beams=beams, eos_token_id=-1, **options)
+
+    return run
+
+
+def hf_engine(hf_text, steps: int, beams: int):
+    def run(ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = hf_text.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                   num_beams=beams, max_new_tokens=steps, min_new_tokens=steps)
+        return out[:, 1:]  # transformers keeps the decoder start token
+
+    return run
+
+
+# -- measuring ------------------------------------------------------------------------------------
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def memory_bandwidth(mib: int, reps: int) -> float:
+    """Bytes per second of a large tensor copy (bytes read plus bytes written), at the fastest of
+    several copies: what the hardware can do, so that the floor is a floor on a shared machine."""
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    seconds = min(timed(dst.copy_, src) for _ in range(max(10, reps)))
+    return 2 * src.numel() * 4 / seconds
+
+
+def weight_bytes_per_step(model) -> int:
+    """Bytes of the weights one decoding step reads: the decoder's layers (cross-attention keys and
+    values are projected once per generation, the embedding table is read one row per token)
+    and the output layer. Packed int8 layers count their ``weight_bytes``."""
+    text = model.text
+    total = 0
+    for root, skip in ((text.decoder, (".cross_attn.k", ".cross_attn.v", ".kv_cache")), (text.lm_head, ())):
+        for name, module in root.named_modules():
+            if any(f".{name}".startswith(s) or f".{name}".endswith(s) for s in skip):
+                continue
+            total += getattr(module, "weight_bytes", 0)
+            for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                total += t.numel() * t.element_size()
+    return total
+
+
+def input_ids(batch: int, length: int, vocab: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 + batch)
+    ids = torch.randint(3, vocab, (batch, length), generator=g)
+    ids[:, -1] = 1  # ends with eos, as a tokenizer writes it
+    return ids
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    n = min(a.shape[1], b.shape[1])
+    return float((a[:, :n] == b[:, :n]).float().mean()) if n else 0.0
+
+
+def spread(times: list[float], tokens: int) -> dict:
+    tps = sorted(tokens / t for t in times)
+    return dict(tok_s=statistics.median(tps), min=tps[0], max=tps[-1], seconds=statistics.median(times))
+
+
+def measure(engines: dict, args: tuple, tokens: int, reps: int) -> dict:
+    """Every engine once per rep, in a rotating order (no engine always runs first or last)."""
+    times = {name: [] for name in engines}
+    names = list(engines)
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            times[name].append(timed(engines[name], *args))
+    return {name: spread(t, tokens) for name, t in times.items()}
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    print(f"\n{title}")
+    print(f"{'row':<12}" + "".join(f"{c:>20}" for c in columns))
+    for r in rows:
+        cells = "".join(
+            f"{r['engines'][c]['tok_s']:>8.1f} ({r['engines'][c]['min']:.1f}-{r['engines'][c]['max']:.1f})".rjust(20)
+            if c in r["engines"] else f"{'-':>20}"
+            for c in columns
+        )
+        print(f"{r['row']:<12}{cells}")
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def variants(ours, compile_rows: bool) -> dict:
+    """The pali models timed: fp32 (eager and compiled), int8 and bf16 weights."""
+    models = {"pali fp32": (ours, {})}
+    if compile_rows:
+        models["pali fp32 compiled"] = (ours, {"compile": True})
+    models["pali int8"] = (pali.quantize(decoder_copy(ours), "int8"), {})
+    models["pali bf16"] = (pali.quantize(decoder_copy(ours), "bf16"), {})
+    return models
+
+
+def decoder_copy(model):
+    """``model`` with its own text decoder (and output layer, which ``quantize`` replaces), sharing
+    the vision tower, connector, embedding and encoder: one copy of the weights quantize keeps."""
+    text = copy.copy(model.text)
+    text._modules = dict(model.text._modules, decoder=copy.deepcopy(model.text.decoder))
+    clone = copy.copy(model)
+    clone._modules = dict(model._modules, text=text)
+    return clone
+
+
+def text_rows(ref, ours, sizes, args, bandwidth) -> list[dict]:
+    steps, vocab = sizes["new_tokens"], sizes["text"]["vocab_size"]
+    hf_text = ref.text
+    length = INPUT_LEN if not args.quick else 12
+    models = variants(ours, args.compile)
+    translators, ct2_vocab = ct2_translators(hf_text, args.threads) if args.ctranslate2 else ({}, None)
+    rows = []
+    for name, batch, beams in ROWS:
+        ids = input_ids(batch, length, vocab)
+        engines = {"transformers": hf_engine(hf_text, steps, beams)}
+        for label, (model, options) in models.items():
+            engines[label] = pali_engine(model, steps, beams, **options)
+        for compute_type, translator in translators.items():
+            engines[f"ct2 {compute_type}"] = ct2_engine(translator, ct2_vocab, steps, beams)
+        tokens = {label: fn(ids) for label, fn in engines.items()}  # also the warm-up (and compilation)
+        if not torch.equal(tokens["pali fp32"], tokens["transformers"]):
+            raise SystemExit(f"{name}: pali fp32 tokens differ from transformers\n"
+                             f"pali {tokens['pali fp32']}\ntransformers {tokens['transformers']}")
+        agree = {label: agreement(t, tokens["pali fp32"]) for label, t in tokens.items()}
+        result = measure(engines, (ids,), batch * steps, args.reps)
+        with torch.no_grad():
+            encode = statistics.median(timed(ours.encode, None, ids) for _ in range(max(3, args.reps)))
+        row = dict(row=name, batch=batch, beams=beams, steps=steps, engines=result, agreement_with_pali_fp32=agree)
+        for label, (model, _) in models.items():
+            step = (result[label]["seconds"] - encode) / steps
+            floor = weight_bytes_per_step(model) / bandwidth
+            result[label].update(step_ms=step * 1e3, floor_ms=floor * 1e3, vs_floor=step / floor)
+            for peer in ("ct2 float32", "ct2 int8"):
+                if peer in result:
+                    result[label][f"vs {peer}"] = result[label]["tok_s"] / result[peer]["tok_s"]
+        rows.append(row)
+        print(f"{name}: " + ", ".join(f"{k} {v['tok_s']:.1f} tok/s" for k, v in result.items()), flush=True)
+    return rows
+
+
+def image_rows(ref, ours, sizes, args) -> list[dict]:
+    steps = sizes["new_tokens"]
+    rows = []
+    for name, batch, beams in ROWS:
+        px, ids, mask = inputs(sizes, batch, torch.device("cpu"))
+        kwargs = dict(max_new_tokens=steps, num_beams=beams)
+
+        def theirs():
+            return ref.generate(px, ids, mask, min_new_tokens=steps, **kwargs)
+
+        def ours_run():
+            with torch.no_grad():
+                return ours.generate(px, ids, mask, eos_token_id=-1, **kwargs)
+
+        if not torch.equal(ours_run(), theirs()):
+            raise SystemExit(f"{name} with images: pali tokens differ from transformers")
+        result = measure({"pali fp32": ours_run, "transformers": theirs}, (), batch * steps, args.reps)
+        result["pali fp32"]["vs transformers"] = result["pali fp32"]["tok_s"] / result["transformers"]["tok_s"]
+        rows.append(dict(row=name, batch=batch, beams=beams, steps=steps, engines=result))
+    return rows
+
+
+def compile_child(quick: bool, threads: int) -> None:
+    """In a fresh process: seconds of the first ``generate(compile=True)`` (compilation, or loading
+    it from the on-disk cache) and of the next one, for greedy batch 1."""
+    torch.set_num_threads(threads)
+    sizes = QUICK_PEERS if quick else FULL_PEERS
+    torch.manual_seed(0)
+    model = ours_from(Reference(sizes)).eval()
+    ids = input_ids(1, 12 if quick else INPUT_LEN, sizes["text"]["vocab_size"])
+    run = pali_engine(model, sizes["new_tokens"], 1, compile=True)
+    first = timed(run, ids)
+    print(json.dumps(dict(first_s=first, second_s=timed(run, ids))))
+
+
+def compile_starts(args) -> dict:
+    """A cold start (empty compile cache) and a warm start (a second process, same cache on disk)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        command = [sys.executable, __file__, "--compile-child", "--threads", str(args.threads)] + (["--quick"] * args.quick)
+        starts = {}
+        for name in ("cold", "warm"):
+            out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            starts[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    return starts
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
+    parser.add_argument("--reps", type=int, help="repetitions per row (median reported)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads and CTranslate2 intra_threads")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="time generate(compile=True) too (default: on, off with --quick)")
+    parser.add_argument("--no-images", dest="images", action="store_false", help="skip the full PaLI path")
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--compile-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.compile_child:
+        return compile_child(args.quick, args.threads)
+    sizes = QUICK_PEERS if args.quick else FULL_PEERS
+    args.reps = args.reps or sizes["reps"]
+    args.compile = (not args.quick) if args.compile is None else args.compile
+    torch.set_num_threads(args.threads)
+    try:
+        import ctranslate2
+        args.ctranslate2 = True
+        ct2_version = ctranslate2.__version__
+    except ImportError:
+        args.ctranslate2, ct2_version = False, None
+        print('CTranslate2 is not installed (pip install ctranslate2): its columns are skipped')
+    torch.manual_seed(0)
+    ref = Reference(sizes).eval()
+    ours = ours_from(ref)
+    bandwidth = memory_bandwidth(64 if args.quick else 1024, args.reps)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, ctranslate2 {ct2_version}, "
+          f"{platform.processor() or platform.machine()}, {args.threads} threads, {sizes['new_tokens']} forced steps, "
+          f"median of {args.reps} (min-max), engines interleaved; memory bandwidth (copy) {bandwidth / 1e9:.1f} GB/s")
+    rows = text_rows(ref, ours, sizes, args, bandwidth)
+    columns = list(rows[0]["engines"])
+    print_table(f"mT5 text-only input of {INPUT_LEN if not args.quick else 12} ids: tok/s, median (min-max)", rows, columns)
+    print(f"\n{'row':<12}{'engine':<22}{'vs CT2 fp32':>12}{'vs CT2 int8':>12}{'agree':>8}"
+          f"{'step ms':>9}{'floor ms':>9}{'x floor':>9}")
+    for r in rows:
+        for label, e in r["engines"].items():
+            if "step_ms" not in e:
+                continue
+            vs = [f"{e[k]:.2f}x" if k in e else "-" for k in ("vs ct2 float32", "vs ct2 int8")]
+            print(f"{r['row']:<12}{label:<22}{vs[0]:>12}{vs[1]:>12}{r['agreement_with_pali_fp32'][label]:>8.3f}"
+                  f"{e['step_ms']:>9.1f}{e['floor_ms']:>9.1f}{e['vs_floor']:>8.2f}x")
+    for r in rows:
+        ct2 = {k: v for k, v in r["agreement_with_pali_fp32"].items() if k.startswith("ct2")}
+        if ct2:
+            print(f"{r['row']}: token agreement with pali fp32: " + ", ".join(f"{k} {v:.3f}" for k, v in ct2.items()))
+    starts = compile_starts(args) if args.compile else {}
+    for name, r in starts.items():
+        print(f"generate(compile=True), {name} start (new process{', cache on disk' if name == 'warm' else ''}): "
+              f"first call {r['first_s']:.1f} s, second {r['second_s']:.2f} s (greedy b1)")
+    images = image_rows(ref, ours, sizes, args) if args.images else []
+    if images:
+        print_table("Full PaLI path with images (pali fp32 vs transformers): tok/s, median (min-max)", images,
+                    ["pali fp32", "transformers"])
+        for r in images:
+            print(f"{r['row']}: pali / transformers {r['engines']['pali fp32']['vs transformers']:.2f}x")
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(
+            benchmark="decode_peers", command="python " + " ".join(["benchmarks/decode_peers.py", *(argv or sys.argv[1:])]),
+            versions=dict(torch=torch.__version__, transformers=transformers.__version__, ctranslate2=ct2_version),
+            threads=args.threads, reps=args.reps, bandwidth_gb_s=bandwidth / 1e9, text_rows=rows, image_rows=images,
+            compile_starts=starts,
+        ), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
