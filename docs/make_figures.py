@@ -165,8 +165,53 @@ def eval_speed_figure(plt, result: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def decode_peers_figure(plt, result: dict, path: Path) -> None:
+    """Tokens/s of every engine on each text row (pali and CTranslate2 at each precision), the
+    medians with min-max bars."""
+    rows = result["text_rows"]
+    engines = list(dict.fromkeys(e for r in rows for e in r["engines"]))
+    fig, ax = plt.subplots(figsize=(10, 3.4))
+    width = 0.8 / len(engines)
+    colors = plt.get_cmap("tab10")
+    for j, engine in enumerate(engines):
+        xs, values, low, high = [], [], [], []
+        for i, r in enumerate(rows):
+            e = r["engines"].get(engine)
+            if e is not None:
+                xs.append(i + (j - (len(engines) - 1) / 2) * width)
+                values.append(e["tok_s"])
+                low.append(e["tok_s"] - e["min"])
+                high.append(e["max"] - e["tok_s"])
+        ax.bar(xs, values, width, label=engine, yerr=[low, high], capsize=2, error_kw={"linewidth": 0.8},
+               color=colors(j))
+    ax.set_xticks(range(len(rows)), [r["row"] for r in rows])
+    ax.set_ylabel("tokens / s (higher is better)")
+    ax.legend(frameon=False, fontsize=7, ncol=2)
+    fig.suptitle(f"Decoding against CTranslate2, {result['threads']} threads, median of {result['reps']} "
+                 f"({result['command']})", fontsize=8)
+    _save(fig, path)
+
+
+def batch_inference_figure(plt, result: dict, path: Path) -> None:
+    """Images/s of each engine, the per-image loop first; the ratio to the loop on each bar."""
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+    names = [r["engine"] for r in rows]
+    ax.barh(names, [r["images_per_s"] for r in rows],
+            color=[PEER if "loop" in r["engine"] or "transformers" in r["engine"] else OURS for r in rows])
+    for y, r in enumerate(rows):
+        ax.annotate(f"{r['ratio']:.2f}x", (r["images_per_s"], y), va="center", xytext=(3, 0),
+                    textcoords="offset points", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("images / s (higher is better)")
+    fig.suptitle(f"Batch captioning, {result['images']} images {result['size'][0]}x{result['size'][1]}, "
+                 f"{result['machine']}, {result['date']}", fontsize=8)
+    _save(fig, path)
+
+
 BENCHMARKS = {"attention": attention_figure, "generate": generate_figure, "train_step": train_step_figure,
-              "blip2_load": blip2_load_figure, "eval_speed": eval_speed_figure}
+              "blip2_load": blip2_load_figure, "eval_speed": eval_speed_figure, "decode_peers": decode_peers_figure,
+              "batch_inference": batch_inference_figure, "quantize_quality": None}  # None: a table in the docs, no chart
 
 
 # -- the bundled model ------------------------------------------------------------------------------
@@ -227,7 +272,8 @@ def charts(out: Path, model: Path = DEMO_MODEL) -> dict[str, str]:
         kind = result.get("benchmark", "attention")
         if kind not in BENCHMARKS:
             raise SystemExit(f"{path}: unknown benchmark {kind!r}; known: {sorted(BENCHMARKS)}")
-        BENCHMARKS[kind](plt, result, out / f"bench-{path.stem}.svg")
+        if BENCHMARKS[kind] is not None:
+            BENCHMARKS[kind](plt, result, out / f"bench-{path.stem}.svg")
         inputs[path.relative_to(ROOT).as_posix()] = _sha256(path)
     log_path, evaluation_path = model / "loss_log.jsonl", model / "evaluation.json"
     log = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]

@@ -45,7 +45,7 @@ class Source:
 class Item:
     """One output tensor: our name, its shape, and how to produce it from the source.
 
-    Transforms keep the dtype. An item is a [`Weight`][pali.io.loading.Weight]: a model loads
+    Transforms keep the dtype. An item is a ``pali.io.loading.Weight``: a model loads
     from a plan as it loads from our own files, each tensor renamed and reshaped as it is read.
     """
 

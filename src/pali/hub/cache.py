@@ -2,14 +2,14 @@
 
 ``from_pretrained`` on a transformers BLIP-2 / InstructBLIP checkpoint and ``from_unimodal``'s
 towers open a `pali.hub.download.Snapshot` here. Transformers safetensors files are read **in
-place** ([`open_source`][pali.hub.cache.open_source] returns the `pali.convert` plan: every
+place** (``open_source`` returns the `pali.convert` plan: every
 rename, split and transpose done as the tensor is read from the mapped file), so the disk holds
 the checkpoint once. What cannot be mapped (``.bin`` pickles, big_vision ``.npz``, T5X) is
 converted once into the **conversion cache**, a folder of ``config.json`` + safetensors keyed
 by what identifies the source's bytes: the Hub commit hash, or for a local path every file's
 path, size and mtime (any edit reconverts). A warning says so before the first byte is written
-and where it went and how big it is after; [`list_entries`][pali.hub.cache.list_entries] and
-[`clear`][pali.hub.cache.clear] (``pali cache list`` / ``pali cache clear``) show and remove
+and where it went and how big it is after; ``list_entries`` and
+``clear`` (``pali cache list`` / ``pali cache clear``) show and remove
 what is there. The folder is written through `pali.io.atomic_directory` and its provenance
 record (``source.json``: tower, source, revision, format, license) is the last file written, so
 an interrupted conversion leaves nothing that a later load trusts.

@@ -8,8 +8,8 @@ asked device and dtype is assigned as the copy-on-write map of its bytes in the 
 is copied and pages come in on first use; one in another dtype is cast tensor by tensor, the
 largest first, so a bf16 load of fp32 files never holds more than one fp32 tensor.
 
-What is assigned is anything with a ``shape``, a ``dtype`` and a ``load()`` ([`Weight`][pali.io.loading.Weight]):
-a stored tensor of our layout, or an item of a [`pali.convert`][] plan that renames and reshapes
+What is assigned is anything with a ``shape``, a ``dtype`` and a ``load()`` (``pali.io.loading.Weight``):
+a stored tensor of our layout, or an item of a ``pali.convert`` plan that renames and reshapes
 a transformers checkpoint's tensor as it is read, so those load in place too.
 ``PaliModel.from_pretrained`` resolves a name (``pali.hub.resolve``) and calls ``load_model`` or
 ``build_model``; ``from_unimodal`` uses ``verify`` + ``materialize`` the same way.
