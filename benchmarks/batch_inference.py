@@ -198,10 +198,11 @@ def _transformers_row(report, blip2: Path, paths: list[Path], batch_size: int, e
     the model's size, where transformers decodes it in full; and pali's tokenizer writes ``<unk>``
     as sentencepiece does (" ⁇ ") where transformers' drops it (docs/tasks.md). So the hard check
     runs transformers' pipeline again on the images pali decoded and decodes its token ids with
-    pali's tokenizer: there every caption must be equal to pali's."""
+    pali's tokenizer and caption head: there every caption must be equal to pali's."""
     import transformers
 
     from pali.cli.common import open_image
+    from pali.tasks.heads import get_head
 
     captioner = transformers.pipeline("image-text-to-text", model=str(blip2), dtype=torch.float32)
 
@@ -220,7 +221,8 @@ def _transformers_row(report, blip2: Path, paths: list[Path], batch_size: int, e
     ids = [r["generated_token_ids"] for r in caption([open_image(p, processor.config.image_size) for p in paths],
                                                      return_tensors=True)]
     text_same_pixels = share([captioner.tokenizer.decode(row, skip_special_tokens=True) for row in ids])
-    tokens_same_pixels = share([processor.decode(row) for row in ids])
+    head = get_head("caption")  # what pipeline.caption makes of the decoded text (it strips it)
+    tokens_same_pixels = share([head.parse(processor.decode(row)).text for row in ids])
     name = 'BLIP-2: transformers pipeline("image-text-to-text")'
     report["rows"].append({"engine": name, "images_per_s": round(speed, 2), "ratio": round(speed / base, 2),
                            "caption_agreement": round(agree, 4),
