@@ -10,7 +10,9 @@ import torch
 
 from pali import PaliModel
 from pali.convert import blip2 as blip2_maps
-from pali.testing.blip2 import IMAGE, IMAGE_TOKEN, QFORMER_VOCAB, QUERIES, TEXT_VOCAB, hf_blip2  # noqa: F401  (re-exported)
+from pali.testing.blip2 import (  # noqa: F401  (re-exported)
+    IMAGE, IMAGE_TOKEN, QFORMER_VOCAB, QUERIES, TEXT_VOCAB, hf_blip2,
+)
 
 transformers = __import__("pytest").importorskip("transformers")
 

@@ -82,7 +82,8 @@ def test_ids_past_the_tokenizer_are_suppressed_as_the_pipeline_suppresses_them(d
     batch = processor(images=image, text=pipe.prompts.caption_prompt())
     first = int(model.generate(**batch, max_new_tokens=1)[0, 0])
     extra = 4
-    padded = PaliModel(replace(model.config, text=replace(model.config.text, vocab_size=model.config.text.vocab_size + extra)))
+    text = replace(model.config.text, vocab_size=model.config.text.vocab_size + extra)
+    padded = PaliModel(replace(model.config, text=text))
     state = model.state_dict()
     head, embed = state["text.lm_head.weight"], state["text.embed.weight"]
     state["text.lm_head.weight"] = torch.cat([head, 2 * head[first].repeat(extra, 1)])  # they outscore its first word
@@ -90,11 +91,12 @@ def test_ids_past_the_tokenizer_are_suppressed_as_the_pipeline_suppresses_them(d
     padded.load_state_dict(state)
     padded.eval()
     assert int(padded.generate(**batch, max_new_tokens=1)[0, 0]) >= processor.tokenizer.vocab_size
-    rows = {r["id"]: r["answer"] for r in pali.run(padded, processor, "caption", photos, batch_size=3) if "error" not in r}
+    rows = list(pali.run(padded, processor, "caption", photos, batch_size=3))
+    answers = {r["id"]: r["answer"] for r in rows if "error" not in r}
     pipe = pali.pipeline(padded, processor)
     images = {k: v for k, v in _images(photos).items() if k != "big.jpg"}  # big.jpg: decoded reduced
-    assert rows.items() >= {k: pipe.caption(v).text for k, v in images.items()}.items()
-    assert rows["shapes2.png"]
+    assert answers.items() >= {k: pipe.caption(v).text for k, v in images.items()}.items()
+    assert answers["shapes2.png"]
 
 
 def test_workers_give_the_same_rows_in_the_same_order(demo, photos):
