@@ -1,4 +1,5 @@
-"""Tiny random transformers BLIP-2 / InstructBLIP models, their pali twins, and their Hub layouts."""
+"""Tiny random transformers BLIP-2 / InstructBLIP models (built by ``pali.testing.blip2``, shared with
+the benchmarks), their pali twins, and their Hub layouts."""
 
 from __future__ import annotations
 
@@ -6,55 +7,14 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from pali import PaliModel
 from pali.convert import blip2 as blip2_maps
+from pali.testing.blip2 import (  # noqa: F401  (re-exported)
+    IMAGE, IMAGE_TOKEN, QFORMER_VOCAB, QUERIES, TEXT_VOCAB, hf_blip2,
+)
 
 transformers = __import__("pytest").importorskip("transformers")
-
-IMAGE = 56  # 4x4 patches of 14 + the class token: 17 vision tokens
-QUERIES = 4
-TEXT_VOCAB = 128
-IMAGE_TOKEN = TEXT_VOCAB - 1  # transformers >= 4.47's <image> placeholder id
-QFORMER_VOCAB = 100
-
-
-def hf_blip2(kind: str = "t5", *, instruct: bool = False, seed: int = 0, untied: bool = True, **text_fields):
-    """A tiny ``Blip2ForConditionalGeneration`` (or InstructBLIP) with every parameter random and
-    an untied lm_head (as Flan-T5 / mT0 have it), or with ``untied=False`` the head as
-    transformers builds it (tied to the embedding). ``text_fields`` override the text config."""
-    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                  image_size=IMAGE, patch_size=14, layer_norm_eps=1e-6)
-    qformer = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
-                   cross_attention_frequency=2, encoder_hidden_size=32, vocab_size=QFORMER_VOCAB,
-                   max_position_embeddings=64)
-    text = dict(model_type=kind, vocab_size=TEXT_VOCAB, d_model=24, d_ff=40, num_heads=4, d_kv=6, num_layers=2,
-                num_decoder_layers=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
-    text = {k: v for k, v in {**text, **text_fields}.items() if v is not None}  # None: transformers' default
-    common = dict(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=QUERIES,
-                  image_token_index=IMAGE_TOKEN)
-    torch.manual_seed(seed)
-    if instruct:
-        model = transformers.InstructBlipForConditionalGeneration(transformers.InstructBlipConfig(**common))
-    else:
-        model = transformers.Blip2ForConditionalGeneration(transformers.Blip2Config(**common))
-    model.eval()
-    lm = model.language_model
-    if untied:
-        lm.lm_head.weight = nn.Parameter(torch.randn(lm.config.vocab_size, 24) * 24**-0.5)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            base = 1.0 if name.endswith("weight") and ("norm" in name.lower()) else 0.0
-            p.copy_(torch.randn_like(p) * 0.2 + base)
-        for layer in model.vision_model.encoder.layers:
-            bias = layer.self_attn.qkv.bias
-            bias[32:64] = 0  # the key third of the fused bias is zero in every BLIP-2
-        for t5 in (lm.encoder, lm.decoder):
-            t5.block[0].layer[0].SelfAttention.relative_attention_bias.weight.normal_(std=1.0)
-            t5.embed_tokens.weight = lm.shared.weight
-    assert (lm.lm_head.weight.data_ptr() != lm.shared.weight.data_ptr()) == untied
-    return model
 
 
 def hf_config_dict(model) -> dict:

@@ -390,13 +390,13 @@ def test_instructblip_pipeline_gives_the_instruction_to_the_qformer(folders, mon
     import blip2_reference
 
     processor = PaliProcessor.from_pretrained(folders["instructblip"])
-    monkeypatch.setattr(blip2_reference, "TEXT_VOCAB", processor.tokenizer.vocab_size)
-    monkeypatch.setattr(blip2_reference, "QFORMER_VOCAB", processor.qformer_tokenizer.vocab_size - 1)
-    small = blip2_reference.pali_twin(blip2_reference.hf_blip2("t5", instruct=True))
+    vocab = processor.tokenizer.vocab_size
+    small = blip2_reference.pali_twin(blip2_reference.hf_blip2(
+        "t5", instruct=True, text_vocab=vocab, qformer_vocab=processor.qformer_tokenizer.vocab_size - 1))
     with pytest.raises(InputError, match="Q-Former tokenizer has .* ids but the model's Q-Former vocabulary only"):
         pali.pipeline(small, processor).answer(photo(), "What is it?")
-    monkeypatch.setattr(blip2_reference, "QFORMER_VOCAB", processor.qformer_tokenizer.vocab_size)
-    model = blip2_reference.pali_twin(blip2_reference.hf_blip2("t5", instruct=True))
+    model = blip2_reference.pali_twin(blip2_reference.hf_blip2(
+        "t5", instruct=True, text_vocab=vocab, qformer_vocab=processor.qformer_tokenizer.vocab_size))
     processor.config.image_size = blip2_reference.IMAGE
     processor = PaliProcessor(processor.tokenizer, processor.config, processor.qformer_tokenizer)
     batch = processor(images=photo(), text="Question: What is it? Short answer:")
@@ -418,11 +418,10 @@ def test_instructblip_pipeline_gives_the_instruction_to_the_qformer(folders, mon
 
 
 @pytest.mark.slow
-def test_cli_captions_in_german_with_a_converted_mblip(tmp_path, monkeypatch, capsys):
+def test_cli_captions_in_german_with_a_converted_mblip(tmp_path, capsys):
     import blip2_reference
 
-    monkeypatch.setattr(blip2_reference, "TEXT_VOCAB", 512)  # room for the tiny byte-fallback spiece (400 + 100)
-    model = blip2_reference.hf_blip2("mt5")
+    model = blip2_reference.hf_blip2("mt5", text_vocab=512)  # room for the tiny byte-fallback spiece (400 + 100)
     source = blip2_reference.write_safetensors_layout(model, tmp_path / "mblip")
     processor_files = hub_layout(tmp_path / "proc", "mblip")
     for name in ("spiece.model", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"):

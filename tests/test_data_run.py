@@ -69,6 +69,36 @@ def test_every_input_gets_one_row_with_the_pipelines_answer(demo, photos):
     assert answers.items() >= {k: pipe.caption(v).text for k, v in images.items()}.items()
 
 
+def test_ids_past_the_tokenizer_are_suppressed_as_the_pipeline_suppresses_them(demo, photos):
+    """A table padded past the tokenizer (Flan-T5's 32128 rows for 32100 pieces; BLIP-2's <image>):
+    pali.run, like pipeline.caption, never generates a padding row's id."""
+    from dataclasses import replace
+
+    import torch
+
+    model, processor = demo
+    pipe = pali.pipeline(model, processor)
+    image = Image.open(photos / "shapes2.png").convert("RGB")
+    batch = processor(images=image, text=pipe.prompts.caption_prompt())
+    first = int(model.generate(**batch, max_new_tokens=1)[0, 0])
+    extra = 4
+    text = replace(model.config.text, vocab_size=model.config.text.vocab_size + extra)
+    padded = PaliModel(replace(model.config, text=text))
+    state = model.state_dict()
+    head, embed = state["text.lm_head.weight"], state["text.embed.weight"]
+    state["text.lm_head.weight"] = torch.cat([head, 2 * head[first].repeat(extra, 1)])  # they outscore its first word
+    state["text.embed.weight"] = torch.cat([embed, embed[:extra]])
+    padded.load_state_dict(state)
+    padded.eval()
+    assert int(padded.generate(**batch, max_new_tokens=1)[0, 0]) >= processor.tokenizer.vocab_size
+    rows = list(pali.run(padded, processor, "caption", photos, batch_size=3))
+    answers = {r["id"]: r["answer"] for r in rows if "error" not in r}
+    pipe = pali.pipeline(padded, processor)
+    images = {k: v for k, v in _images(photos).items() if k != "big.jpg"}  # big.jpg: decoded reduced
+    assert answers.items() >= {k: pipe.caption(v).text for k, v in images.items()}.items()
+    assert answers["shapes2.png"]
+
+
 def test_workers_give_the_same_rows_in_the_same_order(demo, photos):
     model, processor = demo
     alone = list(pali.run(model, processor, "ocr", photos, batch_size=2))
@@ -211,6 +241,7 @@ def test_the_benchmark_runs_quick():
                          env={**os.environ, "PYTHONPATH": str(SRC)})
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("pali.run,") == 6 and "ANSWERS DIFFER" not in run.stdout
+    assert 'transformers pipeline("image-text-to-text")' in run.stdout and "tokens 100.0%" in run.stdout
 
 
 def test_help_answers_without_importing_torch():

@@ -32,7 +32,7 @@ from ..defaults import IGNORE_INDEX
 from ..errors import InputError
 from ..processing.tokenizer import pad_rows
 from ..tasks.heads import get_head
-from ..tasks.heads.base import check_language, model_inputs
+from ..tasks.heads.base import check_language, generate_options, model_inputs
 from .sources import Columns, Record, Source, UnreadableImage, open_source
 
 TASKS = ("caption", "vqa", "ocr", "detect", "classify")
@@ -239,7 +239,7 @@ def _answers(model, processor, options: RunOptions, prepared: dict[str, Any], it
             out.append({"answer": ranked[0].label, "labels": [c.label for c in ranked],
                         "scores": [round(c.score, 6) for c in ranked]})
         return out
-    texts = processor.batch_decode(model.generate(**batch, **options.generate))
+    texts = processor.batch_decode(model.generate(**batch, **generate_options(model, processor, options.generate)))
     if options.task == "detect":
         out = []
         for text, size in zip(texts, prepared["sizes"]):

@@ -86,14 +86,19 @@ def check_language(processor, lang: str) -> None:
 def generate_texts(
     model, processor, images: list[ImageLike], prompts: list[str], generate_kwargs: dict[str, Any] | None = None
 ) -> list[str]:
-    """Generate for ``images`` with ``prompts`` and decode each row up to its eos. Ids past the
-    tokenizer's vocabulary (an embedding table padded past it) are suppressed unless the caller
-    passes its own ``suppress_tokens``."""
+    """Generate for ``images`` with ``prompts`` and decode each row up to its eos."""
     batch = model_inputs(model, processor, processor(images=images, text=prompts))
+    ids = model.generate(**batch, **generate_options(model, processor, generate_kwargs))
+    return processor.batch_decode(ids)
+
+
+def generate_options(model, processor, generate_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``generate_kwargs`` with the ids past the tokenizer's vocabulary (an embedding table padded
+    past it, as Flan-T5's 32128 rows for 32100 pieces) suppressed, unless the caller passes its own
+    ``suppress_tokens``: a padding row was never trained, and its id decodes to nothing."""
     unused = range(processor.tokenizer.vocab_size, model.config.text.vocab_size)
     options = {"suppress_tokens": tuple(unused)} if unused else {}
-    ids = model.generate(**batch, **{**options, **(generate_kwargs or {})})
-    return processor.batch_decode(ids)
+    return {**options, **(generate_kwargs or {})}
 
 
 def model_inputs(model, processor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
