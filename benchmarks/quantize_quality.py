@@ -3,7 +3,7 @@
 * The bundled ``pali-demo`` model's held-out scores (``examples/train_synthetic.py``'s
   ``evaluate``, the seed and size its ``evaluation.json`` was made with) in fp32, int8 and bf16,
   and the difference in points per task.
-* BLIP-2 tiny (``tests/blip2_reference.py``'s random-weight transformers twins, T5 and mT5 text):
+* BLIP-2 tiny (``pali.testing.blip2``'s random-weight transformers twins, T5 and mT5 text):
   the largest logit error of int8 and bf16 against fp32, relative to the largest fp32 logit,
   and greedy token agreement over 16 new tokens.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "examples"), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "examples"))  # train_synthetic.evaluate: the demo's held-out set
 
 import pali  # noqa: E402
 from pali import PaliModel, PaliProcessor  # noqa: E402
@@ -47,7 +47,7 @@ def demo_scores(per_cell: int | None) -> dict:
 
 
 def blip2_errors() -> dict:
-    from blip2_reference import batch, hf_blip2, pali_twin
+    from pali.testing.blip2 import batch, hf_blip2, pali_twin
 
     results = {}
     for kind in ("t5", "mt5"):

@@ -8,26 +8,11 @@ from pathlib import Path
 
 import torch
 
-from pali import PaliModel
-from pali.convert import blip2 as blip2_maps
 from pali.testing.blip2 import (  # noqa: F401  (re-exported)
-    IMAGE, IMAGE_TOKEN, QFORMER_VOCAB, QUERIES, TEXT_VOCAB, hf_blip2,
+    IMAGE, IMAGE_TOKEN, QFORMER_VOCAB, QUERIES, TEXT_VOCAB, batch, hf_blip2, hf_config_dict, pali_twin,
 )
 
 transformers = __import__("pytest").importorskip("transformers")
-
-
-def hf_config_dict(model) -> dict:
-    data = model.config.to_dict()
-    data["text_config"]["tie_word_embeddings"] = False  # what the Hub's Flan-T5 / mT0 configs say
-    return data
-
-
-def pali_twin(model) -> PaliModel:
-    hf_config = hf_config_dict(model)
-    ours = PaliModel(blip2_maps.blip2_config(hf_config)).eval()
-    ours.load_state_dict(blip2_maps.map_state_dict(hf_config, model.state_dict()))
-    return ours
 
 
 def hub_state_dict(model) -> dict[str, torch.Tensor]:
@@ -89,18 +74,6 @@ def hf_inputs(pixel_values, input_ids, attention_mask, qformer=None) -> dict:
     if qformer is not None:
         inputs["qformer_input_ids"], inputs["qformer_attention_mask"] = qformer
     return inputs
-
-
-def batch(n: int = 2, seed: int = 1, prompt: int = 6):
-    """Pixels, prompt ids (never the <image> id) with right padding in every row but the first."""
-    g = torch.Generator().manual_seed(seed)
-    px = torch.randn(n, 3, IMAGE, IMAGE, generator=g)
-    ids = torch.randint(2, IMAGE_TOKEN, (n, prompt), generator=g)
-    mask = torch.ones(n, prompt, dtype=torch.long)
-    for row in range(1, n):
-        mask[row, prompt - 2 * row % prompt :] = 0
-    ids = ids.masked_fill(mask == 0, 0)
-    return px, ids, mask
 
 
 def qformer_batch(n: int = 2, seed: int = 2, length: int = 5):

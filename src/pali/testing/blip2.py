@@ -9,6 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..convert import blip2 as blip2_maps
+from ..pretrained import PaliModel
+
 IMAGE = 56  # 4x4 patches of 14 + the class token: 17 vision tokens
 QUERIES = 4
 TEXT_VOCAB = 128
@@ -58,3 +61,29 @@ def hf_blip2(kind: str = "t5", *, instruct: bool = False, seed: int = 0, untied:
             t5.embed_tokens.weight = lm.shared.weight
     assert (lm.lm_head.weight.data_ptr() != lm.shared.weight.data_ptr()) == untied
     return model
+
+
+def hf_config_dict(model) -> dict:
+    data = model.config.to_dict()
+    data["text_config"]["tie_word_embeddings"] = False  # what the Hub's Flan-T5 / mT0 configs say
+    return data
+
+
+def pali_twin(model) -> PaliModel:
+    """Our model with ``model``'s weights, mapped as from_pretrained maps a BLIP-2 checkpoint."""
+    hf_config = hf_config_dict(model)
+    ours = PaliModel(blip2_maps.blip2_config(hf_config)).eval()
+    ours.load_state_dict(blip2_maps.map_state_dict(hf_config, model.state_dict()))
+    return ours
+
+
+def batch(n: int = 2, seed: int = 1, prompt: int = 6):
+    """Pixels, prompt ids (never the <image> id) with right padding in every row but the first."""
+    g = torch.Generator().manual_seed(seed)
+    px = torch.randn(n, 3, IMAGE, IMAGE, generator=g)
+    ids = torch.randint(2, IMAGE_TOKEN, (n, prompt), generator=g)
+    mask = torch.ones(n, prompt, dtype=torch.long)
+    for row in range(1, n):
+        mask[row, prompt - 2 * row % prompt :] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    return px, ids, mask
