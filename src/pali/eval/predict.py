@@ -15,6 +15,7 @@ from pathlib import Path
 import time
 from typing import Any
 
+from ..data.sources import decode_image
 from ..errors import InputError
 from ..tasks.heads import get_head
 from ..tasks.heads.base import generate_texts
@@ -34,18 +35,6 @@ class Request:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def open_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{path}: not a readable image ({e})") from None
-
-
 def predict(pipe, requests: Iterable[Request], *, batch_size: int = 8, done: Mapping[Hashable, Any] | None = None,
             save: Callable[[dict[Hashable, Any]], None] | None = None, save_every: float = 10.0,
             progress: bool = True) -> dict[Hashable, Any]:
@@ -62,7 +51,7 @@ def predict(pipe, requests: Iterable[Request], *, batch_size: int = 8, done: Map
     with tqdm(total=len(todo), desc="predicting", unit="image", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            images = [open_image(r.image) for r in batch]
+            images = [decode_image(r.image, str(r.image)) for r in batch]
             heads = [get_head(r.task) for r in batch]
             prompts = [head.prompt(pipe.processor, **r.options) for head, r in zip(heads, batch)]
             texts = generate_texts(pipe.model, pipe.processor, images, prompts, pipe.generate_kwargs)
