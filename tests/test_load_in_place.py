@@ -76,6 +76,44 @@ def test_pali_convert_writes_what_the_in_place_load_assigns(folder, tmp_path):
     assert all(torch.equal(converted[k], in_place[k]) for k in in_place)
 
 
+class _Stored:
+    """A weight as ``pali.io.loading.materialize`` sees one; ``fail`` makes its read raise."""
+
+    def __init__(self, tensor: torch.Tensor, fail: str | None = None) -> None:
+        self.tensor, self.fail = tensor, fail
+        self.shape, self.dtype = tuple(tensor.shape), tensor.dtype
+
+    def load(self) -> torch.Tensor:
+        if self.fail:
+            raise CheckpointError(self.fail)
+        return self.tensor
+
+
+def test_casts_on_loading_threads_equal_one_cast_and_a_failure_keeps_its_name():
+    from torch import nn
+
+    from pali.nn.meta import meta_device
+
+    torch.manual_seed(0)
+    weights = {f"{i}.{leaf}": torch.randn(8 * (i + 1), 8) if leaf == "weight" else torch.randn(8 * (i + 1))
+               for i in range(6) for leaf in ("weight", "bias")}
+
+    def build() -> nn.Module:
+        with meta_device():
+            return nn.Sequential(*[nn.Linear(8, 8 * (i + 1)) for i in range(6)])
+
+    model = loading.materialize(build(), {k: _Stored(v) for k, v in weights.items()},
+                                device=torch.device("cpu"), dtype=torch.bfloat16)
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v.bfloat16()) for k, v in weights.items())
+    assert all(isinstance(p, nn.Parameter) for p in model.parameters())
+
+    entries = {k: _Stored(v, fail="shard.safetensors: cannot read (the file shrank)" if k == "3.weight" else None)
+               for k, v in weights.items()}
+    with pytest.raises(CheckpointError, match="the file shrank"):
+        loading.materialize(build(), entries, device=torch.device("cpu"), dtype=torch.bfloat16)
+
+
 def _no_assignment(monkeypatch) -> list[str]:
     assigned = []
     real = loading._assign
