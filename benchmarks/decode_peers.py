@@ -206,16 +206,18 @@ def variants(ours, compile_rows: bool) -> dict:
     models = {"pali fp32": (ours, {})}
     if compile_rows:
         models["pali fp32 compiled"] = (ours, {"compile": True})
-    models["pali int8"] = (pali.quantize(decoder_copy(ours), "int8"), {})
-    models["pali bf16"] = (pali.quantize(decoder_copy(ours), "bf16"), {})
+    models["pali int8"] = (pali.quantize(text_copy(ours), "int8"), {})
+    models["pali bf16"] = (pali.quantize(text_copy(ours), "bf16"), {})
     return models
 
 
-def decoder_copy(model):
-    """``model`` with its own text decoder (and output layer, which ``quantize`` replaces), sharing
-    the vision tower, connector, embedding and encoder: one copy of the weights quantize keeps."""
+def text_copy(model):
+    """``model`` with its own text encoder and decoder (and output layer, which ``quantize``
+    replaces), sharing the vision tower, connector and embedding: the weights ``quantize`` may
+    convert are copied, the rest is shared."""
     text = copy.copy(model.text)
-    text._modules = dict(model.text._modules, decoder=copy.deepcopy(model.text.decoder))
+    text._modules = dict(model.text._modules, decoder=copy.deepcopy(model.text.decoder),
+                         encoder=copy.deepcopy(model.text.encoder))
     clone = copy.copy(model)
     clone._modules = dict(model._modules, text=text)
     return clone
@@ -241,10 +243,10 @@ def text_rows(ref, ours, sizes, args, bandwidth) -> list[dict]:
                              f"pali {tokens['pali fp32']}\ntransformers {tokens['transformers']}")
         agree = {label: agreement(t, tokens["pali fp32"]) for label, t in tokens.items()}
         result = measure(engines, (ids,), batch * steps, args.reps)
-        with torch.no_grad():
-            encode = statistics.median(timed(ours.encode, None, ids) for _ in range(max(3, args.reps)))
         row = dict(row=name, batch=batch, beams=beams, steps=steps, engines=result, agreement_with_pali_fp32=agree)
         for label, (model, _) in models.items():
+            with torch.no_grad():  # each model's own encoder (quantize may convert it)
+                encode = statistics.median(timed(model.encode, None, ids) for _ in range(max(3, args.reps)))
             step = (result[label]["seconds"] - encode) / steps
             floor = weight_bytes_per_step(model) / bandwidth
             result[label].update(step_ms=step * 1e3, floor_ms=floor * 1e3, vs_floor=step / floor)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "examples"))  # train_synthetic.evaluate: the demo
 
 import pali  # noqa: E402
 from pali import PaliModel, PaliProcessor  # noqa: E402
+from pali.nn.quantize import has_bf16_instructions  # noqa: E402
 
 FORMATS = ("int8", "bf16")
 
@@ -76,6 +77,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    bf16_cpu = has_bf16_instructions()
+    print(f"bf16 instructions on this CPU: {bf16_cpu} (int8 runs the text encoder in bf16 {'here' if bf16_cpu else 'only where there are'})")
     blip2 = blip2_errors()
     for name, r in blip2.items():
         print(f"{name}: logits max error {r['max_abs_error']:.4f} ({r['relative']:.2%} of the largest logit), "
@@ -90,7 +93,7 @@ def main(argv=None) -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(dict(
             benchmark="quantize_quality", command="python " + " ".join(["benchmarks/quantize_quality.py", *(argv or sys.argv[1:])]),
-            torch=torch.__version__, blip2=blip2, demo=demo,
+            torch=torch.__version__, bf16_instructions=bf16_cpu, blip2=blip2, demo=demo,
         ), indent=1) + "\n")
 
 

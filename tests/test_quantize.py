@@ -37,7 +37,6 @@ def test_quantize_converts_the_decoding_layers_and_stays_close(model, fmt, layer
     quantized = pali.quantize(copy.deepcopy(model), fmt)
     assert isinstance(quantized.text.lm_head, layer)
     assert not any(type(m) is nn.Linear for m in quantized.text.decoder.modules())
-    assert type(quantized.text.encoder.layers[0].attn.q) is nn.Linear  # run once per generation: kept
     with torch.no_grad():
         expected = model(px, ids, mask, labels=labels).logits
         got = quantized(px, ids, mask, labels=labels).logits
@@ -46,6 +45,29 @@ def test_quantize_converts_the_decoding_layers_and_stays_close(model, fmt, layer
     assert 0 < error <= tolerance, error
     out = quantized.generate(px, ids, mask, max_new_tokens=5, eos_token_id=-1)
     assert out.shape == (2, 5)
+
+
+@pytest.mark.parametrize(("fmt", "bf16_cpu", "encoder", "converted"), [
+    ("int8", True, None, True), ("int8", False, None, False), ("int8", True, False, False),
+    ("bf16", False, None, True), ("int8", False, True, True),
+])
+def test_the_text_encoder_goes_bf16_where_the_cpu_multiplies_bf16(model, monkeypatch, fmt, bf16_cpu, encoder, converted):
+    """The encoder runs once per generation over every prompt row: bf16 where the CPU has bf16
+    instructions (int8 default), always for "bf16", never when told not to; the vision tower keeps
+    its weights."""
+    import pali.models.quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "has_bf16_instructions", lambda: bf16_cpu)
+    quantized = pali.quantize(copy.deepcopy(model), fmt, encoder=encoder)
+    kinds = {type(m) for m in quantized.text.encoder.modules()}
+    assert (Bf16Linear in kinds) == converted and (nn.Linear not in kinds) == converted
+    assert not any(isinstance(m, (Bf16Linear, Int8Linear)) for m in quantized.vision.modules())
+    px, ids, mask, labels = _inputs()
+    with torch.no_grad():
+        expected, got = model.encode(px, ids, mask)[0], quantized.encode(px, ids, mask)[0]
+    assert got.dtype == expected.dtype == torch.float32  # the residual stream keeps the model's dtype
+    assert torch.equal(got, expected) != converted
+    torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05)
 
 
 def test_quantize_refuses_what_it_cannot_do(model):

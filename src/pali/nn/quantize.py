@@ -35,6 +35,13 @@ from ..errors import InputError
 FORMATS = ("int8", "bf16")
 
 
+def has_bf16_instructions() -> bool:
+    """Whether this CPU multiplies bf16 natively (``avx512_bf16`` or AMX); without them a bf16
+    matmul is emulated, and was 10x slower than fp32 on an AVX2-only CPU."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def _reduce_range() -> bool:
     is_vnni = getattr(torch.cpu, "_is_vnni_supported", None)
     return not (is_vnni is not None and is_vnni())
