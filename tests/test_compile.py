@@ -29,16 +29,19 @@ def _inputs(batch=2):
 
 
 def test_cached_step_logits_equal_the_uncached_decoder(model):
-    """Attending over every preallocated slot, causal from a tensor position = the whole prefix."""
+    """Attending over every preallocated slot, causal from a tensor position (the compiled form),
+    or over the filled prefix (an int position) = the whole prefix."""
     px, ids, mask = _inputs()
     with torch.no_grad():
         hidden, enc_mask = model.encode(px, ids, mask)
         model.text.start_decoding(hidden, enc_mask, 6)
         tokens = torch.tensor([[0], [0]])
         for t in range(6):
-            step = model.text.decode_step(tokens[:, -1:], torch.tensor(t))[:, -1]
+            whole_buffer = model.text.lm_head(model.text.decode_hidden(tokens[:, -1:], torch.tensor(t)))[:, -1]
+            step = model.text.decode_step(tokens[:, -1:], t)[:, -1]  # the filled prefix (and written again)
             full = model.text.decode(tokens, hidden, enc_mask)[:, -1]
             assert (step - full).abs().max() <= 1e-5
+            assert (whole_buffer - full).abs().max() <= 1e-5
             tokens = torch.cat([tokens, step.argmax(-1, keepdim=True)], dim=1)
 
 

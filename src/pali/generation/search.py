@@ -32,7 +32,8 @@ class GenerationConfig:
 
     ``eos_token_id`` and ``pad_token_id`` default (None) to the model's text config.
     ``use_cache=False`` recomputes the whole prefix every step (same tokens, slower); ``compile``
-    runs the cached step through ``torch.compile`` (once per batch size and length, never per token).
+    runs the cached step through ``torch.compile`` (once per batch size and length, never per
+    token; mT5 compiles its decoder layers and keeps the output layer eager).
     ``suppress_tokens`` (transformers' name) are ids never generated: their logits are masked
     out in every step, e.g. the rows of an embedding table padded past the tokenizer (Flan-T5's
     32128 rows for 32100 pieces), which the pipeline suppresses by itself.
@@ -114,7 +115,10 @@ def decoding(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, cfg:
         return
 
     cache = text.start_decoding(encoder_hidden, mask, cfg.max_new_tokens)
-    decode_step = torch.compile(text.decode_step) if cfg.compile else text.decode_step
+    decode_step = text.decode_step
+    if cfg.compile:  # a stack may compile its own step's heavy part; else the whole step compiles
+        compiled = getattr(text, "compiled_decode_step", None)
+        decode_step = compiled() if compiled is not None else torch.compile(text.decode_step)
     filled = [0]
 
     def cached_step(new_tokens, position):
