@@ -6,7 +6,7 @@ and only then is each tensor assigned into the model (the effect of
 ``load_state_dict(assign=True)``, as gpt-fast and transformers load): a tensor already in the
 asked device and dtype is assigned as the copy-on-write map of its bytes in the file, so nothing
 is copied and pages come in on first use; one in another dtype is cast tensor by tensor, the
-largest first, so a bf16 load of fp32 files never holds more than a few fp32 tensors (one per loading thread).
+largest first, so a bf16 load of fp32 files holds at most one fp32 tensor per loading thread.
 
 What is assigned is anything with a ``shape``, a ``dtype`` and a ``load()`` (``pali.io.loading.Weight``):
 a stored tensor of our layout, or an item of a ``pali.convert`` plan that renames and reshapes

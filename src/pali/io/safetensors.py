@@ -6,8 +6,8 @@ allocated, so it is parsed here, not by the ``safetensors`` library. Every safet
 reads (our own, a Hugging Face model's, a converted tower) goes through
 [`list_tensors`][pali.io.list_tensors] / ``read_safetensors_file``, and a tensor is then a
 copy-on-write map of its own byte range (``StoredTensor.load``): loading a model copies nothing,
-a cast to another dtype holds one source tensor per loading thread. Every file pali writes goes through
-[`write_safetensors`][pali.io.write_safetensors].
+a cast to another dtype holds one source tensor per loading thread. Every file pali writes goes
+through [`write_safetensors`][pali.io.write_safetensors].
 
 Writing streams: each tensor's bytes go to a scratch file as they arrive, and a shard's header is
 written when the shard closes, so peak memory is one tensor, not one shard.
