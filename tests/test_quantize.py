@@ -78,6 +78,10 @@ def test_quantize_refuses_what_it_cannot_do(model):
         pali.quantize(twice, "int8")
     with pytest.raises(InputError, match="text decoder"):
         pali.quantize(nn.Linear(2, 2), "int8")
+    no_encoder = copy.deepcopy(model)
+    del no_encoder.text.encoder
+    with pytest.raises(InputError, match="encoder=True, but MT5 has no text encoder"):
+        pali.quantize(no_encoder, "int8", encoder=True)
 
 
 @pytest.mark.parametrize("rows", [1, 3])

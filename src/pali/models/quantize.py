@@ -38,8 +38,10 @@ def quantize(model: nn.Module, fmt: str = "int8", *, encoder: bool | None = None
     # with dynamic int8 activations (pali.nn.quantize has the measurements).
     quantize_linears(text.decoder, fmt, **({"activations": "bf16"} if fmt == "int8" else {}))
     text.lm_head = convert_linear(text.lm_head, fmt)
+    if encoder and not hasattr(text, "encoder"):
+        raise InputError(f"encoder=True, but {type(text).__name__} has no text encoder to convert")
     if encoder is None:
-        encoder = fmt == "bf16" or has_bf16_instructions()
-    if encoder and hasattr(text, "encoder"):
+        encoder = hasattr(text, "encoder") and (fmt == "bf16" or has_bf16_instructions())
+    if encoder:
         quantize_linears(text.encoder, "bf16")
     return model.eval()
