@@ -116,18 +116,12 @@ def decoding(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, cfg:
 
     cache = text.start_decoding(encoder_hidden, mask, cfg.max_new_tokens)
     decode_step = text.decode_step
-    if cfg.compile:  # a stack may compile its own step's heavy part; else the whole step compiles
-        compiled = getattr(text, "compiled_decode_step", None)
-        decode_step = compiled() if compiled is not None else torch.compile(text.decode_step)
+    if cfg.compile:
+        decode_step = _compiled_step(text)
     filled = [0]
 
     def cached_step(new_tokens, position):
-        # A compiled step takes the position as a 0-d CPU tensor so it never specializes on it,
-        # and contiguous ids (a column of a larger buffer has other strides: a recompile); an
-        # eager step takes the int as it is.
         filled[0] = position + 1
-        if cfg.compile:
-            return decode_step(new_tokens.contiguous(), torch.tensor(position))
         return decode_step(new_tokens, position)
 
     try:
@@ -136,6 +130,18 @@ def decoding(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, cfg:
         release = getattr(cache, "release", None)  # a plugin's cache may not hold buffers
         if release is not None:
             release()
+
+
+def _compiled_step(text) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The text stack's own compiled step (``compiled_decode_step``: it compiles what pays), else
+    its whole ``decode_step`` compiled. The latter takes the position as a 0-d CPU tensor, so it
+    never specializes on it, and contiguous ids (a column of a larger buffer has other strides:
+    a recompile)."""
+    own = getattr(text, "compiled_decode_step", None)
+    if own is not None:
+        return own()
+    whole = torch.compile(text.decode_step)
+    return lambda ids, position: whole(ids.contiguous(), torch.tensor(position))
 
 
 def next_logits(step: Callable[[torch.Tensor, int], torch.Tensor], new: torch.Tensor, position: int,
