@@ -16,6 +16,12 @@ reads divided by this machine's memory bandwidth, measured here as a large tenso
 read + written per second). A last table times the full PaLI path with images (SigLIP-B/16 +
 projection + the same mT5), pali against transformers.
 
+CTranslate2 is imported before torch, so that each engine keeps its own OpenMP runtime, as in
+its own process. Imported after torch, CTranslate2's OpenMP calls bind to torch's ``libgomp``
+(loaded globally), which then manages more threads than there are cores and puts waiting threads
+to sleep at every parallel region instead of spinning: measured here (2 cores), CTranslate2 fp32
+lost 15-30% and pali's split products about as much. The script says so when torch came first.
+
     python benchmarks/decode_peers.py              # full size, 2 threads, median of 5
     python benchmarks/decode_peers.py --quick      # tiny sizes, one repetition (tests run this)
     python benchmarks/decode_peers.py --out benchmarks/results/decode_peers.json
@@ -33,6 +39,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+try:  # before torch: see the module docstring
+    _CT2_OWN_OPENMP = "torch" not in sys.modules
+    import ctranslate2
+except ImportError:
+    ctranslate2 = None
 
 import torch
 import transformers
@@ -68,7 +80,6 @@ class _Vocab:
 
 def ct2_translators(hf_text, threads: int, compute_types=("float32", "int8")):
     """``{compute_type: ctranslate2.Translator}`` over ``hf_text``'s own tensors, and the vocab."""
-    import ctranslate2
     from ctranslate2.converters.transformers import TransformersConverter
 
     vocab = _Vocab(hf_text.config.vocab_size)
@@ -324,13 +335,13 @@ def main(argv=None) -> None:
     args.reps = args.reps or sizes["reps"]
     args.compile = (not args.quick) if args.compile is None else args.compile
     torch.set_num_threads(args.threads)
-    try:
-        import ctranslate2
-        args.ctranslate2 = True
-        ct2_version = ctranslate2.__version__
-    except ImportError:
-        args.ctranslate2, ct2_version = False, None
+    args.ctranslate2 = ctranslate2 is not None
+    ct2_version = ctranslate2.__version__ if ctranslate2 else None
+    if not ctranslate2:
         print('CTranslate2 is not installed (pip install ctranslate2): its columns are skipped')
+    elif not _CT2_OWN_OPENMP:
+        print("warning: torch was imported before ctranslate2, so both share torch's OpenMP runtime and "
+              "both run slower than in their own processes (see this script's docstring)")
     torch.manual_seed(0)
     ref = Reference(sizes).eval()
     ours = ours_from(ref)
@@ -369,7 +380,7 @@ def main(argv=None) -> None:
             benchmark="decode_peers", command="python " + " ".join(["benchmarks/decode_peers.py", *(argv or sys.argv[1:])]),
             versions=dict(torch=torch.__version__, transformers=transformers.__version__, ctranslate2=ct2_version),
             threads=args.threads, reps=args.reps, bandwidth_gb_s=bandwidth / 1e9, text_rows=rows, image_rows=images,
-            compile_starts=starts,
+            compile_starts=starts, ct2_own_openmp=_CT2_OWN_OPENMP if ctranslate2 else None,
         ), indent=1) + "\n")
 
 

@@ -89,8 +89,18 @@ def test_compile_needs_the_cache(model):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("threads", [1, 2])  # 2: the decoder's weights split across threads
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_compiled_generation_same_tokens_no_recompile(model, num_beams):
+def test_compiled_generation_same_tokens_no_recompile(model, num_beams, threads, monkeypatch):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _compiled_generation_same_tokens_no_recompile(model, num_beams)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _compiled_generation_same_tokens_no_recompile(model, num_beams):
     px, ids, mask = _inputs()
     kwargs = dict(max_new_tokens=8, num_beams=num_beams, eos_token_id=-1)
     expected = model.generate(px, ids, mask, **kwargs)

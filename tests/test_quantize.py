@@ -84,10 +84,19 @@ def test_quantize_refuses_what_it_cannot_do(model):
         pali.quantize(no_encoder, "int8", encoder=True)
 
 
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads, as on any multi-core CPU (the suite's workers run on one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("rows", [1, 3])
-def test_decode_linear_equals_linear(rows, monkeypatch):
+def test_decode_linear_equals_linear(rows, two_threads, monkeypatch):
     """The output layer's kernels (a batched view for one row, ``W @ x.T`` for several) give
-    ``F.linear``'s numbers up to fp32 rounding; small weights are ``F.linear`` itself."""
+    ``F.linear``'s numbers up to fp32 rounding; small weights outside a step are ``F.linear``."""
     layer = nn.Linear(48, 64, bias=False)
     x = torch.randn(rows, 1, 48)
     with torch.no_grad():
@@ -98,14 +107,95 @@ def test_decode_linear_equals_linear(rows, monkeypatch):
     torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
 
 
-def test_few_threads_gives_the_threads_back():
-    threads = torch.get_num_threads()
+@pytest.mark.parametrize("rows", [1, 3, 8, 9])
+def test_small_weights_are_split_across_threads_inside_a_step(rows, two_threads, monkeypatch):
+    """Inside a step (``few_threads``: one thread for the small operations) a small weight of up to
+    ``FEW_ROWS`` rows is multiplied in one block per thread, with the threads given back for
+    that product only, and equals ``F.linear`` to fp32 rounding; more rows: ``F.linear`` itself."""
+    layer = nn.Linear(48, 64, bias=False)
+    x = torch.randn(rows, 1, 48)
+    expected = F.linear(x, layer.weight)
+    threads_seen = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b: threads_seen.append((torch.get_num_threads(), a.shape[0])) or bmm(a, b))
+    with torch.no_grad(), gemv.few_threads(torch.device("cpu")):
+        got = gemv.decode_linear(x, layer)
+        assert torch.get_num_threads() == 1
+        plain = F.linear(x, layer.weight)  # on the step's one thread
+    assert torch.get_num_threads() == 2
+    assert threads_seen == ([(2, 2)] if rows <= gemv.FEW_ROWS else [])
+    if rows > gemv.FEW_ROWS:
+        assert torch.equal(got, plain)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_decode_linear_leaves_everything_else_to_the_layer(two_threads):
+    """Gradients, a bias, an adapter around the layer, another dtype: ``layer(x)``, bit for bit."""
+    x = torch.randn(2, 1, 48)
+    plain = nn.Linear(48, 64, bias=False)
+    with_bias = nn.Linear(48, 64)
+    wrapped = nn.Sequential(plain)
+    half = nn.Linear(48, 64, bias=False).to(torch.bfloat16)
+    with gemv.few_threads(torch.device("cpu")):
+        assert torch.equal(gemv.decode_linear(x, plain), plain(x))  # gradients on: untouched
+        assert gemv.decode_linear(x, plain).requires_grad
+        with torch.no_grad():
+            for layer, inp in ((with_bias, x), (wrapped, x), (half, x.bfloat16())):
+                assert torch.equal(gemv.decode_linear(inp, layer), layer(inp))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_steps_split_over_the_threads_compiled_for(threads, two_threads, monkeypatch):
+    """Traced, ``decode_linear`` splits a small weight over ``compiled_threads()``'s count (a
+    constant of the graph, no graph break), or, at one thread, stays ``F.linear``."""
+    torch.set_num_threads(threads)
+    monkeypatch.setattr(gemv, "_compiled", dict(gemv._compiled))
+    assert gemv.compiled_threads() == threads
+    layer = nn.Linear(48, 64, bias=False)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    torch._dynamo.reset()
+    step = torch.compile(lambda x: gemv.decode_linear(x, layer), backend=backend, fullgraph=True)
+    x = torch.randn(3, 1, 48)
+    with torch.no_grad():
+        got = step(x)
+    torch._dynamo.reset()
+    assert ("bmm" in graphs[0]) == (threads > 1)
+    torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_a_split_step_keeps_the_tokens_and_logits(model, num_beams, two_threads):
+    """Cached generation with the split products (two threads) gives the tokens of the uncached
+    reference, which recomputes the prefix with ``F.linear``; the step's logits stay within fp32
+    rounding of the unsplit step's (one thread)."""
+    px, ids, mask, _ = _inputs()
+    kwargs = dict(max_new_tokens=6, num_beams=num_beams, eos_token_id=-1)
+    with torch.no_grad():
+        assert torch.equal(model.generate(px, ids, mask, **kwargs),
+                           model.generate(px, ids, mask, use_cache=False, **kwargs))
+        text = model.text
+        hidden = text.encode(text.embed(ids), mask.bool())
+        logits = {}
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            text.start_decoding(hidden, mask.bool(), 4)
+            logits[threads] = text.decode_step(torch.zeros(2, 1, dtype=torch.long), 0)
+        text.decoder.kv_cache.release()
+    torch.testing.assert_close(logits[2], logits[1], rtol=1e-5, atol=1e-5)
+
+
+def test_few_threads_gives_the_threads_back(two_threads):
     with gemv.few_threads(torch.device("cpu")):
         assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == threads
+    assert torch.get_num_threads() == 2
     with pytest.raises(RuntimeError), gemv.few_threads(torch.device("cpu")):
         raise RuntimeError("inside")
-    assert torch.get_num_threads() == threads
+    assert torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("in_features", [24, 32])

@@ -1,70 +1,124 @@
-"""Decoding on a CPU: a few rows against one large weight (the output layer) in the form the BLAS
-streams fastest, and one thread for the many small operations around it.
+"""Decoding on a CPU: the few rows of a decoding step against each weight, read by every core.
 
-A decoding step multiplies 1 to ``batch * beams`` rows by mT5's ``[250112, 512]`` output layer:
-half a gigabyte read to produce a few hundred thousand logits, so the time is memory bandwidth,
-if the BLAS call reads the weight with every core. Measured with MKL on a 2-core AMD EPYC (fp32,
-2 threads, median of 7): ``F.linear`` of one row took ~35 ms and ``W @ x.T`` ~34 ms: the
-matrix-vector kernel runs on one thread; the same weight viewed as ``threads`` batches of rows
-through ``torch.bmm`` took ~18-37 ms (one batch per thread), as fast as a transposed copy of the
-weight (``x @ W_t``, ~18 ms) without the second half gigabyte. From 2 rows up, the matrix
-product ``W @ x.T`` (34-56 ms for 4-8 rows) beats both ``F.linear`` (72-128 ms) and ``x @ W_t``
-(80-148 ms). The results match ``F.linear`` to fp32 rounding (a different summation order).
+A decoding step multiplies 1 to ``batch * beams`` rows by every weight of the decoder and by
+mT5's ``[250112, 512]`` output layer: the time is the bytes of weights read, if every core reads
+its share. MKL does not split a matrix-vector product of these sizes across threads: measured on
+a 2-core AMD EPYC (fp32, median of 7), ``F.linear`` of one row by the output layer took ~35 ms
+and ``W @ x.T`` ~34 ms, while the same weight viewed as ``threads`` blocks of rows through
+``torch.bmm`` (one block per thread) took ~12-18 ms, as fast as a transposed copy of the weight
+(``x @ W_t``) without the second half gigabyte. From 2 rows up the output layer's product
+``W @ x.T`` (34-56 ms for 4-8 rows) beats ``F.linear`` (72-128 ms) and ``x @ W_t`` (80-148 ms).
 
-Only large weights on a CPU take these paths; everything else is ``F.linear``, bit for bit.
+The decoder's small weights (0.2-2 MB) gain the same way, but the ~200 other operations of a
+step (norms, attention over one query) are too small for a second thread: waking it costs more
+than it saves. So a step runs under ``few_threads`` (one thread) and ``decode_linear`` gives
+each of its small fp32 weights every thread back for one split product. The 72 weights of
+mT5-small's 8 decoder layers took 5.6 ms per step for one row with ``F.linear`` on one thread
+and 2.2 ms split over two; whole generations (greedy batch 1 and 8, beam 4) were 14-24% faster,
+tokens unchanged. The results match ``F.linear`` to fp32 rounding (another summation order).
 
-The decoder layers of a step are the opposite: ~300 small operations (matrices of 0.2-2 MB,
-attention over one query) where waking a second thread costs more than it saves. Measured on
-the same machine, shared with other jobs (mT5-small decoder, min / median of 30 steps): 57.8 /
-262.6 ms at 2 threads against 15.9 / 22.0 ms at 1 thread for batch 1, 71.6 / 236.6 against
-15.3 / 38.9 ms for batch 8. So ``few_threads`` runs them on one thread and gives the output
-layer every thread back (``torch.set_num_threads`` costs ~1 us).
+Compiled code cannot change the thread count, so ``torch.compile`` of the decoder layers runs on
+every thread and traces the same split products (over ``compiled_threads``' count): inductor
+fuses the small operations and keeps one thread for them, and the GEMVs are read by all.
+
+Everything else (gradients on, other dtypes or devices, layers with a bias or wrapped by an
+adapter, small weights outside a step or with more than ``FEW_ROWS`` rows) is
+``layer(x)``, bit for bit.
 """
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-#: Below this many weight elements the choice of kernel does not matter: ``F.linear``.
+#: From this many weight elements a weight is "large" (an output layer): it takes these kernels
+#: anywhere; a smaller one only inside a step (``few_threads``) and for up to ``FEW_ROWS`` rows.
 LARGE = 1 << 24
+FEW_ROWS = 8
+
+_step = threading.local()  # .threads: the count few_threads set aside, while a step runs
+_compiled = {"threads": 1}  # what a compiled step splits over: a constant of the traced graph
 
 
 def decode_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """``layer(x)`` for the few rows of a decoding step; a plain bias-free ``nn.Linear`` with a large
-    fp32 weight on a CPU runs the fastest kernel for the row count (see the module docstring)."""
+    """``layer(x)`` for the rows of a decoding step; a plain bias-free ``nn.Linear`` with fp32
+    weights on a CPU, under ``no_grad``, runs the fastest kernel for its row count and size (see
+    the module docstring)."""
     weight = getattr(layer, "weight", None)
     if (
         type(layer) is not nn.Linear
         or layer.bias is not None
         or weight.device.type != "cpu"
         or weight.dtype != torch.float32
-        or weight.numel() < LARGE
         or torch.is_grad_enabled()
     ):
         return layer(x)
     rows = x.reshape(-1, x.shape[-1])
-    out_features = weight.shape[0]
-    parts = torch.get_num_threads()
-    if rows.shape[0] == 1 and parts > 1 and out_features % parts == 0:
-        out = torch.bmm(weight.view(parts, out_features // parts, -1), rows.t().expand(parts, -1, 1))
-    else:
+    large = weight.numel() >= LARGE
+    parts = _blocks(large, rows.shape[0])
+    if parts > 1 and weight.shape[0] % parts == 0:
+        cols = rows.t().expand(parts, -1, -1)
+        blocks = weight.view(parts, weight.shape[0] // parts, -1)
+        if torch.compiler.is_compiling():  # compiled steps already run on every thread
+            out = torch.bmm(blocks, cols)
+        else:
+            with _threads(parts):
+                out = torch.bmm(blocks, cols)
+        out = out.reshape(weight.shape[0], rows.shape[0])
+    elif large:
         out = weight @ rows.t()
-    return out.reshape(*x.shape[:-1], out_features) if rows.shape[0] == 1 else out.t().reshape(*x.shape[:-1], out_features)
+    else:
+        return layer(x)
+    return out.t().reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _blocks(large: bool, rows: int) -> int:
+    """Into how many blocks of output rows (one per thread) to split a weight; 1: none."""
+    if torch.compiler.is_compiling():
+        return _compiled["threads"] if not large and rows <= FEW_ROWS else 1
+    in_step = getattr(_step, "threads", None)
+    if large:
+        return (in_step or torch.get_num_threads()) if rows == 1 else 1
+    return in_step if in_step and rows <= FEW_ROWS else 1
+
+
+@contextmanager
+def _threads(count: int):
+    before = torch.get_num_threads()
+    if before == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager
 def few_threads(device: torch.device):
-    """Run the block on one intra-op thread on a CPU (eager code only)."""
+    """Run a decoding step's block on one intra-op thread on a CPU (eager code only); inside it,
+    ``decode_linear`` still reads its weights with the threads set aside here."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
         yield
         return
+    outer = getattr(_step, "threads", None)
     torch.set_num_threads(1)
+    _step.threads = threads
     try:
         yield
     finally:
+        _step.threads = outer
         torch.set_num_threads(threads)
+
+
+def compiled_threads() -> int:
+    """Set the thread count compiled decoding steps split their small weights over to this
+    process's (``torch.get_num_threads()``), and return it. Called before compiling a step; read
+    while tracing, the count is a constant of the graph (a guard recompiles when it changes)."""
+    _compiled["threads"] = torch.get_num_threads()
+    return _compiled["threads"]

@@ -24,7 +24,7 @@ from ...config.registry import TEXT_STACKS
 from ...errors import InputError
 from ...generation.kv_cache import KVCache
 from ...nn.attention import Attention, RelativeBias
-from ...nn.gemv import decode_linear, few_threads
+from ...nn.gemv import compiled_threads, decode_linear, few_threads
 from .mt5_config import MT5Config
 
 _FP16_LIMIT = torch.finfo(torch.float16).max - 1000
@@ -69,7 +69,10 @@ class FeedForward(nn.Module):
         return [self.wi_0, self.wi_1] if self.gated else [self.wi]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x) if self.gated else F.relu(self.wi(x))
+        if self.gated:
+            h = F.gelu(decode_linear(x, self.wi_0), approximate="tanh") * decode_linear(x, self.wi_1)
+        else:
+            h = F.relu(decode_linear(x, self.wi))
         if h.dtype == torch.float16:
             # Run ``wo`` as a module with fp32 copies of all its parameters, so a wrapper around it
             # (a LoRA adapter) takes part instead of being bypassed by a bare ``F.linear``; with
@@ -79,7 +82,7 @@ class FeedForward(nn.Module):
                 out = torch.func.functional_call(self.wo, params, (h.float(),))
             return out.clamp(-_FP16_LIMIT, _FP16_LIMIT).half()
         weight = getattr(self.wo, "weight", None)  # an int8 layer (pali.quantize) takes any input dtype
-        return self.wo(h if weight is None or not weight.is_floating_point() else h.to(weight.dtype))
+        return decode_linear(h if weight is None or not weight.is_floating_point() else h.to(weight.dtype), self.wo)
 
 
 class EncoderLayer(nn.Module):
@@ -257,36 +260,40 @@ class MT5(nn.Module):
         """Logits ``[B, t, V]`` for ``t`` new decoder tokens at positions ``start ..`` (an int or a
         0-d CPU tensor, read once here), written into the cache ``start_decoding`` filled.
 
-        On a CPU the decoder layers of a step of a few rows run on one thread and the output layer
-        on every thread, with the kernel ``decode_linear`` picks for the row count.
+        On a CPU the small operations of a step of a few rows run on one thread, each weight and
+        the output layer are read by every thread (``pali.nn.gemv``).
         """
-        return self._step(self.decode_hidden, ids, start)
+        return self._step(ids, start, self._eager_hidden)
+
+    def _eager_hidden(self, ids: torch.Tensor, position: int) -> torch.Tensor:
+        """The eager step's layers: small operations on one thread (``pali.nn.gemv.few_threads``)."""
+        with few_threads(ids.device):
+            return self.decode_hidden(ids, position)
 
     def compiled_decode_step(self) -> Callable[[torch.Tensor, int | torch.Tensor], torch.Tensor]:
         """``decode_step`` with the decoder layers compiled (``torch.compile`` of ``decode_hidden``,
         the position a 0-d tensor: one graph per batch size and cache length, never per token).
 
-        The output layer stays eager: on a CPU, inductor's graph of the whole step decoded at half
-        the eager step's speed, its output layer being the plain ``F.linear``; compiled layers with
-        the eager output layer were within 1% of eager or faster on every benchmark row.
+        The compiled layers run on every thread (their weights split across them, see
+        ``pali.nn.gemv``); the output layer stays eager: on a CPU, inductor's graph of the whole
+        step decoded at half the eager step's speed, its output layer being the plain ``F.linear``.
         """
+        compiled_threads()
         layers = torch.compile(self.decode_hidden)
         return lambda ids, start: self._step(
-            lambda i, position: layers(i.contiguous(), torch.tensor(position)), ids, start
+            ids, start, lambda i, position: layers(i.contiguous(), torch.tensor(position))
         )
 
-    def _step(self, hidden: Callable[[torch.Tensor, int], torch.Tensor], ids: torch.Tensor,
-              start: int | torch.Tensor) -> torch.Tensor:
-        """A step with ``hidden`` (eager or compiled layers): the cache checked once, the layers
-        of a few rows on one thread, then the output layer on every thread."""
+    def _step(self, ids: torch.Tensor, start: int | torch.Tensor,
+              hidden: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+        """A step with ``hidden`` (eager or compiled layers): the cache checked once, then the
+        layers and the output layer."""
         cache = self.decoder.kv_cache
         if cache is None or not cache.allocated:
             raise InputError("decode_step needs start_decoding first (no KV cache)")
         position = int(start)
         cache.check_room(position, ids.shape[1])
-        with few_threads(ids.device):  # small operations: one thread; the output layer gets them all
-            x = hidden(ids, position)
-        return decode_linear(x, self.lm_head)
+        return decode_linear(hidden(ids, position), self.lm_head)
 
     def decode_hidden(self, ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
         """The decoder's last hidden states ``[B, t, d_model]`` for new tokens at ``start ..``.
@@ -302,4 +309,3 @@ class MT5(nn.Module):
 
 
 TEXT_STACKS.register(MT5Config.kind, MT5)
-
