@@ -16,11 +16,13 @@ reads divided by this machine's memory bandwidth, measured here as a large tenso
 read + written per second). A last table times the full PaLI path with images (SigLIP-B/16 +
 projection + the same mT5), pali against transformers.
 
-CTranslate2 is imported before torch, so that each engine keeps its own OpenMP runtime, as in
-its own process. Imported after torch, CTranslate2's OpenMP calls bind to torch's ``libgomp``
-(loaded globally), which then manages more threads than there are cores and puts waiting threads
-to sleep at every parallel region instead of spinning: measured here (2 cores), CTranslate2 fp32
-lost 15-30% and pali's split products about as much. The script says so when torch came first.
+Each CTranslate2 compute type runs in a process of its own (``ct2_server.py``), as a user runs
+it; this process only converts the model. In one process with torch, CTranslate2's OpenMP calls
+bind to torch's ``libgomp`` (loaded globally), and two translators in one process give
+CTranslate2's own ``libgomp`` two thread teams: either way the runtime manages more threads
+than there are cores, and its waiting threads sleep at every parallel region instead of
+spinning. Measured here (2 cores, greedy batch 1): CTranslate2 fp32 took 0.52 s alone, 0.67 s
+in torch's process and 0.70 s next to an int8 translator; pali's split products lost as much.
 
     python benchmarks/decode_peers.py              # full size, 2 threads, median of 5
     python benchmarks/decode_peers.py --quick      # tiny sizes, one repetition (tests run this)
@@ -40,11 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-try:  # before torch: see the module docstring
-    _CT2_OWN_OPENMP = "torch" not in sys.modules
-    import ctranslate2
-except ImportError:
-    ctranslate2 = None
+import subprocess
 
 import torch
 import transformers
@@ -78,8 +76,29 @@ class _Vocab:
         return self.tokens[i]
 
 
-def ct2_translators(hf_text, threads: int, compute_types=("float32", "int8")):
-    """``{compute_type: ctranslate2.Translator}`` over ``hf_text``'s own tensors, and the vocab."""
+class Ct2Process:
+    """A CTranslate2 translator of one compute type in its own process (``ct2_server.py``)."""
+
+    def __init__(self, model_dir: str, compute_type: str, threads: int) -> None:
+        server = Path(__file__).with_name("ct2_server.py")
+        self.proc = subprocess.Popen([sys.executable, str(server), model_dir, compute_type, str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"ctranslate2 ({compute_type}) did not start: exit code {self.proc.wait()}")
+
+    def translate(self, source: list[list[str]], beams: int, steps: int) -> list[list[str]]:
+        self.proc.stdin.write(json.dumps(dict(source=source, beams=beams, steps=steps)) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def ct2_translators(hf_text, threads: int, model_dir: str, compute_types=("float32", "int8")):
+    """``{compute_type: Ct2Process}`` over ``hf_text``'s own tensors, converted into
+    ``model_dir``, and the vocab."""
     from ctranslate2.converters.transformers import TransformersConverter
 
     vocab = _Vocab(hf_text.config.vocab_size)
@@ -90,26 +109,16 @@ def ct2_translators(hf_text, threads: int, compute_types=("float32", "int8")):
 
             return _MODEL_LOADERS[type(hf_text.config).__name__](hf_text, vocab)
 
-    translators = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        InMemory("in-memory").convert(tmp, force=True)
-        files = {name: Path(tmp, name).read_bytes() for name in os.listdir(tmp)}
-    for compute_type in compute_types:
-        translators[compute_type] = ctranslate2.Translator(
-            "in-memory", compute_type=compute_type, intra_threads=threads, files=files
-        )
-    return translators, vocab
+    InMemory("in-memory").convert(model_dir, force=True)
+    return {c: Ct2Process(model_dir, c, threads) for c in compute_types}, vocab
 
 
-def ct2_engine(translator, vocab: _Vocab, steps: int, beams: int):
+def ct2_engine(translator: Ct2Process, vocab: _Vocab, steps: int, beams: int):
     index = vocab.get_vocab()
 
     def run(ids: torch.Tensor) -> torch.Tensor:
         source = [[vocab.tokens[i] for i in row] for row in ids.tolist()]
-        results = translator.translate_batch(
-            source, beam_size=beams, max_decoding_length=steps, min_decoding_length=steps
-        )
-        return torch.tensor([[index[t] for t in r.hypotheses[0]] for r in results])
+        return torch.tensor([[index[t] for t in hyp] for hyp in translator.translate(source, beams, steps)])
 
     return run
 
@@ -239,34 +248,43 @@ def text_rows(ref, ours, sizes, args, bandwidth) -> list[dict]:
     hf_text = ref.text
     length = INPUT_LEN if not args.quick else 12
     models = variants(ours, args.compile)
-    translators, ct2_vocab = ct2_translators(hf_text, args.threads) if args.ctranslate2 else ({}, None)
-    rows = []
-    for name, batch, beams in ROWS:
-        ids = input_ids(batch, length, vocab)
-        engines = {"transformers": hf_engine(hf_text, steps, beams)}
-        for label, (model, options) in models.items():
-            engines[label] = pali_engine(model, steps, beams, **options)
-        for compute_type, translator in translators.items():
-            engines[f"ct2 {compute_type}"] = ct2_engine(translator, ct2_vocab, steps, beams)
-        tokens = {label: fn(ids) for label, fn in engines.items()}  # also the warm-up (and compilation)
-        if not torch.equal(tokens["pali fp32"], tokens["transformers"]):
-            raise SystemExit(f"{name}: pali fp32 tokens differ from transformers\n"
-                             f"pali {tokens['pali fp32']}\ntransformers {tokens['transformers']}")
-        agree = {label: agreement(t, tokens["pali fp32"]) for label, t in tokens.items()}
-        result = measure(engines, (ids,), batch * steps, args.reps)
-        row = dict(row=name, batch=batch, beams=beams, steps=steps, engines=result, agreement_with_pali_fp32=agree)
-        for label, (model, _) in models.items():
-            with torch.no_grad():  # each model's own encoder (quantize may convert it)
-                encode = statistics.median(timed(model.encode, None, ids) for _ in range(max(3, args.reps)))
-            step = (result[label]["seconds"] - encode) / steps
-            floor = weight_bytes_per_step(model) / bandwidth
-            result[label].update(step_ms=step * 1e3, floor_ms=floor * 1e3, vs_floor=step / floor)
-            for peer in ("ct2 float32", "ct2 int8"):
-                if peer in result:
-                    result[label][f"vs {peer}"] = result[label]["tok_s"] / result[peer]["tok_s"]
-        rows.append(row)
-        print(f"{name}: " + ", ".join(f"{k} {v['tok_s']:.1f} tok/s" for k, v in result.items()), flush=True)
-    return rows
+    with tempfile.TemporaryDirectory() as ct2_dir:
+        translators, ct2_vocab = ct2_translators(hf_text, args.threads, ct2_dir) if args.ctranslate2 else ({}, None)
+        try:
+            return [text_row(row, models, translators, ct2_vocab, hf_text, steps, vocab, length, args, bandwidth)
+                    for row in ROWS]
+        finally:
+            for translator in translators.values():
+                translator.close()
+
+
+def text_row(row, models, translators, ct2_vocab, hf_text, steps, vocab, length, args, bandwidth) -> dict:
+    """One row (name, batch, beams): tokens compared, then every engine timed."""
+    name, batch, beams = row
+    ids = input_ids(batch, length, vocab)
+    engines = {"transformers": hf_engine(hf_text, steps, beams)}
+    for label, (model, options) in models.items():
+        engines[label] = pali_engine(model, steps, beams, **options)
+    for compute_type, translator in translators.items():
+        engines[f"ct2 {compute_type}"] = ct2_engine(translator, ct2_vocab, steps, beams)
+    tokens = {label: fn(ids) for label, fn in engines.items()}  # also the warm-up (and compilation)
+    if not torch.equal(tokens["pali fp32"], tokens["transformers"]):
+        raise SystemExit(f"{name}: pali fp32 tokens differ from transformers\n"
+                         f"pali {tokens['pali fp32']}\ntransformers {tokens['transformers']}")
+    agree = {label: agreement(t, tokens["pali fp32"]) for label, t in tokens.items()}
+    result = measure(engines, (ids,), batch * steps, args.reps)
+    row = dict(row=name, batch=batch, beams=beams, steps=steps, engines=result, agreement_with_pali_fp32=agree)
+    for label, (model, _) in models.items():
+        with torch.no_grad():  # each model's own encoder (quantize may convert it)
+            encode = statistics.median(timed(model.encode, None, ids) for _ in range(max(3, args.reps)))
+        step = (result[label]["seconds"] - encode) / steps
+        floor = weight_bytes_per_step(model) / bandwidth
+        result[label].update(step_ms=step * 1e3, floor_ms=floor * 1e3, vs_floor=step / floor)
+        for peer in ("ct2 float32", "ct2 int8"):
+            if peer in result:
+                result[label][f"vs {peer}"] = result[label]["tok_s"] / result[peer]["tok_s"]
+    print(f"{name}: " + ", ".join(f"{k} {v['tok_s']:.1f} tok/s" for k, v in result.items()), flush=True)
+    return row
 
 
 def image_rows(ref, ours, sizes, args) -> list[dict]:
@@ -335,13 +353,12 @@ def main(argv=None) -> None:
     args.reps = args.reps or sizes["reps"]
     args.compile = (not args.quick) if args.compile is None else args.compile
     torch.set_num_threads(args.threads)
-    args.ctranslate2 = ctranslate2 is not None
-    ct2_version = ctranslate2.__version__ if ctranslate2 else None
-    if not ctranslate2:
+    try:
+        from ctranslate2 import __version__ as ct2_version
+        args.ctranslate2 = True
+    except ImportError:
+        args.ctranslate2, ct2_version = False, None
         print('CTranslate2 is not installed (pip install ctranslate2): its columns are skipped')
-    elif not _CT2_OWN_OPENMP:
-        print("warning: torch was imported before ctranslate2, so both share torch's OpenMP runtime and "
-              "both run slower than in their own processes (see this script's docstring)")
     torch.manual_seed(0)
     ref = Reference(sizes).eval()
     ours = ours_from(ref)
@@ -380,7 +397,7 @@ def main(argv=None) -> None:
             benchmark="decode_peers", command="python " + " ".join(["benchmarks/decode_peers.py", *(argv or sys.argv[1:])]),
             versions=dict(torch=torch.__version__, transformers=transformers.__version__, ctranslate2=ct2_version),
             threads=args.threads, reps=args.reps, bandwidth_gb_s=bandwidth / 1e9, text_rows=rows, image_rows=images,
-            compile_starts=starts, ct2_own_openmp=_CT2_OWN_OPENMP if ctranslate2 else None,
+            compile_starts=starts, ct2="one process per compute type (ct2_server.py)",
         ), indent=1) + "\n")
 
 
