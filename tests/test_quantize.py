@@ -109,23 +109,23 @@ def test_decode_linear_equals_linear(rows, two_threads, monkeypatch):
 
 @pytest.mark.parametrize("rows", [1, 3, 8, 9])
 def test_small_weights_are_split_across_threads_inside_a_step(rows, two_threads, monkeypatch):
-    """Inside a step (``few_threads``: one thread for the small operations) a small weight of up to
-    ``FEW_ROWS`` rows is multiplied in one block per thread, with the threads given back for
-    that product only, and equals ``F.linear`` to fp32 rounding; more rows: ``F.linear`` itself."""
+    """Inside a step (``decoding_step``) a small weight of up to ``FEW_ROWS`` rows is multiplied
+    in one block per thread and equals ``F.linear`` to fp32 rounding; with more rows, or outside
+    a step, it is ``F.linear`` itself."""
     layer = nn.Linear(48, 64, bias=False)
     x = torch.randn(rows, 1, 48)
     expected = F.linear(x, layer.weight)
-    threads_seen = []
+    blocks_seen = []
     bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda a, b: threads_seen.append((torch.get_num_threads(), a.shape[0])) or bmm(a, b))
-    with torch.no_grad(), gemv.few_threads(torch.device("cpu")):
-        got = gemv.decode_linear(x, layer)
-        assert torch.get_num_threads() == 1
-        plain = F.linear(x, layer.weight)  # on the step's one thread
-    assert torch.get_num_threads() == 2
-    assert threads_seen == ([(2, 2)] if rows <= gemv.FEW_ROWS else [])
+    monkeypatch.setattr(torch, "bmm", lambda a, b: blocks_seen.append(a.shape[0]) or bmm(a, b))
+    with torch.no_grad():
+        assert torch.equal(gemv.decode_linear(x, layer), expected)  # outside a step
+        with gemv.decoding_step():
+            got = gemv.decode_linear(x, layer)
+        assert torch.equal(gemv.decode_linear(x, layer), expected)  # the mark is gone again
+    assert blocks_seen == ([2] if rows <= gemv.FEW_ROWS else [])
     if rows > gemv.FEW_ROWS:
-        assert torch.equal(got, plain)
+        assert torch.equal(got, expected)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -136,7 +136,7 @@ def test_decode_linear_leaves_everything_else_to_the_layer(two_threads):
     with_bias = nn.Linear(48, 64)
     wrapped = nn.Sequential(plain)
     half = nn.Linear(48, 64, bias=False).to(torch.bfloat16)
-    with gemv.few_threads(torch.device("cpu")):
+    with gemv.decoding_step():
         assert torch.equal(gemv.decode_linear(x, plain), plain(x))  # gradients on: untouched
         assert gemv.decode_linear(x, plain).requires_grad
         with torch.no_grad():
@@ -172,7 +172,7 @@ def test_compiled_steps_split_over_the_threads_compiled_for(threads, two_threads
 def test_a_split_step_keeps_the_tokens_and_logits(model, num_beams, two_threads):
     """Cached generation with the split products (two threads) gives the tokens of the uncached
     reference, which recomputes the prefix with ``F.linear``; the step's logits stay within fp32
-    rounding of the unsplit step's (one thread)."""
+    rounding of the unsplit step's (one thread: one block)."""
     px, ids, mask, _ = _inputs()
     kwargs = dict(max_new_tokens=6, num_beams=num_beams, eos_token_id=-1)
     with torch.no_grad():
@@ -189,13 +189,11 @@ def test_a_split_step_keeps_the_tokens_and_logits(model, num_beams, two_threads)
     torch.testing.assert_close(logits[2], logits[1], rtol=1e-5, atol=1e-5)
 
 
-def test_few_threads_gives_the_threads_back(two_threads):
-    with gemv.few_threads(torch.device("cpu")):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == 2
-    with pytest.raises(RuntimeError), gemv.few_threads(torch.device("cpu")):
+def test_decoding_step_mark_is_left_on_error():
+    with pytest.raises(RuntimeError), gemv.decoding_step():
+        assert gemv._step.active
         raise RuntimeError("inside")
-    assert torch.get_num_threads() == 2
+    assert not gemv._step.active
 
 
 @pytest.mark.parametrize("in_features", [24, 32])

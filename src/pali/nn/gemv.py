@@ -9,17 +9,17 @@ and ``W @ x.T`` ~34 ms, while the same weight viewed as ``threads`` blocks of ro
 (``x @ W_t``) without the second half gigabyte. From 2 rows up the output layer's product
 ``W @ x.T`` (34-56 ms for 4-8 rows) beats ``F.linear`` (72-128 ms) and ``x @ W_t`` (80-148 ms).
 
-The decoder's small weights (0.2-2 MB) gain the same way, but the ~200 other operations of a
-step (norms, attention over one query) are too small for a second thread: waking it costs more
-than it saves. So a step runs under ``few_threads`` (one thread) and ``decode_linear`` gives
-each of its small fp32 weights every thread back for one split product. The 72 weights of
-mT5-small's 8 decoder layers took 5.6 ms per step for one row with ``F.linear`` on one thread
-and 2.2 ms split over two; whole generations (greedy batch 1 and 8, beam 4) were 14-24% faster,
-tokens unchanged. The results match ``F.linear`` to fp32 rounding (another summation order).
+The decoder's small weights (0.2-2 MB) gain the same way inside a decoding step (the block
+``decoding_step`` marks): the 72 weights of mT5-small's 8 decoder layers took 5.6 ms per step
+for one row with ``F.linear`` (MKL runs these products on one thread) and 2.2 ms split over two
+threads; whole generations (greedy batch 1 and 8, beam 4) were 16-27% faster, tokens unchanged.
+An earlier design ran the step's other small operations on one thread and gave the threads back
+for each product: in a process of its own that was 1-2% slower in fp32 and 11-12% slower with
+int8 weights, so the step keeps every thread. The results match ``F.linear`` to fp32 rounding
+(another summation order).
 
-Compiled code cannot change the thread count, so ``torch.compile`` of the decoder layers runs on
-every thread and traces the same split products (over ``compiled_threads``' count): inductor
-fuses the small operations and keeps one thread for them, and the GEMVs are read by all.
+A compiled step traces the same split products, over the thread count ``compiled_threads``
+recorded (the thread-local mark is not visible to the tracer).
 
 Everything else (gradients on, other dtypes or devices, layers with a bias or wrapped by an
 adapter, small weights outside a step or with more than ``FEW_ROWS`` rows) is
@@ -35,11 +35,11 @@ import torch
 from torch import nn
 
 #: From this many weight elements a weight is "large" (an output layer): it takes these kernels
-#: anywhere; a smaller one only inside a step (``few_threads``) and for up to ``FEW_ROWS`` rows.
+#: anywhere; a smaller one only inside a step (``decoding_step``) and for up to ``FEW_ROWS`` rows.
 LARGE = 1 << 24
 FEW_ROWS = 8
 
-_step = threading.local()  # .threads: the count few_threads set aside, while a step runs
+_step = threading.local()  # .active: inside decoding_step
 _compiled = {"threads": 1}  # what a compiled step splits over: a constant of the traced graph
 
 
@@ -62,12 +62,7 @@ def decode_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     if parts > 1 and weight.shape[0] % parts == 0:
         cols = rows.t().expand(parts, -1, -1)
         blocks = weight.view(parts, weight.shape[0] // parts, -1)
-        if torch.compiler.is_compiling():  # compiled steps already run on every thread
-            out = torch.bmm(blocks, cols)
-        else:
-            with _threads(parts):
-                out = torch.bmm(blocks, cols)
-        out = out.reshape(weight.shape[0], rows.shape[0])
+        out = torch.bmm(blocks, cols).reshape(weight.shape[0], rows.shape[0])
     elif large:
         out = weight @ rows.t()
     else:
@@ -79,41 +74,20 @@ def _blocks(large: bool, rows: int) -> int:
     """Into how many blocks of output rows (one per thread) to split a weight; 1: none."""
     if torch.compiler.is_compiling():
         return _compiled["threads"] if not large and rows <= FEW_ROWS else 1
-    in_step = getattr(_step, "threads", None)
     if large:
-        return (in_step or torch.get_num_threads()) if rows == 1 else 1
-    return in_step if in_step and rows <= FEW_ROWS else 1
+        return torch.get_num_threads() if rows == 1 else 1
+    return torch.get_num_threads() if rows <= FEW_ROWS and getattr(_step, "active", False) else 1
 
 
 @contextmanager
-def _threads(count: int):
-    before = torch.get_num_threads()
-    if before == count:
-        yield
-        return
-    torch.set_num_threads(count)
+def decoding_step():
+    """Mark the block as a decoding step: in it, ``decode_linear`` splits small weights too."""
+    outer = getattr(_step, "active", False)
+    _step.active = True
     try:
         yield
     finally:
-        torch.set_num_threads(before)
-
-
-@contextmanager
-def few_threads(device: torch.device):
-    """Run a decoding step's block on one intra-op thread on a CPU (eager code only); inside it,
-    ``decode_linear`` still reads its weights with the threads set aside here."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    outer = getattr(_step, "threads", None)
-    torch.set_num_threads(1)
-    _step.threads = threads
-    try:
-        yield
-    finally:
-        _step.threads = outer
-        torch.set_num_threads(threads)
+        _step.active = outer
 
 
 def compiled_threads() -> int:

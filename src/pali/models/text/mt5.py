@@ -24,7 +24,7 @@ from ...config.registry import TEXT_STACKS
 from ...errors import InputError
 from ...generation.kv_cache import KVCache
 from ...nn.attention import Attention, RelativeBias
-from ...nn.gemv import compiled_threads, decode_linear, few_threads
+from ...nn.gemv import compiled_threads, decode_linear, decoding_step
 from .mt5_config import MT5Config
 
 _FP16_LIMIT = torch.finfo(torch.float16).max - 1000
@@ -260,21 +260,21 @@ class MT5(nn.Module):
         """Logits ``[B, t, V]`` for ``t`` new decoder tokens at positions ``start ..`` (an int or a
         0-d CPU tensor, read once here), written into the cache ``start_decoding`` filled.
 
-        On a CPU the small operations of a step of a few rows run on one thread, each weight and
-        the output layer are read by every thread (``pali.nn.gemv``).
+        On a CPU every weight of a step of a few rows, the output layer included, is read by every
+        thread (``pali.nn.gemv``).
         """
         return self._step(ids, start, self._eager_hidden)
 
     def _eager_hidden(self, ids: torch.Tensor, position: int) -> torch.Tensor:
-        """The eager step's layers: small operations on one thread (``pali.nn.gemv.few_threads``)."""
-        with few_threads(ids.device):
+        """The eager step's layers, their small weights split across threads as well."""
+        with decoding_step():
             return self.decode_hidden(ids, position)
 
     def compiled_decode_step(self) -> Callable[[torch.Tensor, int | torch.Tensor], torch.Tensor]:
         """``decode_step`` with the decoder layers compiled (``torch.compile`` of ``decode_hidden``,
         the position a 0-d tensor: one graph per batch size and cache length, never per token).
 
-        The compiled layers run on every thread (their weights split across them, see
+        The compiled layers split their weights across threads as the eager ones do (see
         ``pali.nn.gemv``); the output layer stays eager: on a CPU, inductor's graph of the whole
         step decoded at half the eager step's speed, its output layer being the plain ``F.linear``.
         """
