@@ -1,5 +1,6 @@
 """The benchmarks run (``--quick``: tiny sizes, one repetition) so they cannot rot. Never timed."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -54,4 +55,5 @@ def test_decode_peers_benchmark_quick(tmp_path):
     for row in result["text_rows"]:
         assert row["agreement_with_pali_fp32"]["transformers"] == 1.0
         for engine in ("pali fp32", "pali int8", "pali bf16"):
-            assert row["engines"][engine]["vs ct2 float32"] > 0 and row["engines"][engine]["vs_floor"] > 0
+            # present and finite; their sign is timing (a tiny step can measure below the noise)
+            assert all(math.isfinite(row["engines"][engine][k]) for k in ("vs ct2 float32", "step_ms", "vs_floor"))
