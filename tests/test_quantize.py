@@ -129,6 +129,19 @@ def test_small_weights_are_split_across_threads_inside_a_step(rows, two_threads,
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(("threads", "out_features", "blocks"), [(3, 63, 3), (3, 64, 2), (6, 250112, 4), (4, 7, 1)])
+def test_blocks_divide_the_rows_when_threads_do_not(threads, out_features, blocks, monkeypatch):
+    """A thread count that does not divide the output rows splits into the largest divisor that
+    fits (one block: ``F.linear`` itself) instead of falling back to one thread."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert gemv._blocks(out_features, large=True, rows=1) == blocks
+    layer = nn.Linear(16, out_features, bias=False)
+    x = torch.randn(2, 1, 16)
+    with torch.no_grad(), gemv.decoding_step():
+        got = gemv.decode_linear(x, layer)
+    torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
+
+
 def test_decode_linear_leaves_everything_else_to_the_layer(two_threads):
     """Gradients, a bias, an adapter around the layer, another dtype: ``layer(x)``, bit for bit."""
     x = torch.randn(2, 1, 48)
