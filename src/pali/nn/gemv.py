@@ -75,7 +75,7 @@ def decode_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
         out = torch.bmm(blocks, cols).reshape(weight.shape[0], rows.shape[0])
     elif large and layer.bias is None:
         out = weight @ rows.t()
-    elif rows.shape[0] > FEW_ROWS and _onednn() and not torch.compiler.is_compiling():
+    elif rows.shape[0] > FEW_ROWS and not torch.compiler.is_compiling() and _onednn():
         out = torch.ops.mkldnn._linear_pointwise(rows, weight, layer.bias, "none", [], "")
         return out.reshape(*x.shape[:-1], weight.shape[0])
     else:
@@ -105,7 +105,6 @@ def _blocks(out_features: int, large: bool, rows: int) -> int:
     return _largest_divisor(out_features, threads)
 
 
-@functools.lru_cache(maxsize=256)
 def _largest_divisor(n: int, at_most: int) -> int:
     """The largest divisor of ``n`` not above ``at_most``: 6 threads split mT5's 250112 output rows
     into 4 blocks (and leave 2 threads idle) rather than fall back to one thread."""
