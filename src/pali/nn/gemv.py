@@ -54,9 +54,8 @@ _compiled = {"threads": 1}  # what a compiled step splits over: a constant of th
 
 
 def decode_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """``layer(x)`` for the rows of a decoding step; a plain bias-free ``nn.Linear`` with fp32
-    weights on a CPU, under ``no_grad``, runs the fastest kernel for its row count and size (see
-    the module docstring)."""
+    """``layer(x)`` under ``no_grad``: a plain ``nn.Linear`` (no hooks) with fp32 weights on a
+    CPU runs the fastest kernel for its row count and size (see the module docstring)."""
     weight = getattr(layer, "weight", None)
     if (
         type(layer) is not nn.Linear
