@@ -37,12 +37,11 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import subprocess
 
 import torch
 import transformers
@@ -244,23 +243,23 @@ def text_copy(model):
 
 
 def text_rows(ref, ours, sizes, args, bandwidth) -> list[dict]:
-    steps, vocab = sizes["new_tokens"], sizes["text"]["vocab_size"]
     hf_text = ref.text
     length = INPUT_LEN if not args.quick else 12
     models = variants(ours, args.compile)
     with tempfile.TemporaryDirectory() as ct2_dir:
         translators, ct2_vocab = ct2_translators(hf_text, args.threads, ct2_dir) if args.ctranslate2 else ({}, None)
         try:
-            return [text_row(row, models, translators, ct2_vocab, hf_text, steps, vocab, length, args, bandwidth)
+            return [text_row(row, models, translators, ct2_vocab, hf_text, args, bandwidth, length, sizes)
                     for row in ROWS]
         finally:
             for translator in translators.values():
                 translator.close()
 
 
-def text_row(row, models, translators, ct2_vocab, hf_text, steps, vocab, length, args, bandwidth) -> dict:
+def text_row(row, models, translators, ct2_vocab, hf_text, args, bandwidth, length, sizes) -> dict:
     """One row (name, batch, beams): tokens compared, then every engine timed."""
     name, batch, beams = row
+    steps, vocab = sizes["new_tokens"], sizes["text"]["vocab_size"]
     ids = input_ids(batch, length, vocab)
     engines = {"transformers": hf_engine(hf_text, steps, beams)}
     for label, (model, options) in models.items():
@@ -324,8 +323,6 @@ def compile_child(quick: bool, threads: int) -> None:
 
 def compile_starts(args) -> dict:
     """A cold start (empty compile cache) and a warm start (a second process, same cache on disk)."""
-    import subprocess
-
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
         command = [sys.executable, __file__, "--compile-child", "--threads", str(args.threads)] + (["--quick"] * args.quick)
