@@ -95,8 +95,8 @@ def two_threads():
 
 @pytest.mark.parametrize("rows", [1, 3])
 def test_decode_linear_equals_linear(rows, two_threads, monkeypatch):
-    """The output layer's kernels (a batched view for one row, ``W @ x.T`` for several) give
-    ``F.linear``'s numbers up to fp32 rounding; small weights outside a step are ``F.linear``."""
+    """The output layer's split product gives ``F.linear``'s numbers up to fp32 rounding; small
+    weights outside a step are ``F.linear``."""
     layer = nn.Linear(48, 64, bias=False)
     x = torch.randn(rows, 1, 48)
     with torch.no_grad():
@@ -107,7 +107,7 @@ def test_decode_linear_equals_linear(rows, two_threads, monkeypatch):
     torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 9])
+@pytest.mark.parametrize("rows", [1, 3, gemv.FEW_ROWS, gemv.FEW_ROWS + 1, 9])
 def test_small_weights_are_split_across_threads_inside_a_step(rows, two_threads, monkeypatch):
     """Inside a step (``decoding_step``) a small weight of up to ``FEW_ROWS`` rows is multiplied
     in one block per thread and equals ``F.linear`` to fp32 rounding; outside a step it is
@@ -134,7 +134,7 @@ def test_blocks_divide_the_rows_when_threads_do_not(threads, out_features, block
     """A thread count that does not divide the output rows splits into the largest divisor that
     fits (one block: ``F.linear`` itself) instead of falling back to one thread."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    assert gemv._blocks(out_features, large=True, rows=1) == blocks
+    assert gemv._blocks(out_features, large=True) == blocks
     layer = nn.Linear(16, out_features, bias=False)
     x = torch.randn(2, 1, 16)
     with torch.no_grad(), gemv.decoding_step():
@@ -157,6 +157,25 @@ def test_many_rows_take_onednn_and_stay_close(bias, monkeypatch):
         got = gemv.decode_linear(x, layer)
     assert calls == [1] and got.shape == (3, 7, 64)
     torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_one_thread_takes_onednn_for_one_row_by_a_large_weight(rows, monkeypatch):
+    """On one thread the split has one block; one row by the output layer takes oneDNN's kernel
+    (MKL's matrix-vector product reads it at two thirds the speed), more rows ``W @ x.T``."""
+    if not gemv._onednn():
+        pytest.skip("this torch has no oneDNN linear kernel")
+    calls = []
+    kernel = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(gemv, "LARGE", 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    layer = nn.Linear(48, 64, bias=False)
+    x = torch.randn(rows, 1, 48)
+    with torch.no_grad():
+        got = gemv.decode_linear(x, layer)
+    assert calls == [1] * (rows == 1)
+    torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
 
 
 def test_hooked_layers_are_called(two_threads):
@@ -197,8 +216,9 @@ def test_decode_linear_leaves_everything_else_to_the_layer(two_threads):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_compiled_steps_split_over_the_threads_compiled_for(threads, two_threads, monkeypatch):
-    """Traced, ``decode_linear`` splits a small weight over ``compiled_threads()``'s count (a
-    constant of the graph, no graph break), or, at one thread, stays ``F.linear``."""
+    """Traced, ``decode_linear`` splits a small weight of a few rows over ``compiled_threads()``'s
+    count (a constant of the graph, no graph break), or, at one thread, stays ``F.linear``; more
+    rows call oneDNN's kernel as one opaque op."""
     torch.set_num_threads(threads)
     monkeypatch.setattr(gemv, "_compiled", dict(gemv._compiled))
     assert gemv.compiled_threads() == threads
@@ -211,12 +231,14 @@ def test_compiled_steps_split_over_the_threads_compiled_for(threads, two_threads
 
     torch._dynamo.reset()
     step = torch.compile(lambda x: gemv.decode_linear(x, layer), backend=backend, fullgraph=True)
-    x = torch.randn(3, 1, 48)
+    few, many = torch.randn(3, 1, 48), torch.randn(gemv.FEW_ROWS + 1, 1, 48)
     with torch.no_grad():
-        got = step(x)
+        got = [step(few), step(many)]
     torch._dynamo.reset()
     assert ("bmm" in graphs[0]) == (threads > 1)
-    torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
+    assert ("onednn_linear" in graphs[1]) == gemv._onednn()
+    for x, y in zip((few, many), got):
+        torch.testing.assert_close(y, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])

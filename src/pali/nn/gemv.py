@@ -1,53 +1,62 @@
-"""Decoding on a CPU: the few rows of a decoding step against each weight, read by every core.
+"""Linear layers at inference on a CPU: the kernel that reads the weight fastest for the rows given.
 
-A decoding step multiplies 1 to ``batch * beams`` rows by every weight of the decoder and by
-mT5's ``[250112, 512]`` output layer: the time is the bytes of weights read, if every core reads
-its share. MKL does not split a matrix-vector product of these sizes across threads: measured on
-a 2-core AMD EPYC (fp32, median of 7), ``F.linear`` of one row by the output layer took ~35 ms
-and ``W @ x.T`` ~34 ms, while the same weight viewed as ``threads`` blocks of rows through
-``torch.bmm`` (one block per thread) took ~12-18 ms, as fast as a transposed copy of the weight
-(``x @ W_t``) without the second half gigabyte. Where the thread count does not divide the
-output rows, the blocks are as many as the largest divisor that fits (4 for 250112 rows on 6
-threads), never uneven. From 2 rows up the output layer's product
-``W @ x.T`` (34-56 ms for 4-8 rows) beats ``F.linear`` (72-128 ms) and ``x @ W_t`` (80-148 ms).
+A decoding step multiplies ``batch * beams`` rows by every weight of the decoder and by mT5's
+``[250112, 512]`` output layer, and an encoder a few hundred rows by each of its weights. Which
+kernel is fastest depends on the row count, not on the layer. Measured on a 2-core AMD EPYC
+(fp32, 2 threads, medians of interleaved runs; "small" is the 72 products of mT5-small's 8
+decoder layers, 0.75-2 MB weights, "output" the output layer):
 
-The decoder's small weights (0.2-2 MB) gain the same way inside a decoding step (the block
-``decoding_step`` marks): the 72 weights of mT5-small's 8 decoder layers took 5.6 ms per step
-for one row with ``F.linear`` (MKL runs these products on one thread) and 2.2 ms split over two
-threads; whole generations (greedy batch 1 and 8, beam 4) were 16-27% faster, tokens unchanged.
-An earlier design ran the step's other small operations on one thread and gave the threads back
-for each product: in a process of its own that was 1-2% slower in fp32 and 11-12% slower with
-int8 weights, so the step keeps every thread. The results match ``F.linear`` to fp32 rounding
-(another summation order).
+===========  ========================  =========================  ===============
+rows         split (``torch.bmm``)     oneDNN                     MKL (``F.linear`` / ``W @ x.T``)
+===========  ========================  =========================  ===============
+1            small 2.4 ms, output 13   small 3.3, output 11-13    small 6.2, output 30
+4            3.4, 12.6                 5.0, 18.0                  9.2, 12.4
+8            7.8, 27                   5.9, 21.5                  8.1, 24
+16           9.7, 50                   6.2, 23.4                  ~10, 49
+64           22, 127                   12, 66                     23, 124
+===========  ========================  =========================  ===============
 
-More than ``FEW_ROWS`` rows (the text encoder's 206-row products, the cross-attention keys and
-values projected once, scoring) take oneDNN's fp32 kernel (``mkldnn._linear_pointwise``, bias
-included): on the 2-core AMD EPYC, MKL's fp32 GEMM ran at ~210 GFLOP/s for mT5-small's shapes
-at 206 and 1648 rows, oneDNN's at ~430-510 (fp32 rounding, not reduced precision: 1e-6 relative
-to an fp64 product). mT5-small's encoder took 31 ms instead of 57 for 206 ids, 212 instead of
-362 for 8 rows, and whole generations were 5-13% faster, tokens unchanged.
+So the rules:
 
-A compiled step traces the same split products, over the thread count ``compiled_threads``
-recorded (the thread-local mark is not visible to the tracer).
+* **Up to ``FEW_ROWS`` rows** (5; oneDNN takes over at 6), a weight is viewed as one block of
+  output rows per thread and multiplied with ``torch.bmm``: MKL does not split a product of so
+  few rows across threads; as blocks, every core reads its share. Small weights are split only
+  inside a decoding step (the block ``decoding_step`` marks): outside one, a few rows are rare
+  and the layer runs as it is. A thread count that does not divide the output rows splits into
+  the largest divisor that fits (4 blocks of mT5's 250112 rows on 6 threads), never unevenly.
+* **More rows** take oneDNN's fp32 kernel (``mkldnn._linear_pointwise``, bias included): MKL's
+  fp32 GEMM runs at less than half its throughput on this CPU (mT5-small's encoder: 31 ms
+  instead of 57 for 206 ids). Compiled code calls it as one opaque op (inductor cannot lower it
+  on a plain weight).
+* **One thread**: one row by the output layer takes oneDNN (22 ms against MKL's 31); other
+  few-row products of the output layer ``W @ x.T`` (MKL's ``F.linear`` was 2x slower there).
+
+Results are fp32 (another summation order: within fp32 rounding of ``F.linear``, 1e-6 relative
+to an fp64 product), and greedy tokens equal transformers' in ``benchmarks/decode_peers.py``.
+The thresholds were measured on 1 and 2 cores of one machine; ``benchmarks/decode_peers.py``
+checks the result on another.
+
+A compiled step traces the same choices, over the thread count ``compiled_threads`` recorded
+(the thread-local mark is not visible to the tracer; a compiled step is always a step).
 
 Everything else (gradients on, other dtypes or devices, a layer with hooks or wrapped by an
-adapter, up to ``FEW_ROWS`` rows outside a step, more rows in compiled code) is ``layer(x)``,
-bit for bit.
+adapter, few rows of a small weight outside a step, a bias where the split would apply) is
+``layer(x)``, bit for bit.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-#: From this many weight elements a weight is "large" (an output layer): it takes these kernels
-#: anywhere; a smaller one only inside a step (``decoding_step``) and for up to ``FEW_ROWS`` rows.
+#: From this many weight elements a weight is "large" (an output layer): it is split for a few
+#: rows anywhere; a smaller one only inside a step (``decoding_step``).
 LARGE = 1 << 24
-FEW_ROWS = 8
+#: Up to this many rows a product is split across threads; beyond it, oneDNN.
+FEW_ROWS = 5
 
 _step = threading.local()  # .active: inside decoding_step
 _compiled = {"threads": 1}  # what a compiled step splits over: a constant of the traced graph
@@ -66,20 +75,39 @@ def decode_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     ):
         return layer(x)
     rows = x.reshape(-1, x.shape[-1])
+    out_shape = (*x.shape[:-1], weight.shape[0])
     large = weight.numel() >= LARGE
-    parts = 1 if layer.bias is not None else _blocks(weight.shape[0], large, rows.shape[0])
-    if parts > 1:
-        cols = rows.t().expand(parts, -1, -1)
-        blocks = weight.view(parts, weight.shape[0] // parts, -1)
-        out = torch.bmm(blocks, cols).reshape(weight.shape[0], rows.shape[0])
-    elif large and layer.bias is None:
-        out = weight @ rows.t()
-    elif rows.shape[0] > FEW_ROWS and not torch.compiler.is_compiling() and _onednn():
-        out = torch.ops.mkldnn._linear_pointwise(rows, weight, layer.bias, "none", [], "")
-        return out.reshape(*x.shape[:-1], weight.shape[0])
-    else:
-        return layer(x)
-    return out.t().reshape(*x.shape[:-1], weight.shape[0])
+    if rows.shape[0] > FEW_ROWS:
+        if _onednn():
+            return _onednn_linear(rows, weight, layer.bias).reshape(out_shape)
+    elif layer.bias is None:
+        parts = _blocks(weight.shape[0], large)
+        if parts > 1:
+            cols = rows.t().expand(parts, -1, -1)
+            out = torch.bmm(weight.view(parts, weight.shape[0] // parts, -1), cols)
+            return out.reshape(weight.shape[0], rows.shape[0]).t().reshape(out_shape)
+        if large and rows.shape[0] == 1 and _onednn():
+            return _onednn_linear(rows, weight, None).reshape(out_shape)
+    if large and layer.bias is None:
+        return (weight @ rows.t()).t().reshape(out_shape)
+    return layer(x)
+
+
+def _onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return _opaque_onednn_linear(rows, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+
+
+@torch.library.custom_op("pali::onednn_linear", mutates_args=())
+def _opaque_onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's fp32 linear kernel as one op a compiled graph calls (no autograd: inference only)."""
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+
+
+@_opaque_onednn_linear.register_fake
+def _(rows, weight, bias):
+    return rows.new_empty(rows.shape[0], weight.shape[0])
 
 
 def _global_hooks() -> bool:
@@ -87,20 +115,23 @@ def _global_hooks() -> bool:
     return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
 
 
-@functools.lru_cache(maxsize=None)
 def _onednn() -> bool:
     """Whether oneDNN's fp32 linear kernel is there (``torch.ops.mkldnn._linear_pointwise``)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return _ONEDNN
 
 
-def _blocks(out_features: int, large: bool, rows: int) -> int:
-    """Into how many equal blocks of output rows (at most one per thread) to split a weight; 1: none."""
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _blocks(out_features: int, large: bool) -> int:
+    """Into how many equal blocks of output rows (at most one per thread) to split a weight of a
+    few rows; 1: none."""
     if torch.compiler.is_compiling():
-        threads = _compiled["threads"] if not large and rows <= FEW_ROWS else 1
-    elif large:
-        threads = torch.get_num_threads() if rows == 1 else 1
+        threads = _compiled["threads"]
+    elif large or getattr(_step, "active", False):
+        threads = torch.get_num_threads()
     else:
-        threads = torch.get_num_threads() if rows <= FEW_ROWS and getattr(_step, "active", False) else 1
+        threads = 1
     return _largest_divisor(out_features, threads)
 
 
