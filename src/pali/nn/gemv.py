@@ -74,22 +74,25 @@ def decode_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
         or torch.is_grad_enabled()
     ):
         return layer(x)
-    rows = x.reshape(-1, x.shape[-1])
+    features = x.shape[-1]
+    count = x.numel() // features
     out_shape = (*x.shape[:-1], weight.shape[0])
     large = weight.numel() >= LARGE
-    if rows.shape[0] > FEW_ROWS:
+    if count > FEW_ROWS:
         if _onednn():
-            return _onednn_linear(rows, weight, layer.bias).reshape(out_shape)
+            return _onednn_linear(x.reshape(count, features), weight, layer.bias).reshape(out_shape)
     elif layer.bias is None:
         parts = _blocks(weight.shape[0], large)
         if parts > 1:
-            cols = rows.t().expand(parts, -1, -1)
-            out = torch.bmm(weight.view(parts, weight.shape[0] // parts, -1), cols)
-            return out.reshape(weight.shape[0], rows.shape[0]).t().reshape(out_shape)
-        if large and rows.shape[0] == 1 and _onednn():
-            return _onednn_linear(rows, weight, None).reshape(out_shape)
+            cols = x.reshape(count, features).t().expand(parts, -1, -1)
+            out = torch.bmm(weight.view(parts, -1, features), cols)
+            if count == 1:  # the blocks' outputs, one after the other, are the output row
+                return out.view(out_shape)
+            return out.reshape(weight.shape[0], count).t().reshape(out_shape)
+        if large and count == 1 and _onednn():
+            return _onednn_linear(x.reshape(1, features), weight, None).reshape(out_shape)
     if large and layer.bias is None:
-        return (weight @ rows.t()).t().reshape(out_shape)
+        return (weight @ x.reshape(count, features).t()).t().reshape(out_shape)
     return layer(x)
 
 
