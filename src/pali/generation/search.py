@@ -238,11 +238,14 @@ def beam_search(
     new = torch.full((batch * k, 1), start_token, dtype=torch.long, device=device)
 
     for t in range(n):
+        # The best 2k of all k * vocab candidates are among each beam's own best 2k: rank those
+        # (the same candidates and scores as one top-k over everything, at a third of its cost).
         logprobs = torch.log_softmax(next_logits(step, new, t, cfg), dim=-1)
-        vocab = logprobs.shape[-1]
-        logprobs = (logprobs.view(batch, k, vocab) + running_scores[:, :, None]).view(batch, k * vocab)
-        cand_scores, cand_index = torch.topk(logprobs, 2 * k)
-        cand_beam, cand_token = cand_index // vocab, cand_index % vocab
+        row_scores, row_tokens = torch.topk(logprobs, min(2 * k, logprobs.shape[-1]))
+        width = row_scores.shape[-1]
+        row_scores = (row_scores.view(batch, k, width) + running_scores[:, :, None]).view(batch, k * width)
+        cand_scores, cand_index = torch.topk(row_scores, 2 * k)
+        cand_beam, cand_token = cand_index // width, row_tokens.view(batch, k * width).gather(1, cand_index)
         cand_seqs = running.gather(1, cand_beam[:, :, None].expand(-1, -1, n)).clone()
         cand_seqs[:, :, t] = cand_token
         ends = (cand_token == cfg.eos_token_id) | (t + 1 == n)
