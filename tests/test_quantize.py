@@ -94,15 +94,15 @@ def two_threads():
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-def test_decode_linear_equals_linear(rows, two_threads, monkeypatch):
+def test_inference_linear_equals_linear(rows, two_threads, monkeypatch):
     """The output layer's split product gives ``F.linear``'s numbers up to fp32 rounding; small
     weights outside a step are ``F.linear``."""
     layer = nn.Linear(48, 64, bias=False)
     x = torch.randn(rows, 1, 48)
     with torch.no_grad():
-        assert torch.equal(gemv.decode_linear(x, layer), F.linear(x, layer.weight))  # small: untouched
+        assert torch.equal(gemv.inference_linear(x, layer), F.linear(x, layer.weight))  # small: untouched
         monkeypatch.setattr(gemv, "LARGE", 0)
-        got = gemv.decode_linear(x, layer)
+        got = gemv.inference_linear(x, layer)
     assert got.shape == (rows, 1, 64)
     torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
 
@@ -120,11 +120,11 @@ def test_small_weights_are_split_across_threads_inside_a_step(rows, two_threads,
     monkeypatch.setattr(torch, "bmm", lambda a, b: blocks_seen.append(a.shape[0]) or bmm(a, b))
     with torch.no_grad():
         if rows <= gemv.FEW_ROWS:
-            assert torch.equal(gemv.decode_linear(x, layer), expected)  # outside a step
+            assert torch.equal(gemv.inference_linear(x, layer), expected)  # outside a step
         with gemv.decoding_step():
-            got = gemv.decode_linear(x, layer)
+            got = gemv.inference_linear(x, layer)
         if rows <= gemv.FEW_ROWS:
-            assert torch.equal(gemv.decode_linear(x, layer), expected)  # the mark is gone again
+            assert torch.equal(gemv.inference_linear(x, layer), expected)  # the mark is gone again
     assert blocks_seen == ([2] if rows <= gemv.FEW_ROWS else [])
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -138,7 +138,7 @@ def test_blocks_divide_the_rows_when_threads_do_not(threads, out_features, block
     layer = nn.Linear(16, out_features, bias=False)
     x = torch.randn(2, 1, 16)
     with torch.no_grad(), gemv.decoding_step():
-        got = gemv.decode_linear(x, layer)
+        got = gemv.inference_linear(x, layer)
     torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
 
 
@@ -154,7 +154,7 @@ def test_many_rows_take_onednn_and_stay_close(bias, monkeypatch):
     layer = nn.Linear(48, 64, bias=bias)
     x = torch.randn(3, 7, 48)
     with torch.no_grad():
-        got = gemv.decode_linear(x, layer)
+        got = gemv.inference_linear(x, layer)
     assert calls == [1] and got.shape == (3, 7, 64)
     torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-5)
 
@@ -173,7 +173,7 @@ def test_one_thread_takes_onednn_for_one_row_by_a_large_weight(rows, monkeypatch
     layer = nn.Linear(48, 64, bias=False)
     x = torch.randn(rows, 1, 48)
     with torch.no_grad():
-        got = gemv.decode_linear(x, layer)
+        got = gemv.inference_linear(x, layer)
     assert calls == [1] * (rows == 1)
     torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
 
@@ -185,21 +185,21 @@ def test_hooked_layers_are_called(two_threads):
     handle = layer.register_forward_hook(lambda *_: seen.append(1))
     try:
         with torch.no_grad(), gemv.decoding_step():
-            gemv.decode_linear(torch.randn(1, 1, 48), layer)
-            gemv.decode_linear(torch.randn(20, 1, 48), layer)
+            gemv.inference_linear(torch.randn(1, 1, 48), layer)
+            gemv.inference_linear(torch.randn(20, 1, 48), layer)
     finally:
         handle.remove()
     assert seen == [1, 1]
     handle = torch.nn.modules.module.register_module_forward_hook(lambda *_: seen.append(2))
     try:
         with torch.no_grad():
-            gemv.decode_linear(torch.randn(20, 1, 48), layer)
+            gemv.inference_linear(torch.randn(20, 1, 48), layer)
     finally:
         handle.remove()
     assert seen == [1, 1, 2]
 
 
-def test_decode_linear_leaves_everything_else_to_the_layer(two_threads):
+def test_inference_linear_leaves_everything_else_to_the_layer(two_threads):
     """Gradients, a bias, an adapter around the layer, another dtype: ``layer(x)``, bit for bit."""
     x = torch.randn(2, 1, 48)
     plain = nn.Linear(48, 64, bias=False)
@@ -207,16 +207,16 @@ def test_decode_linear_leaves_everything_else_to_the_layer(two_threads):
     wrapped = nn.Sequential(plain)
     half = nn.Linear(48, 64, bias=False).to(torch.bfloat16)
     with gemv.decoding_step():
-        assert torch.equal(gemv.decode_linear(x, plain), plain(x))  # gradients on: untouched
-        assert gemv.decode_linear(x, plain).requires_grad
+        assert torch.equal(gemv.inference_linear(x, plain), plain(x))  # gradients on: untouched
+        assert gemv.inference_linear(x, plain).requires_grad
         with torch.no_grad():
             for layer, inp in ((with_bias, x), (wrapped, x), (half, x.bfloat16())):
-                assert torch.equal(gemv.decode_linear(inp, layer), layer(inp))
+                assert torch.equal(gemv.inference_linear(inp, layer), layer(inp))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_compiled_steps_split_over_the_threads_compiled_for(threads, two_threads, monkeypatch):
-    """Traced, ``decode_linear`` splits a small weight of a few rows over ``compiled_threads()``'s
+    """Traced, ``inference_linear`` splits a small weight of a few rows over ``compiled_threads()``'s
     count (a constant of the graph, no graph break), or, at one thread, stays ``F.linear``; more
     rows call oneDNN's kernel as one opaque op."""
     torch.set_num_threads(threads)
@@ -230,7 +230,7 @@ def test_compiled_steps_split_over_the_threads_compiled_for(threads, two_threads
         return gm.forward
 
     torch._dynamo.reset()
-    step = torch.compile(lambda x: gemv.decode_linear(x, layer), backend=backend, fullgraph=True)
+    step = torch.compile(lambda x: gemv.inference_linear(x, layer), backend=backend, fullgraph=True)
     few, many = torch.randn(3, 1, 48), torch.randn(gemv.FEW_ROWS + 1, 1, 48)
     with torch.no_grad():
         got = [step(few), step(many)]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 from ..errors import ConfigError
-from .gemv import decode_linear
+from .gemv import inference_linear
 
 BACKENDS = ("auto", "eager", "sdpa", "triton")
 
@@ -274,7 +274,7 @@ class Attention(nn.Module):
 
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[B, H, L, D]`` of ``x`` (for caching cross-attention once)."""
-        return self.split_heads(decode_linear(x, self.k)), self.split_heads(decode_linear(x, self.v))
+        return self.split_heads(inference_linear(x, self.k)), self.split_heads(inference_linear(x, self.v))
 
     def forward(
         self,
@@ -287,11 +287,11 @@ class Attention(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` to ``kv`` (already projected keys/values), or to ``x`` itself."""
-        q = self.split_heads(decode_linear(x, self.q))
+        q = self.split_heads(inference_linear(x, self.q))
         k, v = self.project_kv(x) if kv is None else kv
         out = attend(
             q, k, v, backend=self.backend, scale=self.scale, causal=causal, bias=bias,
             q_offset=q_offset, key_padding_mask=key_padding_mask,
         )
         b, _, length, _ = out.shape
-        return decode_linear(out.transpose(1, 2).reshape(b, length, self.num_heads * self.head_dim), self.o)
+        return inference_linear(out.transpose(1, 2).reshape(b, length, self.num_heads * self.head_dim), self.o)

@@ -62,7 +62,7 @@ _step = threading.local()  # .active: inside decoding_step
 _compiled = {"threads": 1}  # what a compiled step splits over: a constant of the traced graph
 
 
-def decode_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+def inference_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """``layer(x)`` under ``no_grad``: a plain ``nn.Linear`` (no hooks) with fp32 weights on a
     CPU runs the fastest kernel for its row count and size (see the module docstring)."""
     weight = getattr(layer, "weight", None)
@@ -146,7 +146,7 @@ def _largest_divisor(n: int, at_most: int) -> int:
 
 @contextmanager
 def decoding_step():
-    """Mark the block as a decoding step: in it, ``decode_linear`` splits small weights too."""
+    """Mark the block as a decoding step: in it, ``inference_linear`` splits small weights too."""
     outer = getattr(_step, "active", False)
     _step.active = True
     try:

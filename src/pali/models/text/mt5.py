@@ -24,7 +24,7 @@ from ...config.registry import TEXT_STACKS
 from ...errors import InputError
 from ...generation.kv_cache import KVCache
 from ...nn.attention import Attention, RelativeBias
-from ...nn.gemv import compiled_threads, decode_linear, decoding_step
+from ...nn.gemv import compiled_threads, inference_linear, decoding_step
 from .mt5_config import MT5Config
 
 _FP16_LIMIT = torch.finfo(torch.float16).max - 1000
@@ -77,9 +77,9 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
-            h = F.gelu(decode_linear(x, self.wi_0), approximate="tanh") * decode_linear(x, self.wi_1)
+            h = F.gelu(inference_linear(x, self.wi_0), approximate="tanh") * inference_linear(x, self.wi_1)
         else:
-            h = F.relu(decode_linear(x, self.wi))
+            h = F.relu(inference_linear(x, self.wi))
         if h.dtype == torch.float16:
             # Run ``wo`` as a module with fp32 copies of all its parameters, so a wrapper around it
             # (a LoRA adapter) takes part instead of being bypassed by a bare ``F.linear``; with
@@ -89,7 +89,7 @@ class FeedForward(nn.Module):
                 out = torch.func.functional_call(self.wo, params, (h.float(),))
             return out.clamp(-_FP16_LIMIT, _FP16_LIMIT).half()
         weight = getattr(self.wo, "weight", None)  # an int8 layer (pali.quantize) takes any input dtype
-        return decode_linear(h if weight is None or not weight.is_floating_point() else h.to(weight.dtype), self.wo)
+        return inference_linear(h if weight is None or not weight.is_floating_point() else h.to(weight.dtype), self.wo)
 
 
 class EncoderLayer(nn.Module):
@@ -300,7 +300,7 @@ class MT5(nn.Module):
             raise InputError("decode_step needs start_decoding first (no KV cache)")
         position = int(start)
         cache.check_room(position, ids.shape[1])
-        return decode_linear(hidden(ids, position), self.lm_head)
+        return inference_linear(hidden(ids, position), self.lm_head)
 
     def decode_hidden(self, ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
         """The decoder's last hidden states ``[B, t, d_model]`` for new tokens at ``start ..``.
