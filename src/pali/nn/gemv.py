@@ -1,20 +1,19 @@
 """Linear layers at inference on a CPU: the kernel that reads the weight fastest for the rows given.
 
 A decoding step multiplies ``batch * beams`` rows by every weight of the decoder and by mT5's
-``[250112, 512]`` output layer, and an encoder a few hundred rows by each of its weights. Which
-kernel is fastest depends on the row count, not on the layer. Measured on a 2-core AMD EPYC
-(fp32, 2 threads, medians of interleaved runs; "small" is the 72 products of mT5-small's 8
-decoder layers, 0.75-2 MB weights, "output" the output layer):
+``[250112, 512]`` output layer; an encoder (text or vision: attention and MLP) multiplies a few
+hundred rows per example by each of its weights. Which kernel is fastest depends on the row
+count, not on the layer. Measured on a 2-core AMD EPYC (fp32, 2 threads, medians of interleaved
+runs, ms; "small" is the 72 products of mT5-small's 8 decoder layers, 0.75-2 MB weights,
+"output" its output layer):
 
-===========  ========================  =========================  ===============
-rows         split (``torch.bmm``)     oneDNN                     MKL (``F.linear`` / ``W @ x.T``)
-===========  ========================  =========================  ===============
-1            small 2.4 ms, output 13   small 3.3, output 11-13    small 6.2, output 30
-4            3.4, 12.6                 5.0, 18.0                  9.2, 12.4
-8            7.8, 27                   5.9, 21.5                  8.1, 24
-16           9.7, 50                   6.2, 23.4                  ~10, 49
-64           22, 127                   12, 66                     23, 124
-===========  ========================  =========================  ===============
+| rows | split (``torch.bmm``): small, output | oneDNN: small, output | MKL (``F.linear``, ``W @ x.T``) |
+|---|---|---|---|
+| 1 | 2.4, 13 | 3.3, 11-13 | 6.2, 30 |
+| 4 | 3.4, 12.6 | 5.0, 18.0 | 9.2, 12.4 |
+| 8 | 7.8, 27 | 5.9, 21.5 | 8.1, 24 |
+| 16 | 9.7, 50 | 6.2, 23.4 | ~10, 49 |
+| 64 | 22, 127 | 12, 66 | 23, 124 |
 
 So the rules:
 
@@ -26,7 +25,8 @@ So the rules:
   the largest divisor that fits (4 blocks of mT5's 250112 rows on 6 threads), never unevenly.
 * **More rows** take oneDNN's fp32 kernel (``mkldnn._linear_pointwise``, bias included): MKL's
   fp32 GEMM runs at less than half its throughput on this CPU (mT5-small's encoder: 31 ms
-  instead of 57 for 206 ids). Compiled code calls it as one opaque op (inductor cannot lower it
+  instead of 57 for 206 ids; SigLIP-B/16 at 224 px: 146 ms instead of 211 for one image, 915
+  instead of 1414 for 8). Compiled code calls it as one opaque op (inductor cannot lower it
   on a plain weight).
 * **One thread**: one row by the output layer takes oneDNN (22 ms against MKL's 31); other
   few-row products of the output layer ``W @ x.T`` (MKL's ``F.linear`` was 2x slower there).
