@@ -165,7 +165,7 @@ def memory_bandwidth(mib: int, reps: int) -> float:
 def weight_bytes_per_step(model) -> int:
     """Bytes of the weights one decoding step reads: the decoder's layers (cross-attention keys and
     values are projected once per generation, the embedding table is read one row per token)
-    and the output layer. Packed int8 layers count their ``weight_bytes``."""
+    and the output layer. Packed layers (int8, bf16, fp32) count their ``weight_bytes``."""
     text = model.text
     total = 0
     for root, skip in ((text.decoder, (".cross_attn.k", ".cross_attn.v", ".kv_cache")), (text.lm_head, ())):

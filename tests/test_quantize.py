@@ -1,4 +1,5 @@
-"""pali.quantize: int8 / bf16 weights for the layers a decoding step reads, close to fp32; and the
+"""pali.quantize: int8 / bf16 / packed fp32 weights for the layers a decoding step reads, close to
+fp32 (packed fp32: within fp32 rounding, the same tokens); and the
 decode step's CPU kernels (``pali.nn.gemv``) equal to ``F.linear``. Speed lives in
 ``benchmarks/decode_peers.py``."""
 
@@ -12,7 +13,8 @@ from torch import nn
 import pali
 from pali import InputError, PaliModel
 from pali.nn import gemv
-from pali.nn.quantize import Bf16Linear, Int8Linear
+from pali.nn import quantize as nn_quantize
+from pali.nn.quantize import Int8Linear, PackedLinear
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,8 @@ def _inputs():
     return px, ids, mask, labels
 
 
-@pytest.mark.parametrize(("fmt", "layer", "tolerance"), [("int8", Int8Linear, 0.05), ("bf16", Bf16Linear, 0.02)])
+@pytest.mark.parametrize(("fmt", "layer", "tolerance"),
+                         [("int8", Int8Linear, 0.05), ("bf16", PackedLinear, 0.02), ("fp32", PackedLinear, 1e-5)])
 def test_quantize_converts_the_decoding_layers_and_stays_close(model, fmt, layer, tolerance):
     px, ids, mask, labels = _inputs()
     quantized = pali.quantize(copy.deepcopy(model), fmt)
@@ -42,32 +45,37 @@ def test_quantize_converts_the_decoding_layers_and_stays_close(model, fmt, layer
         got = quantized(px, ids, mask, labels=labels).logits
     assert got.dtype == expected.dtype
     error = float((got - expected).abs().max() / expected.abs().max())
-    assert 0 < error <= tolerance, error
+    assert (0 < error or fmt == "fp32") and error <= tolerance, error  # fp32: rounding at most
     out = quantized.generate(px, ids, mask, max_new_tokens=5, eos_token_id=-1)
     assert out.shape == (2, 5)
+    if fmt == "fp32":  # the same weights: the same tokens
+        assert torch.equal(out, model.generate(px, ids, mask, max_new_tokens=5, eos_token_id=-1))
 
 
 @pytest.mark.parametrize(("fmt", "bf16_cpu", "encoder", "converted"), [
     ("int8", True, None, True), ("int8", False, None, False), ("int8", True, False, False),
-    ("bf16", False, None, True), ("int8", False, True, True),
+    ("bf16", False, None, True), ("int8", False, True, True), ("fp32", False, None, True), ("fp32", True, False, False),
 ])
 def test_the_text_encoder_goes_bf16_where_the_cpu_multiplies_bf16(model, monkeypatch, fmt, bf16_cpu, encoder, converted):
     """The encoder runs once per generation over every prompt row: bf16 where the CPU has bf16
-    instructions (int8 default), always for "bf16", never when told not to; the vision tower keeps
-    its weights."""
+    instructions (int8 default), always for "bf16", packed fp32 for "fp32", never when told not
+    to; the vision tower keeps its weights."""
     import pali.models.quantize as quantize_module
 
     monkeypatch.setattr(quantize_module, "has_bf16_instructions", lambda: bf16_cpu)
     quantized = pali.quantize(copy.deepcopy(model), fmt, encoder=encoder)
     kinds = {type(m) for m in quantized.text.encoder.modules()}
-    assert (Bf16Linear in kinds) == converted and (nn.Linear not in kinds) == converted
-    assert not any(isinstance(m, (Bf16Linear, Int8Linear)) for m in quantized.vision.modules())
+    assert (PackedLinear in kinds) == converted and (nn.Linear not in kinds) == converted
+    encoder_dtype = torch.float32 if fmt == "fp32" else torch.bfloat16
+    assert all(m.dtype == encoder_dtype for m in quantized.text.encoder.modules() if isinstance(m, PackedLinear))
+    assert not any(isinstance(m, (PackedLinear, Int8Linear)) for m in quantized.vision.modules())
     px, ids, mask, labels = _inputs()
     with torch.no_grad():
         expected, got = model.encode(px, ids, mask)[0], quantized.encode(px, ids, mask)[0]
     assert got.dtype == expected.dtype == torch.float32  # the residual stream keeps the model's dtype
-    assert torch.equal(got, expected) != converted
-    torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05)
+    if fmt != "fp32":
+        assert torch.equal(got, expected) != converted
+    torch.testing.assert_close(got, expected, **(dict(rtol=1e-5, atol=1e-5) if fmt == "fp32" else dict(rtol=0.05, atol=0.05)))
 
 
 def test_quantize_refuses_what_it_cannot_do(model):
@@ -267,6 +275,40 @@ def test_decoding_step_mark_is_left_on_error():
         assert gemv._step.active
         raise RuntimeError("inside")
     assert not gemv._step.active
+
+
+@pytest.mark.parametrize("packs", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_layers_equal_the_linear_they_replace(dtype, bias, packs, monkeypatch):
+    """A packed layer gives ``F.linear``'s numbers in its dtype (fp32: up to rounding; another
+    summation order), keeps the input's dtype and shape, and keeps nothing in the state dict; where
+    this torch cannot pack, it keeps the plain weight and is ``F.linear`` itself."""
+    if packs and not nn_quantize.can_pack():
+        pytest.skip("this torch cannot pack weights for oneDNN")
+    monkeypatch.setattr(nn_quantize, "can_pack", lambda: packs)
+    layer = nn.Linear(48, 40, bias=bias)
+    x = torch.randn(3, 5, 48)
+    packed = PackedLinear(layer, dtype)
+    assert packed.blocked == packs and packed.state_dict() == {}
+    assert packed.weight_bytes == 48 * 40 * dtype.itemsize
+    with torch.no_grad():
+        got = packed(x)
+        expected = F.linear(x.to(dtype), layer.weight.to(dtype), None if layer.bias is None else layer.bias.to(dtype))
+    assert got.dtype == x.dtype and got.shape == (3, 5, 40)
+    if packs and dtype == torch.float32:
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    else:
+        assert torch.equal(got, expected.to(x.dtype))
+
+
+def test_packed_models_compile(model):
+    """A packed model's compiled step calls oneDNN's kernel as one opaque op: same tokens."""
+    px, ids, mask, _ = _inputs()
+    packed = pali.quantize(copy.deepcopy(model), "fp32")
+    kwargs = dict(max_new_tokens=4, eos_token_id=-1)
+    with torch.no_grad():
+        assert torch.equal(packed.generate(px, ids, mask, compile=True, **kwargs), packed.generate(px, ids, mask, **kwargs))
 
 
 @pytest.mark.parametrize("in_features", [24, 32])

@@ -1,10 +1,11 @@
-"""``pali.quantize(model, "int8")``: a model whose decoding reads int8 (or bf16) weights.
+"""``pali.quantize(model, "int8")``: a model whose decoding reads int8, bf16 or packed fp32 weights.
 
 The layers one decoding step reads (the text decoder's linear layers and the output layer) are
-swapped for ``pali.nn.quantize``'s int8 or bf16 forms. The text encoder runs once per generation
-over every prompt row (196 visual tokens and the prompt, times the batch): compute-bound, where
-bf16's doubled matmul throughput pays and int8 weights save little, so its linear layers go bf16
-where the CPU has bf16 instructions. The vision tower and the connector keep their weights: in
+swapped for ``pali.nn.quantize``'s int8, bf16 or packed fp32 forms. The text encoder runs once
+per generation over every prompt row (196 visual tokens and the prompt, times the batch):
+compute-bound, where bf16's doubled matmul throughput pays and int8 weights save little, so with
+int8 or bf16 its linear layers go bf16 where the CPU has bf16 instructions; with fp32 they are
+packed in fp32. The vision tower and the connector keep their weights: in
 bf16 the bundled demo lost a point of German captions and of detection hits. Measured quality
 and speed are in ``docs/benchmarks.md`` (decoding against CTranslate2).
 """
@@ -18,13 +19,17 @@ from ..nn.quantize import FORMATS, convert_linear, has_bf16_instructions, quanti
 
 
 def quantize(model: nn.Module, fmt: str = "int8", *, encoder: bool | None = None) -> nn.Module:
-    """Convert ``model``'s decoding weights to ``fmt`` (``"int8"`` or ``"bf16"``) in place and return
-    it, in eval mode: for generation only (it cannot be trained or saved as a checkpoint).
+    """Convert ``model``'s decoding weights to ``fmt`` in place and return it, in eval mode: for
+    generation only (it cannot be trained or saved as a checkpoint).
 
-    ``encoder``: also run the text encoder's linear layers in bf16 (the residual stream, norms and
-    attention stay in the model's dtype). ``None`` (default): for ``"bf16"``, and for ``"int8"``
-    where the CPU has bf16 instructions (``avx512_bf16``, AMX), where it halves the encoder's
-    time; elsewhere bf16 matmuls are slower than fp32, and the encoder keeps its weights.
+    ``fmt``, as CTranslate2's compute types: ``"int8"`` (int8 weights), ``"bf16"`` (bf16 weights)
+    or ``"fp32"`` (the same weights, packed in oneDNN's layout: fp32 results, faster kernels).
+
+    ``encoder``: also convert the text encoder's linear layers, to bf16 (``"int8"``, ``"bf16"``)
+    or packed fp32 (``"fp32"``); the residual stream, norms and attention stay in the model's
+    dtype. ``None`` (default): for ``"bf16"`` and ``"fp32"``, and for ``"int8"`` where the CPU has
+    bf16 instructions (``avx512_bf16``, AMX), where bf16 halves the encoder's time; elsewhere
+    bf16 matmuls are slower than fp32, and the encoder keeps its weights.
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown weight format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -41,7 +46,7 @@ def quantize(model: nn.Module, fmt: str = "int8", *, encoder: bool | None = None
     if encoder and not hasattr(text, "encoder"):
         raise InputError(f"encoder=True, but {type(text).__name__} has no text encoder to convert")
     if encoder is None:
-        encoder = hasattr(text, "encoder") and (fmt == "bf16" or has_bf16_instructions())
+        encoder = hasattr(text, "encoder") and (fmt != "int8" or has_bf16_instructions())
     if encoder:
-        quantize_linears(text.encoder, "bf16")
+        quantize_linears(text.encoder, "fp32" if fmt == "fp32" else "bf16")
     return model.eval()

@@ -80,7 +80,7 @@ def inference_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     large = weight.numel() >= LARGE
     if count > FEW_ROWS:
         if _onednn():
-            return _onednn_linear(x.reshape(count, features), weight, layer.bias).reshape(out_shape)
+            return onednn_linear(x.reshape(count, features), weight, layer.bias).reshape(out_shape)
     elif layer.bias is None:
         parts = _blocks(weight.shape[0], large)
         if parts > 1:
@@ -90,13 +90,15 @@ def inference_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
                 return out.view(out_shape)
             return out.reshape(weight.shape[0], count).t().reshape(out_shape)
         if large and count == 1 and _onednn():
-            return _onednn_linear(x.reshape(1, features), weight, None).reshape(out_shape)
+            return onednn_linear(x.reshape(1, features), weight, None).reshape(out_shape)
     if large and layer.bias is None:
         return (weight @ x.reshape(count, features).t()).t().reshape(out_shape)
     return layer(x)
 
 
-def _onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's linear kernel (``mkldnn._linear_pointwise``) on ``[rows, in]`` and a plain or
+    packed weight: called directly in eager code, as one opaque op in compiled code."""
     if torch.compiler.is_compiling():
         return _opaque_onednn_linear(rows, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
@@ -104,7 +106,7 @@ def _onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 @torch.library.custom_op("pali::onednn_linear", mutates_args=())
 def _opaque_onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """oneDNN's fp32 linear kernel as one op a compiled graph calls (no autograd: inference only)."""
+    """oneDNN's linear kernel as one op a compiled graph calls (no autograd: inference only)."""
     return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
 
 
