@@ -7,7 +7,8 @@ pali loads the same state dict through ``pali.convert.hf``'s key maps. Every row
 random input ids (as many as PaLI's 196 visual tokens plus a 10-id prompt) and forces 32
 decoding steps (minimum = maximum length, eos disabled), at 2 threads unless told otherwise.
 
-Tokens are compared first: pali fp32 must equal transformers (the script exits otherwise);
+Tokens are compared first: every pali fp32 engine (as it is, compiled, with its weights packed
+by ``pali.quantize(model, "fp32")``) must equal transformers (the script exits otherwise);
 agreement with CTranslate2 and of pali's reduced-precision paths with pali fp32 is reported.
 Then each row times every engine, interleaved rep by rep so machine noise hits them alike, and
 prints the median tokens/s with its spread (min-max), the ratios against CTranslate2 fp32 and
@@ -221,10 +222,15 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 
 
 def variants(ours, compile_rows: bool) -> dict:
-    """The pali models timed: fp32 (eager and compiled), int8 and bf16 weights."""
+    """The pali models timed: fp32 (eager and compiled; as it is, and its weights packed for
+    oneDNN by ``pali.quantize(model, "fp32")``), int8 and bf16 weights."""
     models = {"pali fp32": (ours, {})}
     if compile_rows:
         models["pali fp32 compiled"] = (ours, {"compile": True})
+    packed = pali.quantize(text_copy(ours), "fp32")
+    models["pali fp32 packed"] = (packed, {})
+    if compile_rows:
+        models["pali fp32 packed compiled"] = (packed, {"compile": True})
     models["pali int8"] = (pali.quantize(text_copy(ours), "int8"), {})
     models["pali bf16"] = (pali.quantize(text_copy(ours), "bf16"), {})
     return models
@@ -267,9 +273,10 @@ def text_row(row, models, translators, ct2_vocab, hf_text, args, bandwidth, leng
     for compute_type, translator in translators.items():
         engines[f"ct2 {compute_type}"] = ct2_engine(translator, ct2_vocab, steps, beams)
     tokens = {label: fn(ids) for label, fn in engines.items()}  # also the warm-up (and compilation)
-    if not torch.equal(tokens["pali fp32"], tokens["transformers"]):
-        raise SystemExit(f"{name}: pali fp32 tokens differ from transformers\n"
-                         f"pali {tokens['pali fp32']}\ntransformers {tokens['transformers']}")
+    for label in (label for label in tokens if label.startswith("pali fp32")):
+        if not torch.equal(tokens[label], tokens["transformers"]):
+            raise SystemExit(f"{name}: {label} tokens differ from transformers\n"
+                             f"{label} {tokens[label]}\ntransformers {tokens['transformers']}")
     agree = {label: agreement(t, tokens["pali fp32"]) for label, t in tokens.items()}
     result = measure(engines, (ids,), batch * steps, args.reps)
     row = dict(row=name, batch=batch, beams=beams, steps=steps, engines=result, agreement_with_pali_fp32=agree)
