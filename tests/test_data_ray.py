@@ -49,6 +49,11 @@ def test_ray_writes_the_local_engines_file(cluster, photos, tmp_path):
     assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
     ids = [r["id"] for r in read_rows(tmp_path / "ray.jsonl")]
     assert sorted(ids) == sorted(p.name for p in photos.iterdir())
+    # the actors convert their model as the local run does (and the rows record it)
+    assert _run(photos, tmp_path / "local8.jsonl", "--workers", "0", "--quantize", "int8") == 1
+    assert _run(photos, tmp_path / "ray8.jsonl", "--engine", "ray", "--quantize", "int8") == 1
+    assert (tmp_path / "ray8.jsonl").read_bytes() == (tmp_path / "local8.jsonl").read_bytes()
+    assert read_rows(tmp_path / "ray8.jsonl")[0]["options"]["weights"] == "int8"
 
 
 def _model_actor_pids() -> list[int]:

@@ -311,3 +311,20 @@ def test_bf16_is_recorded_and_not_mixed_with_fp32_rows(photos, tmp_path, capsys)
     assert read_rows(out)[0]["options"]["dtype"] == "bfloat16" and "answer" in read_rows(out)[0]
     assert _cli("ocr", photos / "shapes1.png", "--out", out, "--resume") == 2
     assert "was made by" in capsys.readouterr().err
+
+
+def test_quantized_weights_are_recorded_and_packed_fp32_keeps_the_answers(photos, tmp_path, capsys):
+    """``--quantize fp32`` packs the same weights (the same answers, recorded as such); int8 runs
+    and is recorded, so a resume without it is refused; it refuses a half-precision or GPU model."""
+    names = [photos / "shapes1.png", photos / "word1.png"]
+    plain, packed, int8 = (tmp_path / f"{n}.jsonl" for n in ("plain", "packed", "int8"))
+    assert _cli("caption", *names, "--out", plain) == 0
+    assert _cli("caption", *names, "--out", packed, "--quantize", "fp32") == 0
+    assert [r["answer"] for r in read_rows(packed)] == [r["answer"] for r in read_rows(plain)]
+    assert read_rows(packed)[0]["options"]["weights"] == "fp32" and "weights" not in read_rows(plain)[0]["options"]
+    assert _cli("caption", *names, "--out", int8, "--quantize", "int8") == 0
+    assert all("answer" in r and r["options"]["weights"] == "int8" for r in read_rows(int8))
+    assert _cli("caption", *names, "--out", int8, "--resume") == 2
+    assert "was made by" in capsys.readouterr().err
+    assert _cli("caption", *names, "--out", tmp_path / "x.jsonl", "--quantize", "int8", "--dtype", "bf16") == 2
+    assert "--quantize int8 converts an fp32 model's weights for the CPU" in capsys.readouterr().err

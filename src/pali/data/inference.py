@@ -30,6 +30,7 @@ import torch
 
 from ..defaults import IGNORE_INDEX
 from ..errors import InputError
+from ..models.quantize import weight_format
 from ..processing.tokenizer import pad_rows
 from ..tasks.heads import get_head
 from ..tasks.heads.base import check_language, generate_options, model_inputs
@@ -52,6 +53,7 @@ class RunOptions:
     length_normalize: bool = False
     generate: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None  # the model's, when not float32 (half precision can change answers)
+    weights: str | None = None  # pali.quantize's format, when converted (int8 and bf16 change answers)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -68,8 +70,7 @@ class RunOptions:
         out = {k: v for k, v in asdict(self).items() if k in keep and v not in (None, "")}
         if self.task != "classify":
             out.update(self.generate)
-        if self.dtype:
-            out["dtype"] = self.dtype
+        out.update({k: v for k, v in (("dtype", self.dtype), ("weights", self.weights)) if v})
         return out
 
 
@@ -287,6 +288,7 @@ def run(
         check_language(processor, options.lang)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     options.dtype = None if dtype == "float32" else dtype
+    options.weights = weight_format(model)
     source = open_source(source, columns, split=split)
     name = model_name if model_name is not None else getattr(model, "name_or_path", None)
     done = set(skip)

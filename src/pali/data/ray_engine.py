@@ -40,9 +40,11 @@ def _ray():
 class _Model:
     """One actor of the pool: the model and processor, loaded once; prepared batch -> JSON rows."""
 
-    def __init__(self, model: str, options: RunOptions, dtype: str, device: str, threads: int | None) -> None:
+    def __init__(self, model: str, options: RunOptions, dtype: str, weights: str | None, device: str,
+                 threads: int | None) -> None:
         import torch
 
+        from ..models.quantize import quantize
         from ..pretrained import PaliModel
         from ..processing.processor import PaliProcessor
 
@@ -50,6 +52,8 @@ class _Model:
             torch.set_num_threads(threads)
         dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
         self.model = PaliModel.from_pretrained(model).to(device=device, dtype=dtypes[dtype]).eval()
+        if weights:
+            self.model = quantize(self.model, weights)
         self.processor = PaliProcessor.from_pretrained(model)
         self.options, self.name = options, model
 
@@ -72,6 +76,7 @@ def run_ray(
     actors: int = 1,
     skip: set[str] | frozenset[str] = frozenset(),
     dtype: str = "fp32",
+    weights: str | None = None,
     device: str | None = None,
     threads: int | None = None,
     progress: bool = False,
@@ -84,6 +89,7 @@ def run_ray(
     from ray.data import ActorPoolStrategy, DataContext
 
     options.dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(dtype)  # recorded in rows, as locally
+    options.weights = weights
     batches = [[it for it in b if it.id not in skip] for b in plan(source, processor, options, batch_size)]
     batches = [b for b in batches if b]
     if not batches:
@@ -108,8 +114,8 @@ def run_ray(
     resources = {"num_gpus": 1} if gpus and device.startswith("cuda") else {"num_cpus": 0.5}
     data = data.map_batches(
         _Model, batch_size=1, compute=ActorPoolStrategy(size=actors),
-        fn_constructor_kwargs={"model": model, "options": options, "dtype": dtype, "device": device,
-                               "threads": threads},
+        fn_constructor_kwargs={"model": model, "options": options, "dtype": dtype, "weights": weights,
+                               "device": device, "threads": threads},
         **resources,
     )
     for row in data.iter_rows():

@@ -12,10 +12,11 @@ and speed are in ``docs/benchmarks.md`` (decoding against CTranslate2).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..errors import InputError
-from ..nn.quantize import FORMATS, convert_linear, has_bf16_instructions, quantize_linears
+from ..nn.quantize import FORMATS, Int8Linear, PackedLinear, convert_linear, has_bf16_instructions, quantize_linears
 
 
 def quantize(model: nn.Module, fmt: str = "int8", *, encoder: bool | None = None) -> nn.Module:
@@ -50,3 +51,14 @@ def quantize(model: nn.Module, fmt: str = "int8", *, encoder: bool | None = None
     if encoder:
         quantize_linears(text.encoder, "fp32" if fmt == "fp32" else "bf16")
     return model.eval()
+
+
+def weight_format(model: nn.Module) -> str | None:
+    """The format ``quantize`` converted ``model``'s decoding weights to (``"int8"``, ``"bf16"``,
+    ``"fp32"``), or ``None`` for a model it has not converted (what a results file records)."""
+    head = getattr(getattr(model, "text", None), "lm_head", None)
+    if isinstance(head, Int8Linear):
+        return "int8"
+    if isinstance(head, PackedLinear):
+        return {torch.bfloat16: "bf16", torch.float32: "fp32"}[head.dtype]
+    return None
