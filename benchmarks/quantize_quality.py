@@ -1,10 +1,11 @@
 """What ``pali.quantize`` costs in quality: measured, not assumed.
 
 * The bundled ``pali-demo`` model's held-out scores (``examples/train_synthetic.py``'s
-  ``evaluate``, the seed and size its ``evaluation.json`` was made with) in fp32, int8 and bf16,
+  ``evaluate``, the seed and size its ``evaluation.json`` was made with) in fp32, int8, bf16 and
+  packed fp32 (``pali.quantize(model, "fp32")``: the same weights, which must score the same),
   and the difference in points per task.
 * BLIP-2 tiny (``pali.testing.blip2``'s random-weight transformers twins, T5 and mT5 text):
-  the largest logit error of int8 and bf16 against fp32, relative to the largest fp32 logit,
+  the largest logit error of each format against fp32, relative to the largest fp32 logit,
   and greedy token agreement over 16 new tokens.
 
     python benchmarks/quantize_quality.py                    # the demo's full held-out set
@@ -29,7 +30,7 @@ import pali  # noqa: E402
 from pali import PaliModel, PaliProcessor  # noqa: E402
 from pali.nn.quantize import has_bf16_instructions  # noqa: E402
 
-FORMATS = ("int8", "bf16")
+FORMATS = {"int8": "int8", "bf16": "bf16", "fp32": "fp32 packed"}  # pali.quantize format: label
 
 
 def demo_scores(per_cell: int | None) -> dict:
@@ -42,8 +43,8 @@ def demo_scores(per_cell: int | None) -> dict:
     processor = PaliProcessor.from_pretrained("pali-demo")
     fp32 = PaliModel.from_pretrained("pali-demo").eval()
     scores = {"fp32": evaluate(fp32, processor, seed, per_cell)}
-    for fmt in FORMATS:
-        scores[fmt] = evaluate(pali.quantize(copy.deepcopy(fp32), fmt), processor, seed, per_cell)
+    for fmt, label in FORMATS.items():
+        scores[label] = evaluate(pali.quantize(copy.deepcopy(fp32), fmt), processor, seed, per_cell)
     return dict(per_cell=per_cell, eval_seed=seed, scores=scores)
 
 
@@ -58,11 +59,11 @@ def blip2_errors() -> dict:
         with torch.no_grad():
             expected = ours(px, ids, mask, decoder_input_ids=dec).logits
             tokens = ours.generate(px, ids, mask, max_new_tokens=16, eos_token_id=-1)
-            for fmt in FORMATS:
+            for fmt, label in FORMATS.items():
                 quantized = pali.quantize(copy.deepcopy(ours), fmt)
                 got = quantized(px, ids, mask, decoder_input_ids=dec).logits
                 same = quantized.generate(px, ids, mask, max_new_tokens=16, eos_token_id=-1) == tokens
-                results[f"blip2-{kind} {fmt}"] = dict(
+                results[f"blip2-{kind} {label}"] = dict(
                     max_abs_error=float((got - expected).abs().max()),
                     relative=float((got - expected).abs().max() / expected.abs().max()),
                     token_agreement=float(same.float().mean()),
@@ -86,9 +87,10 @@ def main(argv=None) -> None:
     demo = demo_scores(args.per_cell)
     scores = demo["scores"]
     print(f"\npali-demo held-out ({demo['per_cell']} examples per cell, seed {demo['eval_seed']})")
-    print(f"{'metric':<18}{'fp32':>8}" + "".join(f"{f:>8}{'diff':>8}" for f in FORMATS))
+    labels = list(FORMATS.values())
+    print(f"{'metric':<18}{'fp32':>8}" + "".join(f"{f:>12}{'diff':>8}" for f in labels))
     for key in scores["fp32"]:
-        cells = "".join(f"{scores[f][key]:>8.3f}{100 * (scores[f][key] - scores['fp32'][key]):>+8.1f}" for f in FORMATS)
+        cells = "".join(f"{scores[f][key]:>12.3f}{100 * (scores[f][key] - scores['fp32'][key]):>+8.1f}" for f in labels)
         print(f"{key:<18}{scores['fp32'][key]:>8.3f}{cells}")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(

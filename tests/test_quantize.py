@@ -4,6 +4,7 @@ decode step's CPU kernels (``pali.nn.gemv``) equal to ``F.linear``. Speed lives 
 ``benchmarks/decode_peers.py``."""
 
 import copy
+import io
 
 import pytest
 import torch
@@ -300,6 +301,21 @@ def test_packed_layers_equal_the_linear_they_replace(dtype, bias, packs, monkeyp
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     else:
         assert torch.equal(got, expected.to(x.dtype))
+
+
+def test_packed_layers_copy_and_pickle():
+    """An opaque packed tensor has no storage: copied or saved, the layer carries its weight plain
+    and packs it again, with the same results."""
+    layer = PackedLinear(nn.Linear(32, 16), torch.float32)
+    x = torch.randn(2, 32)
+    copied = copy.deepcopy(layer)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(copied(x), layer(x)) and torch.equal(loaded(x), layer(x))
+    assert copied.weight.layout == layer.weight.layout == loaded.weight.layout
 
 
 def test_packed_models_compile(model):

@@ -141,6 +141,19 @@ class PackedLinear(nn.Module):
             out = F.linear(rows, self.weight, self.bias)
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
+    def __getstate__(self) -> dict:
+        """Copied or pickled, the weight travels plain (an opaque packed tensor has no storage to
+        copy) and is packed again on arrival."""
+        state = super().__getstate__()
+        if self.blocked:
+            state["weight"] = self.weight.to_dense()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if self.blocked:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, PACK_FOR_ROWS)
+
     @property
     def weight_bytes(self) -> int:
         """Bytes of the weight one call reads (an attribute: whoever walks the buffers misses it)."""
