@@ -12,9 +12,10 @@ by ``pali.quantize(model, "fp32")``) must equal transformers (the script exits o
 agreement with CTranslate2 and of pali's reduced-precision paths with pali fp32 is reported.
 Then each row times every engine, interleaved rep by rep so machine noise hits them alike, and
 prints the median tokens/s with its spread (min-max), the ratios against CTranslate2 fp32 and
-int8, and pali's decode step as a multiple of the memory floor: the bytes of weights one step
-reads divided by this machine's memory bandwidth, measured here as a large tensor copy (bytes
-read + written per second). A last table times the full PaLI path with images (SigLIP-B/16 +
+int8 (the median of each repetition's own ratio: the machine drifts over a row), and pali's
+decode step as a multiple of the memory floor: the bytes of weights one step reads divided by
+this machine's memory bandwidth, measured here as a large tensor copy (bytes read + written per
+second). A last table times the full PaLI path with images (SigLIP-B/16 +
 projection + the same mT5), pali against transformers.
 
 Each CTranslate2 compute type runs in a process of its own (``ct2_server.py``), as a user runs
@@ -193,7 +194,14 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def spread(times: list[float], tokens: int) -> dict:
     tps = sorted(tokens / t for t in times)
-    return dict(tok_s=statistics.median(tps), min=tps[0], max=tps[-1], seconds=statistics.median(times))
+    return dict(tok_s=statistics.median(tps), min=tps[0], max=tps[-1], seconds=statistics.median(times), times=times)
+
+
+def paired(engine: dict, peer: dict) -> float:
+    """How many times faster ``engine`` ran than ``peer``: the median over repetitions of the two
+    runs of one repetition (seconds apart), which the machine's drift over a row hits alike; a
+    ratio of the two medians mixes minutes apart on this shared machine."""
+    return statistics.median(p / e for e, p in zip(engine["times"], peer["times"]))
 
 
 def measure(engines: dict, args: tuple, tokens: int, reps: int) -> dict:
@@ -288,7 +296,7 @@ def text_row(row, models, translators, ct2_vocab, hf_text, args, bandwidth, leng
         result[label].update(step_ms=step * 1e3, floor_ms=floor * 1e3, vs_floor=step / floor)
         for peer in ("ct2 float32", "ct2 int8"):
             if peer in result:
-                result[label][f"vs {peer}"] = result[label]["tok_s"] / result[peer]["tok_s"]
+                result[label][f"vs {peer}"] = paired(result[label], result[peer])
     print(f"{name}: " + ", ".join(f"{k} {v['tok_s']:.1f} tok/s" for k, v in result.items()), flush=True)
     return row
 
@@ -310,7 +318,7 @@ def image_rows(ref, ours, sizes, args) -> list[dict]:
         if not torch.equal(ours_run(), theirs()):
             raise SystemExit(f"{name} with images: pali tokens differ from transformers")
         result = measure({"pali fp32": ours_run, "transformers": theirs}, (), batch * steps, args.reps)
-        result["pali fp32"]["vs transformers"] = result["pali fp32"]["tok_s"] / result["transformers"]["tok_s"]
+        result["pali fp32"]["vs transformers"] = paired(result["pali fp32"], result["transformers"])
         rows.append(dict(row=name, batch=batch, beams=beams, steps=steps, engines=result))
     return rows
 
