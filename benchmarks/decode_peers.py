@@ -14,8 +14,8 @@ Then each row times every engine, interleaved rep by rep so machine noise hits t
 prints the median tokens/s with its spread (min-max), the ratios against CTranslate2 fp32 and
 int8 (the median of each repetition's own ratio: the machine drifts over a row), and pali's
 decode step as a multiple of the memory floor: the bytes of weights one step reads divided by
-this machine's memory bandwidth, measured here as a large tensor copy (bytes read + written per
-second). A last table times the full PaLI path with images (SigLIP-B/16 +
+this machine's memory bandwidth, measured as a large tensor copy (bytes read + written per
+second) timed in the same repetitions as the engines, median against median. A last table times the full PaLI path with images (SigLIP-B/16 +
 projection + the same mT5), pali against transformers.
 
 Each CTranslate2 compute type runs in a process of its own (``ct2_server.py``), as a user runs
@@ -154,14 +154,14 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def memory_bandwidth(mib: int, reps: int) -> float:
-    """Bytes per second of a large tensor copy (bytes read plus bytes written), at the fastest of
-    several copies: what the hardware can do, so that the floor is a floor on a shared machine."""
+def memory_copy(mib: int):
+    """A large tensor copy timed as one more engine of a row, and the bytes it moves (read plus
+    written): the row's memory bandwidth, measured in the same repetitions as the engines (this
+    shared machine's bandwidth moved between 45 and 75 GB/s from one run to the next)."""
     src = torch.ones(mib * 2**20 // 4)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    seconds = min(timed(dst.copy_, src) for _ in range(max(10, reps)))
-    return 2 * src.numel() * 4 / seconds
+    return (lambda *_: dst.copy_(src)), 2 * src.numel() * 4
 
 
 def weight_bytes_per_step(model) -> int:
@@ -256,21 +256,21 @@ def text_copy(model):
     return clone
 
 
-def text_rows(ref, ours, sizes, args, bandwidth) -> list[dict]:
+def text_rows(ref, ours, sizes, args) -> list[dict]:
     hf_text = ref.text
     length = INPUT_LEN if not args.quick else 12
     models = variants(ours, args.compile)
     with tempfile.TemporaryDirectory() as ct2_dir:
         translators, ct2_vocab = ct2_translators(hf_text, args.threads, ct2_dir) if args.ctranslate2 else ({}, None)
         try:
-            return [text_row(row, models, translators, ct2_vocab, hf_text, args, bandwidth, length, sizes)
+            return [text_row(row, models, translators, ct2_vocab, hf_text, args, length, sizes)
                     for row in ROWS]
         finally:
             for translator in translators.values():
                 translator.close()
 
 
-def text_row(row, models, translators, ct2_vocab, hf_text, args, bandwidth, length, sizes) -> dict:
+def text_row(row, models, translators, ct2_vocab, hf_text, args, length, sizes) -> dict:
     """One row (name, batch, beams): tokens compared, then every engine timed."""
     name, batch, beams = row
     steps, vocab = sizes["new_tokens"], sizes["text"]["vocab_size"]
@@ -286,8 +286,11 @@ def text_row(row, models, translators, ct2_vocab, hf_text, args, bandwidth, leng
             raise SystemExit(f"{name}: {label} tokens differ from transformers\n"
                              f"{label} {tokens[label]}\ntransformers {tokens['transformers']}")
     agree = {label: agreement(t, tokens["pali fp32"]) for label, t in tokens.items()}
+    engines["memory copy"], copied = memory_copy(64 if args.quick else 1024)
     result = measure(engines, (ids,), batch * steps, args.reps)
-    row = dict(row=name, batch=batch, beams=beams, steps=steps, engines=result, agreement_with_pali_fp32=agree)
+    bandwidth = copied / result.pop("memory copy")["seconds"]
+    row = dict(row=name, batch=batch, beams=beams, steps=steps, engines=result, agreement_with_pali_fp32=agree,
+               bandwidth_gb_s=bandwidth / 1e9)
     for label, (model, _) in models.items():
         with torch.no_grad():  # each model's own encoder (quantize may convert it)
             encode = statistics.median(timed(model.encode, None, ids) for _ in range(max(3, args.reps)))
@@ -297,7 +300,8 @@ def text_row(row, models, translators, ct2_vocab, hf_text, args, bandwidth, leng
         for peer in ("ct2 float32", "ct2 int8"):
             if peer in result:
                 result[label][f"vs {peer}"] = paired(result[label], result[peer])
-    print(f"{name}: " + ", ".join(f"{k} {v['tok_s']:.1f} tok/s" for k, v in result.items()), flush=True)
+    print(f"{name}: " + ", ".join(f"{k} {v['tok_s']:.1f} tok/s" for k, v in result.items())
+          + f"; memory copy {bandwidth / 1e9:.1f} GB/s", flush=True)
     return row
 
 
@@ -374,11 +378,10 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     ref = Reference(sizes).eval()
     ours = ours_from(ref)
-    bandwidth = memory_bandwidth(64 if args.quick else 1024, args.reps)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, ctranslate2 {ct2_version}, "
           f"{platform.processor() or platform.machine()}, {args.threads} threads, {sizes['new_tokens']} forced steps, "
-          f"median of {args.reps} (min-max), engines interleaved; memory bandwidth (copy) {bandwidth / 1e9:.1f} GB/s")
-    rows = text_rows(ref, ours, sizes, args, bandwidth)
+          f"median of {args.reps} (min-max), engines interleaved")
+    rows = text_rows(ref, ours, sizes, args)
     columns = list(rows[0]["engines"])
     print_table(f"mT5 text-only input of {INPUT_LEN if not args.quick else 12} ids: tok/s, median (min-max)", rows, columns)
     print(f"\n{'row':<12}{'engine':<22}{'vs CT2 fp32':>12}{'vs CT2 int8':>12}{'agree':>8}"
@@ -408,7 +411,7 @@ def main(argv=None) -> None:
         Path(args.out).write_text(json.dumps(dict(
             benchmark="decode_peers", command="python " + " ".join(["benchmarks/decode_peers.py", *(argv or sys.argv[1:])]),
             versions=dict(torch=torch.__version__, transformers=transformers.__version__, ctranslate2=ct2_version),
-            threads=args.threads, reps=args.reps, bandwidth_gb_s=bandwidth / 1e9, text_rows=rows, image_rows=images,
+            threads=args.threads, reps=args.reps, text_rows=rows, image_rows=images,
             compile_starts=starts, ct2="one process per compute type (ct2_server.py)",
         ), indent=1) + "\n")
 
