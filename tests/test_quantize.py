@@ -87,6 +87,10 @@ def test_quantize_refuses_what_it_cannot_do(model):
         pali.quantize(twice, "int8")
     with pytest.raises(InputError, match="text decoder"):
         pali.quantize(nn.Linear(2, 2), "int8")
+    with torch.device("meta"):
+        on_meta = PaliModel.from_preset("pali-tiny")
+    with pytest.raises(InputError, match="packed weights run on the CPU; this layer is on meta"):
+        pali.quantize(on_meta, "fp32")
     no_encoder = copy.deepcopy(model)
     del no_encoder.text.encoder
     with pytest.raises(InputError, match="encoder=True, but MT5 has no text encoder"):

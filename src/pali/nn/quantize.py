@@ -126,6 +126,8 @@ class PackedLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
         super().__init__()
+        if linear.weight.device.type != "cpu":
+            raise InputError(f"packed weights run on the CPU; this layer is on {linear.weight.device}")
         self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, dtype
         weight = linear.weight.detach().to(dtype).contiguous()
         self.bias = None if linear.bias is None else linear.bias.detach().to(dtype)
