@@ -75,7 +75,7 @@ def inference_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     ):
         return layer(x)
     features = x.shape[-1]
-    count = x.numel() // features
+    count = x.shape[:-1].numel()
     out_shape = (*x.shape[:-1], weight.shape[0])
     large = weight.numel() >= LARGE
     if count > FEW_ROWS:
