@@ -159,7 +159,7 @@ def test_blocks_divide_the_rows_when_threads_do_not(threads, out_features, block
 def test_many_rows_take_onednn_and_stay_close(bias, monkeypatch):
     """More than ``FEW_ROWS`` rows (an encoder's, the cross-attention projection's) run oneDNN's
     fp32 kernel, bias included, within fp32 rounding of ``F.linear``."""
-    if not gemv._onednn():
+    if not gemv.has_onednn():
         pytest.skip("this torch has no oneDNN linear kernel")
     calls = []
     kernel = torch.ops.mkldnn._linear_pointwise
@@ -176,7 +176,7 @@ def test_many_rows_take_onednn_and_stay_close(bias, monkeypatch):
 def test_one_thread_takes_onednn_for_one_row_by_a_large_weight(rows, monkeypatch):
     """On one thread the split has one block; one row by the output layer takes oneDNN's kernel
     (MKL's matrix-vector product reads it at two thirds the speed), more rows ``W @ x.T``."""
-    if not gemv._onednn():
+    if not gemv.has_onednn():
         pytest.skip("this torch has no oneDNN linear kernel")
     calls = []
     kernel = torch.ops.mkldnn._linear_pointwise
@@ -249,7 +249,7 @@ def test_compiled_steps_split_over_the_threads_compiled_for(threads, two_threads
         got = [step(few), step(many)]
     torch._dynamo.reset()
     assert ("bmm" in graphs[0]) == (threads > 1)
-    assert ("onednn_linear" in graphs[1]) == gemv._onednn()
+    assert ("onednn_linear" in graphs[1]) == gemv.has_onednn()
     for x, y in zip((few, many), got):
         torch.testing.assert_close(y, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
 

@@ -79,7 +79,7 @@ def inference_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     out_shape = (*x.shape[:-1], weight.shape[0])
     large = weight.numel() >= LARGE
     if count > FEW_ROWS:
-        if _onednn():
+        if has_onednn():
             return onednn_linear(x.reshape(count, features), weight, layer.bias).reshape(out_shape)
     elif layer.bias is None:
         parts = _blocks(weight.shape[0], large)
@@ -89,7 +89,7 @@ def inference_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
             if count == 1:  # the blocks' outputs, one after the other, are the output row
                 return out.view(out_shape)
             return out.reshape(weight.shape[0], count).t().reshape(out_shape)
-        if large and count == 1 and _onednn():
+        if large and count == 1 and has_onednn():
             return onednn_linear(x.reshape(1, features), weight, None).reshape(out_shape)
     if large and layer.bias is None:
         return (weight @ x.reshape(count, features).t()).t().reshape(out_shape)
@@ -120,8 +120,8 @@ def _global_hooks() -> bool:
     return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
 
 
-def _onednn() -> bool:
-    """Whether oneDNN's fp32 linear kernel is there (``torch.ops.mkldnn._linear_pointwise``)."""
+def has_onednn() -> bool:
+    """Whether oneDNN's linear kernel is there (``torch.ops.mkldnn._linear_pointwise``)."""
     return _ONEDNN
 
 

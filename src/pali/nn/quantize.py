@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .gemv import onednn_linear
+from . import gemv
 
 FORMATS = ("int8", "bf16", "fp32")
 #: The rows per call oneDNN's blocked layout is chosen for (a decoding step's batch x beams).
@@ -138,7 +138,7 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(self.dtype)
         if self.blocked:
-            out = onednn_linear(rows, self.weight, self.bias)
+            out = gemv.onednn_linear(rows, self.weight, self.bias)
         else:
             out = F.linear(rows, self.weight, self.bias)
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -167,10 +167,8 @@ class PackedLinear(nn.Module):
 
 
 def can_pack() -> bool:
-    """Whether this torch reorders and multiplies weights in oneDNN's blocked layout."""
-    ops = torch.ops.mkldnn
-    return (torch.backends.mkldnn.is_available()
-            and hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise"))
+    """Whether this torch reorders weights into oneDNN's blocked layout and multiplies them there."""
+    return gemv.has_onednn() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 _CONVERTERS = {
