@@ -15,8 +15,11 @@ prints the median tokens/s with its spread (min-max), the ratios against CTransl
 int8 (the median of each repetition's own ratio: the machine drifts over a row), and pali's
 decode step as a multiple of the memory floor: the bytes of weights one step reads divided by
 this machine's memory bandwidth, measured as a large tensor copy (bytes read + written per
-second) timed in the same repetitions as the engines, median against median. A last table times the full PaLI path with images (SigLIP-B/16 +
-projection + the same mT5), pali against transformers.
+second) timed in the same repetitions as the engines, median against median. Then the
+milliseconds per extra token at greedy b1 (an n-token generation minus a 1-token one, over
+n - 1), pali fp32 against CTranslate2 fp32: the steps without the fixed part. A last table times
+the full PaLI path with images (SigLIP-B/16 + projection + the same mT5), pali against
+transformers.
 
 Each CTranslate2 compute type runs in a process of its own (``ct2_server.py``), as a user runs
 it; this process only converts the model. In one process with torch, CTranslate2's OpenMP calls
@@ -256,18 +259,37 @@ def text_copy(model):
     return clone
 
 
-def text_rows(ref, ours, sizes, args) -> list[dict]:
+def text_rows(ref, ours, sizes, args) -> tuple[list[dict], dict]:
+    """The text rows, and the milliseconds per extra token at greedy b1 (``per_token``)."""
     hf_text = ref.text
     length = INPUT_LEN if not args.quick else 12
     models = variants(ours, args.compile)
     with tempfile.TemporaryDirectory() as ct2_dir:
         translators, ct2_vocab = ct2_translators(hf_text, args.threads, ct2_dir) if args.ctranslate2 else ({}, None)
         try:
-            return [text_row(row, models, translators, ct2_vocab, hf_text, args, length, sizes)
-                    for row in ROWS]
+            rows = [text_row(row, models, translators, ct2_vocab, hf_text, args, length, sizes) for row in ROWS]
+            return rows, per_token(models["pali fp32"][0], translators.get("float32"), ct2_vocab, args, length, sizes)
         finally:
             for translator in translators.values():
                 translator.close()
+
+
+def per_token(model, translator, ct2_vocab, args, length, sizes) -> dict:
+    """Milliseconds per extra token at greedy b1, pali fp32 and CTranslate2 fp32: (an n-token
+    generation - a 1-token one) / (n - 1), paired per repetition, so the fixed part (the encoder,
+    the cross-attention projection) cancels and the decode steps remain."""
+    n, ids = sizes["new_tokens"], input_ids(1, length, sizes["text"]["vocab_size"])
+    engines = {}
+    for steps in (1, n):
+        engines[f"pali fp32 {steps}"] = pali_engine(model, steps, 1)
+        if translator is not None:
+            engines[f"ct2 float32 {steps}"] = ct2_engine(translator, ct2_vocab, steps, 1)
+    for engine in engines.values():
+        engine(ids)
+    result = measure(engines, (ids,), 1, args.reps)
+    return {name: 1e3 * statistics.median((long - one) / (n - 1) for one, long in
+                                          zip(result[f"{name} 1"]["times"], result[f"{name} {n}"]["times"]))
+            for name in ("pali fp32", "ct2 float32") if f"{name} 1" in result}
 
 
 def text_row(row, models, translators, ct2_vocab, hf_text, args, length, sizes) -> dict:
@@ -381,7 +403,7 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, ctranslate2 {ct2_version}, "
           f"{platform.processor() or platform.machine()}, {args.threads} threads, {sizes['new_tokens']} forced steps, "
           f"median of {args.reps} (min-max), engines interleaved")
-    rows = text_rows(ref, ours, sizes, args)
+    rows, per_token_ms = text_rows(ref, ours, sizes, args)
     columns = list(rows[0]["engines"])
     print_table(f"mT5 text-only input of {INPUT_LEN if not args.quick else 12} ids: tok/s, median (min-max)", rows, columns)
     print(f"\n{'row':<12}{'engine':<22}{'vs CT2 fp32':>12}{'vs CT2 int8':>12}{'agree':>8}"
@@ -397,6 +419,8 @@ def main(argv=None) -> None:
         ct2 = {k: v for k, v in r["agreement_with_pali_fp32"].items() if k.startswith("ct2")}
         if ct2:
             print(f"{r['row']}: token agreement with pali fp32: " + ", ".join(f"{k} {v:.3f}" for k, v in ct2.items()))
+    print("ms per extra token at greedy b1 (n-token minus 1-token generation, paired): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in per_token_ms.items()))
     starts = compile_starts(args) if args.compile else {}
     for name, r in starts.items():
         print(f"generate(compile=True), {name} start (new process{', cache on disk' if name == 'warm' else ''}): "
@@ -411,7 +435,7 @@ def main(argv=None) -> None:
         Path(args.out).write_text(json.dumps(dict(
             benchmark="decode_peers", command="python " + " ".join(["benchmarks/decode_peers.py", *(argv or sys.argv[1:])]),
             versions=dict(torch=torch.__version__, transformers=transformers.__version__, ctranslate2=ct2_version),
-            threads=args.threads, reps=args.reps, text_rows=rows, image_rows=images,
+            threads=args.threads, reps=args.reps, text_rows=rows, per_token_ms=per_token_ms, image_rows=images,
             compile_starts=starts, ct2="one process per compute type (ct2_server.py)",
         ), indent=1) + "\n")
 
