@@ -133,7 +133,7 @@ class PackedLinear(nn.Module):
         self.bias = None if linear.bias is None else linear.bias.detach().to(dtype)
         self.blocked = can_pack()
         # An attribute, not a buffer: a packed tensor is no checkpoint entry and stays on the CPU.
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_FOR_ROWS) if self.blocked else weight
+        self.weight = _packed(weight) if self.blocked else weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(self.dtype)
@@ -154,7 +154,7 @@ class PackedLinear(nn.Module):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         if self.blocked:
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, PACK_FOR_ROWS)
+            self.weight = _packed(self.weight)
 
     @property
     def weight_bytes(self) -> int:
@@ -164,6 +164,10 @@ class PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         layout = "packed for oneDNN" if self.blocked else "plain"
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.dtype}, {layout}"
+
+
+def _packed(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_FOR_ROWS)
 
 
 def can_pack() -> bool:
