@@ -5,6 +5,8 @@ keys/values); its semantics are checked eagerly, without paying for compilation,
 checks run CPU inductor (slow).
 """
 
+import copy
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -127,3 +129,22 @@ def test_compiled_forward_matches_eager(model):
         got = compiled(px, ids, mask, labels=labels)
     assert (got.logits - expected.logits).abs().max() <= 1e-5
     assert abs(got.loss.item() - expected.loss.item()) <= 1e-5
+
+
+@pytest.mark.slow
+def test_compiled_generation_checks_guards_on_its_first_step(model):
+    """A compiled generation skips torch.compile's guards after its first step, never on it: a
+    constant the graph baked in (a norm's eps) changed between generations recompiles, and a new
+    batch size picks its own graph, so the tokens always follow the model as it is."""
+    changed = copy.deepcopy(model)
+    px, ids, mask = _inputs()
+    kwargs = dict(max_new_tokens=6, eos_token_id=-1)
+    torch._dynamo.reset()
+    before = changed.generate(px, ids, mask, compile=True, **kwargs)
+    for layer in changed.text.decoder.layers:
+        layer.mlp_norm.eps = 10.0
+    expected = changed.generate(px, ids, mask, **kwargs)
+    assert not torch.equal(expected, before)  # the change matters
+    assert torch.equal(changed.generate(px, ids, mask, compile=True, **kwargs), expected)
+    one = (px[:1], ids[:1], mask[:1])
+    assert torch.equal(changed.generate(*one, compile=True, **kwargs), changed.generate(*one, **kwargs))

@@ -115,9 +115,7 @@ def decoding(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, cfg:
         return
 
     cache = text.start_decoding(encoder_hidden, mask, cfg.max_new_tokens)
-    decode_step = text.decode_step
-    if cfg.compile:
-        decode_step = _compiled_step(text)
+    decode_step = _guarded_once(_compiled_step(text)) if cfg.compile else text.decode_step
     filled = [0]
 
     def cached_step(new_tokens, position):
@@ -142,6 +140,28 @@ def _compiled_step(text) -> Callable[[torch.Tensor, int], torch.Tensor]:
         return own()
     whole = torch.compile(text.decode_step)
     return lambda ids, position: whole(ids.contiguous(), torch.tensor(position))
+
+
+def _guarded_once(step: Callable[[torch.Tensor, int], torch.Tensor]) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``step`` with torch.compile's guards checked on its first call only.
+
+    The guards (every parameter, buffer and module flag the graph read: 0.35 ms per call for
+    mT5-small's decoder, 3% of a greedy step) pick the graph for this generation's batch size,
+    cache length and model on the first step. The later steps of the same generation call it
+    with the same module, the same cache tensors (beam search reorders them in place) and ids of
+    the same shape, so they skip the checks that cannot fail (``skip_guard_eval_unsafe``; guards
+    that tell apart several compiled graphs still run).
+    """
+    first = [True]
+
+    def call(new_tokens, position):
+        if first[0]:
+            first[0] = False
+            return step(new_tokens, position)
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+            return step(new_tokens, position)
+
+    return call
 
 
 def next_logits(step: Callable[[torch.Tensor, int], torch.Tensor], new: torch.Tensor, position: int,
