@@ -105,17 +105,24 @@ def onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """oneDNN's linear kernel (``mkldnn._linear_pointwise``) on ``[rows, in]`` and a plain or
     packed weight: called directly in eager code, as one opaque op in compiled code."""
     if torch.compiler.is_compiling():
-        return _opaque_onednn_linear(rows, weight, bias)
+        return torch.ops.pali.onednn_linear(rows, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
 
 
-@torch.library.custom_op("pali::onednn_linear", mutates_args=())
-def _opaque_onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """oneDNN's linear kernel as one op a compiled graph calls (no autograd: inference only)."""
-    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+# The opaque op for compiled code, defined through ``torch.library.Library`` rather than the
+# ``torch.library.custom_op`` decorator: inductor's wrapper calls it 6-11 us faster (measured, 72
+# products of a [512, 512] packed weight: 2.4-2.5 ms compiled, as eager, against 2.9-3.3 ms).
+# No autograd formula: inference only.
+_library = torch.library.Library("pali", "FRAGMENT")
+_library.define("onednn_linear(Tensor rows, Tensor weight, Tensor? bias) -> Tensor")
+_library.impl(
+    "onednn_linear",
+    lambda rows, weight, bias: torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], ""),
+    "CompositeExplicitAutograd",
+)
 
 
-@_opaque_onednn_linear.register_fake
+@torch.library.register_fake("pali::onednn_linear")
 def _(rows, weight, bias):
     return rows.new_empty(rows.shape[0], weight.shape[0])
 

@@ -1,20 +1,22 @@
 """Weights on 2 MB pages: a decoding step streams every weight once, and on 4 KB pages it pays a
-TLB miss every 4 KB.
+page-table walk for every 4 KB it reads.
 
 mT5's output layer alone is half a gigabyte: 125,000 pages of 4 KB, or 250 of 2 MB. Reading it
 on 4 KB pages costs a page walk every 4 KB, and in a virtual machine each walk is two (guest and
 host tables). Measured on a 2-core AMD EPYC virtual machine (fp32, 2 threads, median of 25
-interleaved pairs): one row by mT5-small's ``[250112, 512]`` output layer took 11.5 ms on 2 MB
-pages against 13.2 ms on 4 KB pages, packed for oneDNN 10.9 against 12.6 (1.15x); at moments
-when the host's memory was fast, 6.4 ms against 11-12.
+interleaved pairs in one process): one row by mT5-small's ``[250112, 512]`` output layer took
+11.5 ms on 2 MB pages against 13.2 ms on 4 KB pages, packed for oneDNN 10.9 against 12.6 (1.15x
+both). Processes started with ``THP_MEM_ALLOC_ENABLE=1`` took 6.4 ms (packed) and 7.6 (plain)
+where processes without it, run in turn with them, took 11-12 ms (not paired: the host's memory
+speed drifts).
 
 Linux backs memory with 2 MB pages where a process asks (``madvise``); PyTorch's allocator asks
 only when ``THP_MEM_ALLOC_ENABLE=1`` was set before its first allocation. ``collapse`` asks after
 the fact: ``MADV_COLLAPSE`` (Linux 6.1+) moves a tensor's memory onto 2 MB pages where it lies,
-without changing an address or a value, so it is safe on any tensor at any time. It costs a copy
-of the memory once (0.03-1.6 ms per MB measured, more when the kernel must first compact free
-memory); on memory already on 2 MB pages it returns at once. Elsewhere (another OS, an older
-kernel, a tensor in a file mapping) it does nothing and says so.
+without changing an address or a value, so it is safe on any tensor at any time. It copies the
+memory once: 0.8 s and 1.2 s for the 486 MB output layer here (the kernel compacted free memory
+first); on memory already on 2 MB pages it returns at once (0.1 ms). Elsewhere (another OS, an
+older kernel, a tensor in a file mapping) it does nothing and says so.
 
 ``PackedLinear`` (``pali.quantize``) collapses every weight it packs. A plain model's weights stay
 where PyTorch put them: collapsing them at a first ``generate`` would stall it for seconds on a
