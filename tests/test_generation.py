@@ -107,12 +107,12 @@ def test_kv_cache_is_preallocated(model):
     hidden, enc_mask = model.encode(px, ids, mask)
     cache = model.text.start_decoding(hidden, enc_mask, max_len=6)
     assert cache is model.text.decoder.kv_cache
-    k_storage = cache.k.data_ptr()
+    k_storage = [k.data_ptr() for k in cache.k]
     tokens = torch.zeros(3, 1, dtype=torch.long)
     for t in range(6):
         logits = model.text.decode_step(tokens, t)
         tokens = logits[:, -1].argmax(-1, keepdim=True)
-    assert cache.k.data_ptr() == k_storage and cache.max_len == 6
+    assert [k.data_ptr() for k in cache.k] == k_storage and cache.max_len == 6
     with pytest.raises(InputError, match="KV cache holds 6"):
         model.text.decode_step(tokens, 6)
     assert not any(".kv_cache." in key for key in model.state_dict())  # never saved
@@ -220,11 +220,11 @@ def test_the_kv_cache_is_released_after_generate(model, num_beams, monkeypatch):
 
     def spy(*args, **kwargs):
         cache = start(*args, **kwargs)
-        held.extend(weakref.ref(t) for t in (cache.k, cache.v, cache.cross_k, cache.cross_v))
+        held.extend(weakref.ref(t) for t in (*cache.k, *cache.v, cache.cross_k, cache.cross_v))
         return cache
 
     monkeypatch.setattr(model.text, "start_decoding", spy)
     px, ids, mask, _ = _prompts()
     out = model.generate(px, ids, mask, max_new_tokens=4, num_beams=num_beams)
-    assert out.shape[0] == 3 and len(held) == 4
+    assert out.shape[0] == 3 and len(held) == 2 * model.config.text.num_decoder_layers + 2
     assert all(ref() is None for ref in held)  # nothing keeps the buffers alive

@@ -1,8 +1,8 @@
 """The decoder's KV cache: every key/value it attends to during one generation, preallocated.
 
-Self-attention keys/values live in ``[layers, B, H, max_len, D]`` buffers that each step writes at
-its positions. A compiled step (position a 0-d tensor) writes with ``index_copy_`` and attends over
-the whole buffer: the decoder asks for causal attention from the step's position, which hides the
+Self-attention keys/values live in one ``[B, H, max_len, D]`` buffer per layer that each step writes
+at its positions. A compiled step (position a 0-d tensor) writes by index and attends over the
+whole buffer: the decoder asks for causal attention from the step's position, which hides the
 slots not written yet, so shapes never change from token to token and the step compiles once. An
 eager step (position an int) writes a slice and attends over the filled prefix only: fewer keys,
 and a one-token step needs no causal mask. Either way nothing is allocated per token.
@@ -22,12 +22,20 @@ from ..nn.attention import KeyPadding
 
 
 class KVCache(nn.Module):
-    """Preallocated decoder keys/values (non-persistent buffers: never in a state dict)."""
+    """Preallocated decoder keys/values (never in a state dict).
+
+    The self-attention buffers are separate tensors, one per layer, not views of one stacked
+    tensor: a compiled step writes each in place. Written through views of one base, the
+    graph rebuilt the whole stack at every layer's write (at batch 8, eight layers of copies
+    per step).
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("k", "v", "cross_k", "cross_v"):
+        for name in ("cross_k", "cross_v"):
             self.register_buffer(name, None, persistent=False)
+        self.k: list[torch.Tensor] | None = None
+        self.v: list[torch.Tensor] | None = None
         self.enc_mask: KeyPadding | None = None
 
     @property
@@ -36,7 +44,7 @@ class KVCache(nn.Module):
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[-2]
+        return self.k[0].shape[-2]
 
     def allocate(self, layers: int, batch: int, heads: int, max_len: int, head_dim: int, *, dtype, device) -> None:
         """Buffers for ``max_len`` positions, reusing the current ones when they already fit.
@@ -45,12 +53,12 @@ class KVCache(nn.Module):
         made under ``torch.inference_mode`` (``pali.run``) cannot be written outside it, so a later
         generation under ``no_grad`` gets new ones.
         """
-        shape = (layers, batch, heads, max_len, head_dim)
-        k = self.k
-        stale = k is None or (k.is_inference() and not torch.is_inference_mode_enabled())
+        shape = (batch, heads, max_len, head_dim)
+        k = None if self.k is None else self.k[0]
+        stale = k is None or len(self.k) != layers or (k.is_inference() and not torch.is_inference_mode_enabled())
         if stale or tuple(k.shape) != shape or k.dtype != dtype or k.device != torch.device(device):
-            self.k = torch.zeros(shape, dtype=dtype, device=device)
-            self.v = torch.zeros_like(self.k)
+            self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+            self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
 
     def release(self) -> None:
         """Drop every buffer (the end of a generation): the memory goes back at once, not when the
@@ -78,15 +86,16 @@ class KVCache(nn.Module):
         """Write ``k``/``v`` ``[B, H, t, D]`` at positions ``start .. start + t``; return the layer's
         keys/values to attend over: the filled prefix ``[B, H, start + t, D]`` for an int ``start``,
         the whole buffers ``[B, H, max_len, D]`` for a tensor one (a compiled step)."""
+        keys, values = self.k[layer], self.v[layer]
         if isinstance(start, int):
             end = start + k.shape[-2]
-            self.k[layer, :, :, start:end] = k
-            self.v[layer, :, :, start:end] = v
-            return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+            keys[:, :, start:end] = k
+            values[:, :, start:end] = v
+            return keys[:, :, :end], values[:, :, :end]
         positions = torch.arange(k.shape[-2], device=k.device) + start
-        self.k[layer].index_copy_(2, positions, k)
-        self.v[layer].index_copy_(2, positions, v)
-        return self.k[layer], self.v[layer]
+        keys[:, :, positions] = k  # an index_put_: written in place by a compiled step
+        values[:, :, positions] = v
+        return keys, values
 
     def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
         """Keep batch rows ``index`` (the hypotheses beam search keeps), in place so the buffers
@@ -96,5 +105,5 @@ class KVCache(nn.Module):
         batch item, and the beams of one item share its encoder rows.
         """
         filled = slice(0, self.max_len if length is None else length)
-        self.k[:, :, :, filled] = self.k[:, :, :, filled].index_select(1, index)
-        self.v[:, :, :, filled] = self.v[:, :, :, filled].index_select(1, index)
+        for buffer in (*self.k, *self.v):
+            buffer[:, :, filled] = buffer[:, :, filled].index_select(0, index)
