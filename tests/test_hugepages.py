@@ -57,3 +57,38 @@ def test_what_cannot_be_collapsed_says_so():
     quantized = torch.quantize_per_tensor(torch.ones(2**21), 0.1, 0, torch.qint8)
     assert not hugepages.collapse(quantized)
     assert not hugepages.collapse(torch.ones(2**21, device="meta"))
+
+
+def test_collapse_once_asks_once_per_tensor(monkeypatch):
+    """A tensor already collapsed is skipped; a new tensor (even at a reused address) is not;
+    tensors smaller than a 2 MB page are never asked about."""
+    asked = []
+    monkeypatch.setattr(hugepages, "collapse", lambda t: asked.append(t) or True)
+    layer = nn.Linear(1024, 1024)  # a 4 MB weight and a 4 KB bias
+    hugepages.collapse_once([layer])
+    hugepages.collapse_once([layer])
+    assert [t is layer.weight for t in asked] == [True]
+    layer.weight = nn.Parameter(torch.randn(1024, 1024))
+    hugepages.collapse_once([layer])
+    assert len(asked) == 2 and asked[1] is layer.weight
+
+
+def test_decoding_collapses_the_weights_each_step_streams(monkeypatch):
+    """mT5's first generation on a CPU asks for its decoder layers' and output layer's weights on
+    2 MB pages: not the embedding (one row a token) nor the KV cache (new every generation)."""
+    from pali.models.text.mt5_config import MT5Config
+    from pali.models.text.mt5 import MT5
+
+    asked = []
+    monkeypatch.setattr(hugepages, "collapse", lambda t: asked.append(t) or True)
+    text = MT5(MT5Config(vocab_size=8192, d_model=128, d_ff=4096, num_heads=2, d_kv=16,
+                         num_layers=1, num_decoder_layers=2)).eval()
+    with torch.no_grad():
+        hidden = text.encode(text.embed_tokens(torch.randint(0, 8192, (2, 5))))
+        for _ in range(2):
+            text.start_decoding(hidden, None, 4)
+            text.decode_step(torch.zeros(2, 1, dtype=torch.long), 0)
+    expected = [text.lm_head.weight, *(layer.mlp.wi_0.weight for layer in text.decoder.layers)]
+    assert {id(t) for t in asked} >= {id(t) for t in expected}
+    assert len(asked) == len({id(t) for t in asked})  # each once, over two generations
+    assert not any(t is text.embed.weight for t in asked)

@@ -18,17 +18,20 @@ memory once: 0.8 s and 1.2 s for the 486 MB output layer here (the kernel compac
 first); on memory already on 2 MB pages it returns at once (0.1 ms). Elsewhere (another OS, an
 older kernel, a tensor in a file mapping) it does nothing and says so.
 
-``PackedLinear`` (``pali.quantize``) collapses every weight it packs. A plain model's weights stay
-where PyTorch put them: collapsing them at a first ``generate`` would stall it for seconds on a
-large model, once, which PyTorch's own default (4 KB pages) does not do either. Start the process
-with ``THP_MEM_ALLOC_ENABLE=1`` to have PyTorch allocate them on 2 MB pages, or ``collapse`` them.
+``PackedLinear`` (``pali.quantize``) collapses every weight it packs; mT5's ``start_decoding``
+collapses the weights its steps stream (the decoder's and the output layer) on its first
+generation on a CPU (``collapse_once``), so a model pays the copy once, in its first
+``generate``, and the weights stay where they are. Starting the process with
+``THP_MEM_ALLOC_ENABLE=1`` has PyTorch allocate every large tensor on 2 MB pages from the start.
 """
 
 from __future__ import annotations
 
 import ctypes
 import sys
+import weakref
 from functools import lru_cache
+from typing import Iterable
 
 import torch
 
@@ -76,3 +79,22 @@ def collapse(tensor: torch.Tensor) -> bool:
     end = (start + size) // HUGE_PAGE * HUGE_PAGE
     return end > first and madvise(first, end - first, _MADV_COLLAPSE) == 0
 
+
+
+_collapsed: dict[int, weakref.ref] = {}  # storage address -> the tensor collapsed there
+
+
+def collapse_once(modules: Iterable[torch.nn.Module]) -> None:
+    """``collapse`` every parameter and buffer of ``modules`` that spans a whole 2 MB page, once:
+    a tensor already collapsed (or refused) is skipped, so a caller may ask at every generation
+    (a few microseconds a tensor)."""
+    for module in modules:
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.device.type != "cpu" or tensor.numel() * tensor.element_size() < HUGE_PAGE:
+                continue
+            address = tensor.data_ptr()
+            seen = _collapsed.get(address)
+            if seen is not None and seen() is not None:
+                continue
+            collapse(tensor)
+            _collapsed[address] = weakref.ref(tensor, lambda _, address=address: _collapsed.pop(address, None))
