@@ -82,7 +82,7 @@ def test_decoding_collapses_the_weights_each_step_streams(monkeypatch):
     asked = []
     monkeypatch.setattr(hugepages, "collapse", lambda t: asked.append(t) or True)
     text = MT5(MT5Config(vocab_size=8192, d_model=128, d_ff=4096, num_heads=2, d_kv=16,
-                         num_layers=1, num_decoder_layers=2)).eval()
+                         num_encoder_layers=1, num_decoder_layers=2)).eval()
     with torch.no_grad():
         hidden = text.encode(text.embed_tokens(torch.randint(0, 8192, (2, 5))))
         for _ in range(2):
