@@ -40,7 +40,9 @@ def test_quantize_converts_the_decoding_layers_and_stays_close(model, fmt, layer
     px, ids, mask, labels = _inputs()
     quantized = pali.quantize(copy.deepcopy(model), fmt)
     assert isinstance(quantized.text.lm_head, layer)
-    assert not any(type(m) is nn.Linear for m in quantized.text.decoder.modules())
+    # fp32 packs the output layer only: the decoder's small weights stay plain
+    assert all((type(m) is nn.Linear) == (fmt == "fp32") for m in quantized.text.decoder.modules()
+               if isinstance(m, (nn.Linear, layer)))
     with torch.no_grad():
         expected = model(px, ids, mask, labels=labels).logits
         got = quantized(px, ids, mask, labels=labels).logits

@@ -1,7 +1,12 @@
 """``pali.quantize(model, "int8")``: a model whose decoding reads int8, bf16 or packed fp32 weights.
 
 The layers one decoding step reads (the text decoder's linear layers and the output layer) are
-swapped for ``pali.nn.quantize``'s int8, bf16 or packed fp32 forms. The text encoder runs once
+swapped for ``pali.nn.quantize``'s int8 or bf16 forms; with fp32, the output layer is packed
+and the decoder's layers keep their plain weights. Packing those small weights paid at 4 and 8
+rows per step (eager, 2-core AMD EPYC, paired: 9% and 7% faster steps) but cost at one row (7%
+slower eager, 23% compiled: inductor fuses a plain weight's one-row product into its own
+kernels, where a packed weight stays an opaque call), and the output layer, half a gigabyte,
+is most of what packing gains at any row count. The text encoder runs once
 per generation over every prompt row (196 visual tokens and the prompt, times the batch):
 compute-bound, where bf16's doubled matmul throughput pays and int8 weights save little, so with
 int8 or bf16 its linear layers go bf16 where the CPU has bf16 instructions; with fp32 they are
@@ -24,7 +29,8 @@ def quantize(model: nn.Module, fmt: str = "int8", *, encoder: bool | None = None
     generation only (it cannot be trained or saved as a checkpoint).
 
     ``fmt``, as CTranslate2's compute types: ``"int8"`` (int8 weights), ``"bf16"`` (bf16 weights)
-    or ``"fp32"`` (the same weights, packed in oneDNN's layout: fp32 results, faster kernels).
+    or ``"fp32"`` (the same weights; the output layer packed in oneDNN's layout: fp32 results,
+    faster kernels; the decoder's small layers stay plain, see the module docstring).
 
     ``encoder``: also convert the text encoder's linear layers, to bf16 (``"int8"``, ``"bf16"``)
     or packed fp32 (``"fp32"``); the residual stream, norms and attention stay in the model's
@@ -42,7 +48,8 @@ def quantize(model: nn.Module, fmt: str = "int8", *, encoder: bool | None = None
         )
     # int8: the decoder's small layers weight-only (bf16 activations), the large output layer
     # with dynamic int8 activations (pali.nn.quantize has the measurements).
-    quantize_linears(text.decoder, fmt, **({"activations": "bf16"} if fmt == "int8" else {}))
+    if fmt != "fp32":  # fp32: the decoder's small weights stay plain (the module docstring says why)
+        quantize_linears(text.decoder, fmt, **({"activations": "bf16"} if fmt == "int8" else {}))
     text.lm_head = convert_linear(text.lm_head, fmt)
     if encoder and not hasattr(text, "encoder"):
         raise InputError(f"encoder=True, but {type(text).__name__} has no text encoder to convert")
