@@ -228,3 +228,20 @@ def test_the_kv_cache_is_released_after_generate(model, num_beams, monkeypatch):
     out = model.generate(px, ids, mask, max_new_tokens=4, num_beams=num_beams)
     assert out.shape[0] == 3 and len(held) == 2 * model.config.text.num_decoder_layers + 2
     assert all(ref() is None for ref in held)  # nothing keeps the buffers alive
+
+
+def test_generate_runs_in_inference_mode_and_returns_a_normal_tensor(model, monkeypatch):
+    """The generation runs under ``torch.inference_mode`` (less per-operation bookkeeping than
+    ``no_grad``); the ids it returns are an ordinary tensor, and the model trains afterwards."""
+    seen = []
+    step = model.text.decode_step
+    monkeypatch.setattr(model.text, "decode_step", lambda *a: seen.append(torch.is_inference_mode_enabled()) or step(*a))
+    px, ids, mask, _ = _prompts()
+    out = model.generate(px, ids, mask, max_new_tokens=3)
+    assert seen and all(seen)
+    assert not out.is_inference()
+    out[0, 0] = 1  # an inference tensor would refuse this outside inference mode
+    loss = model(px, ids, mask, labels=out.clamp(min=0)).loss
+    loss.backward()
+    assert model.text.lm_head.weight.grad is not None
+    model.zero_grad(set_to_none=True)
