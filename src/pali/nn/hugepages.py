@@ -80,7 +80,6 @@ def collapse(tensor: torch.Tensor) -> bool:
     return end > first and madvise(first, end - first, _MADV_COLLAPSE) == 0
 
 
-
 _collapsed: dict[int, weakref.ref] = {}  # storage address -> the tensor collapsed there
 
 
