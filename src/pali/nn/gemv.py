@@ -106,6 +106,10 @@ def onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     packed weight: called directly in eager code, as one opaque op in compiled code."""
     if torch.compiler.is_compiling():
         return torch.ops.pali.onednn_linear(rows, weight, bias)
+    return _linear_pointwise(rows, weight, bias)
+
+
+def _linear_pointwise(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
 
 
@@ -115,11 +119,7 @@ def onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 # No autograd formula: inference only.
 _library = torch.library.Library("pali", "FRAGMENT")
 _library.define("onednn_linear(Tensor rows, Tensor weight, Tensor? bias) -> Tensor")
-_library.impl(
-    "onednn_linear",
-    lambda rows, weight, bias: torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], ""),
-    "CompositeExplicitAutograd",
-)
+_library.impl("onednn_linear", _linear_pointwise, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake("pali::onednn_linear")
