@@ -14,8 +14,10 @@ Then each row times every engine, interleaved rep by rep so machine noise hits t
 prints the median tokens/s with its spread (min-max), the ratios against CTranslate2 fp32 and
 int8 (the median of each repetition's own ratio: the machine drifts over a row), and pali's
 decode step as a multiple of the memory floor: the bytes of weights one step reads divided by
-this machine's memory bandwidth, measured as a large tensor copy (bytes read + written per
-second) timed in the same repetitions as the engines, median against median. Then the
+this machine's read bandwidth, measured as a sum over a 1 GiB tensor on 2 MB pages (as the
+weights are: ``pali.nn.hugepages``) timed in the same repetitions as the engines, step and floor
+paired by repetition. A large copy is timed too and reported (bytes read + written per second):
+the earlier runs' floor, kept for comparison. Then the
 milliseconds per extra token at greedy b1 (an n-token generation minus a 1-token one, over
 n - 1), pali fp32 against CTranslate2 fp32: the steps without the fixed part. A last table times
 the full PaLI path with images (SigLIP-B/16 + projection + the same mT5), pali against
@@ -55,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import FULL, QUICK, Reference, inputs, ours_from  # noqa: E402  (the same PaLI build)
 
 import pali  # noqa: E402
+from pali.nn.hugepages import collapse  # noqa: E402
 
 ROWS = [("greedy b1", 1, 1), ("greedy b8", 8, 1), ("beam b1 x4", 1, 4)]  # (name, batch, beams)
 INPUT_LEN = 206
@@ -157,10 +160,20 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
+def memory_read(mib: int):
+    """A sum over a large tensor on 2 MB pages, timed as one more engine of a row, and the bytes
+    it reads: the row's memory bandwidth for what a decoding step does (it reads its weights,
+    which sit on 2 MB pages too), measured in the same repetitions as the engines (this shared
+    machine's bandwidth moved between 45 and 75 GB/s from one run to the next)."""
+    buffer = torch.ones(mib * 2**20 // 4)
+    collapse(buffer)
+    buffer.sum()
+    return (lambda *_: buffer.sum()), buffer.numel() * 4
+
+
 def memory_copy(mib: int):
-    """A large tensor copy timed as one more engine of a row, and the bytes it moves (read plus
-    written): the row's memory bandwidth, measured in the same repetitions as the engines (this
-    shared machine's bandwidth moved between 45 and 75 GB/s from one run to the next)."""
+    """A large tensor copy, and the bytes it moves (read plus written): the bandwidth the runs
+    before the read floor used, reported alongside it."""
     src = torch.ones(mib * 2**20 // 4)
     dst = torch.empty_like(src)
     dst.copy_(src)
@@ -308,22 +321,27 @@ def text_row(row, models, translators, ct2_vocab, hf_text, args, length, sizes) 
             raise SystemExit(f"{name}: {label} tokens differ from transformers\n"
                              f"{label} {tokens[label]}\ntransformers {tokens['transformers']}")
     agree = {label: agreement(t, tokens["pali fp32"]) for label, t in tokens.items()}
-    engines["memory copy"], copied = memory_copy(64 if args.quick else 1024)
+    mib = 64 if args.quick else 1024
+    engines["memory read"], read_bytes = memory_read(mib)
+    engines["memory copy"], copied = memory_copy(mib)
     result = measure(engines, (ids,), batch * steps, args.reps)
-    bandwidth = copied / result.pop("memory copy")["seconds"]
+    read, copying = result.pop("memory read"), result.pop("memory copy")
+    bandwidth = read_bytes / read["seconds"]
     row = dict(row=name, batch=batch, beams=beams, steps=steps, engines=result, agreement_with_pali_fp32=agree,
-               bandwidth_gb_s=bandwidth / 1e9)
+               read_gb_s=bandwidth / 1e9, copy_gb_s=copied / copying["seconds"] / 1e9)
     for label, (model, _) in models.items():
         with torch.no_grad():  # each model's own encoder (quantize may convert it)
             encode = statistics.median(timed(model.encode, None, ids) for _ in range(max(3, args.reps)))
-        step = (result[label]["seconds"] - encode) / steps
-        floor = weight_bytes_per_step(model) / bandwidth
-        result[label].update(step_ms=step * 1e3, floor_ms=floor * 1e3, vs_floor=step / floor)
+        # Per repetition: the step, and the floor at the bandwidth read seconds apart.
+        step = [(seconds - encode) / steps for seconds in result[label]["times"]]
+        floor = [weight_bytes_per_step(model) * seconds / read_bytes for seconds in read["times"]]
+        result[label].update(step_ms=statistics.median(step) * 1e3, floor_ms=statistics.median(floor) * 1e3,
+                             vs_floor=statistics.median(s / f for s, f in zip(step, floor)))
         for peer in ("ct2 float32", "ct2 int8"):
             if peer in result:
                 result[label][f"vs {peer}"] = paired(result[label], result[peer])
     print(f"{name}: " + ", ".join(f"{k} {v['tok_s']:.1f} tok/s" for k, v in result.items())
-          + f"; memory copy {bandwidth / 1e9:.1f} GB/s", flush=True)
+          + f"; memory read {row['read_gb_s']:.1f} GB/s, copy {row['copy_gb_s']:.1f} GB/s", flush=True)
     return row
 
 

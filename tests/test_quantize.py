@@ -157,6 +157,28 @@ def test_blocks_divide_the_rows_when_threads_do_not(threads, out_features, block
     torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(("rows", "columns"), [(1, 1), (2, 2), (3, 4), (4, 4), (5, 5)])
+@pytest.mark.parametrize("large", [False, True])
+def test_few_rows_are_multiplied_as_measured_and_come_back_laid_out(rows, columns, large, two_threads, monkeypatch):
+    """Inside a step, three rows are multiplied as four (a zero row added, dropped after) and
+    equal ``F.linear`` to fp32 rounding; a small weight's product comes back contiguous, as
+    ``F.linear`` returns it (SDPA and every elementwise operation after it take their fast
+    paths), the output layer's logits of several rows as a transposed view of the same values."""
+    if large:
+        monkeypatch.setattr(gemv, "LARGE", 0)
+    layer = nn.Linear(48, 64, bias=False)
+    x = torch.randn(rows, 1, 48)
+    columns_seen = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b: columns_seen.append(b.shape[-1]) or bmm(a, b))
+    with torch.no_grad(), gemv.decoding_step():
+        got = gemv.inference_linear(x, layer)
+    assert columns_seen == [columns]
+    assert got.shape == (rows, 1, 64)
+    assert got.is_contiguous() == (not large or rows == 1)
+    torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_many_rows_take_onednn_and_stay_close(bias, monkeypatch):
     """More than ``FEW_ROWS`` rows (an encoder's, the cross-attention projection's) run oneDNN's

@@ -23,6 +23,13 @@ So the rules:
   inside a decoding step (the block ``decoding_step`` marks): outside one, a few rows are rare
   and the layer runs as it is. A thread count that does not divide the output rows splits into
   the largest divisor that fits (4 blocks of mT5's 250112 rows on 6 threads), never unevenly.
+  Three rows are multiplied as four, the fourth zero: MKL's kernel reads a weight slower for
+  three columns than for four (the output layer: 13.4 ms against 11.1; whole generations of
+  greedy batch 3 1.14x and beam x3 1.18x faster, tokens unchanged); five stay five (as six or
+  eight they were slower still). The output comes back laid out as ``F.linear`` returns it,
+  except the output layer's logits of 2-5 rows: a transposed view, which argmax reads as fast
+  and which would cost 1-3 ms to lay out (beam search lays them out itself before its
+  ``log_softmax``, which is slower on the view than the copy and it together).
 * **More rows** take oneDNN's fp32 kernel (``mkldnn._linear_pointwise``, bias included): MKL's
   fp32 GEMM runs at less than half its throughput on this CPU (mT5-small's encoder: 31 ms
   instead of 57 for 206 ids; SigLIP-B/16 at 224 px: 146 ms instead of 211 for one image, 915
@@ -89,11 +96,18 @@ def inference_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     elif bias is None:
         parts = _blocks(weight.shape[0], large)
         if parts > 1:
-            cols = x.reshape(count, features).t().expand(parts, -1, -1)
-            out = torch.bmm(weight.view(parts, -1, features), cols)
+            rows = x.reshape(count, features)
+            if count == 3:  # as four rows, the fourth zero (see the module docstring)
+                rows = torch.cat([rows, rows.new_zeros(1, features)])
+            out = torch.bmm(weight.view(parts, -1, features), rows.t().expand(parts, -1, -1))
             if count == 1:  # the blocks' outputs, one after the other, are the output row
                 return out.view(out_shape)
-            return out.reshape(weight.shape[0], count).t().reshape(out_shape)
+            product = out.reshape(weight.shape[0], -1)[:, :count].t()  # a transposed view
+            if large:  # logits: left as the view (see the module docstring)
+                return product.reshape(out_shape)
+            # Laid out (a copy of a few kB): on the view, SDPA took its unfused kernel and every
+            # elementwise operation a strided loop (whole greedy batch 4: 1.08x faster).
+            return product.contiguous().view(out_shape)
         if large and count == 1 and _ONEDNN:
             return onednn_linear(x.reshape(1, features), weight, None).reshape(out_shape)
     if large and bias is None:
