@@ -14,10 +14,10 @@ Then each row times every engine, interleaved rep by rep so machine noise hits t
 prints the median tokens/s with its spread (min-max), the ratios against CTranslate2 fp32 and
 int8 (the median of each repetition's own ratio: the machine drifts over a row), and pali's
 decode step as a multiple of the memory floor: the bytes of weights one step reads divided by
-this machine's read bandwidth, measured as a sum over a 1 GiB tensor on 2 MB pages (as the
-weights are: ``pali.nn.hugepages``) timed in the same repetitions as the engines, step and floor
-paired by repetition. A large copy is timed too and reported (bytes read + written per second):
-the earlier runs' floor, kept for comparison. Then the
+the fastest memory traffic this machine showed in the same repetition, a sum over a 1 GiB tensor
+on 2 MB pages (bytes read per second; the weights are on 2 MB pages too: ``pali.nn.hugepages``)
+or a copy of one (bytes read + written per second), whichever was faster: step and floor are
+paired by repetition, and the floor is the strictest bandwidth measured. Then the
 milliseconds per extra token at greedy b1 (an n-token generation minus a 1-token one, over
 n - 1), pali fp32 against CTranslate2 fp32: the steps without the fixed part. A last table times
 the full PaLI path with images (SigLIP-B/16 + projection + the same mT5), pali against
@@ -161,10 +161,8 @@ def timed(fn, *args) -> float:
 
 
 def memory_read(mib: int):
-    """A sum over a large tensor on 2 MB pages, timed as one more engine of a row, and the bytes
-    it reads: the row's memory bandwidth for what a decoding step does (it reads its weights,
-    which sit on 2 MB pages too), measured in the same repetitions as the engines (this shared
-    machine's bandwidth moved between 45 and 75 GB/s from one run to the next)."""
+    """A sum over a large tensor on 2 MB pages (as the weights are), timed as one more engine of a
+    row, and the bytes it reads: what a decoding step does with its weights."""
     buffer = torch.ones(mib * 2**20 // 4)
     collapse(buffer)
     buffer.sum()
@@ -172,10 +170,14 @@ def memory_read(mib: int):
 
 
 def memory_copy(mib: int):
-    """A large tensor copy, and the bytes it moves (read plus written): the bandwidth the runs
-    before the read floor used, reported alongside it."""
+    """A large tensor copy on 2 MB pages, timed as one more engine of a row, and the bytes it
+    moves (read plus written). On this machine it moved more bytes per second than the sum read
+    at some moments (72 against 56 GB/s), and a step read its weights faster than the sum did:
+    the floor takes the faster of the two."""
     src = torch.ones(mib * 2**20 // 4)
     dst = torch.empty_like(src)
+    for buffer in (src, dst):
+        collapse(buffer)
     dst.copy_(src)
     return (lambda *_: dst.copy_(src)), 2 * src.numel() * 4
 
@@ -326,15 +328,17 @@ def text_row(row, models, translators, ct2_vocab, hf_text, args, length, sizes) 
     engines["memory copy"], copied = memory_copy(mib)
     result = measure(engines, (ids,), batch * steps, args.reps)
     read, copying = result.pop("memory read"), result.pop("memory copy")
-    bandwidth = read_bytes / read["seconds"]
+    # Per repetition, the faster of the read and the copy (this shared machine's bandwidth moved
+    # between 45 and 75 GB/s from one run to the next, and within one).
+    bandwidth = [max(read_bytes / r, copied / c) for r, c in zip(read["times"], copying["times"])]
     row = dict(row=name, batch=batch, beams=beams, steps=steps, engines=result, agreement_with_pali_fp32=agree,
-               read_gb_s=bandwidth / 1e9, copy_gb_s=copied / copying["seconds"] / 1e9)
+               read_gb_s=read_bytes / read["seconds"] / 1e9, copy_gb_s=copied / copying["seconds"] / 1e9,
+               bandwidth_gb_s=[b / 1e9 for b in bandwidth])
     for label, (model, _) in models.items():
         with torch.no_grad():  # each model's own encoder (quantize may convert it)
             encode = statistics.median(timed(model.encode, None, ids) for _ in range(max(3, args.reps)))
-        # Per repetition: the step, and the floor at the bandwidth read seconds apart.
         step = [(seconds - encode) / steps for seconds in result[label]["times"]]
-        floor = [weight_bytes_per_step(model) * seconds / read_bytes for seconds in read["times"]]
+        floor = [weight_bytes_per_step(model) / b for b in bandwidth]
         result[label].update(step_ms=statistics.median(step) * 1e3, floor_ms=statistics.median(floor) * 1e3,
                              vs_floor=statistics.median(s / f for s, f in zip(step, floor)))
         for peer in ("ct2 float32", "ct2 int8"):

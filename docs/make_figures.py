@@ -52,7 +52,7 @@ def _pyplot():
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format="svg", metadata={"Date": None, "Creator": "docs/make_figures.py"})
-    fig.clf()
+    _pyplot().close(fig)  # pyplot keeps every figure it opened until closed
 
 
 # -- benchmarks ------------------------------------------------------------------------------------
