@@ -299,6 +299,24 @@ def test_a_split_step_keeps_the_tokens_and_logits(model, num_beams, two_threads)
     torch.testing.assert_close(logits[2], logits[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("options", [dict(num_beams=2), dict(do_sample=True, top_k=5)])
+def test_logits_of_a_few_rows_as_a_view_choose_the_same_tokens(model, options, two_threads, monkeypatch):
+    """A step of 2-5 rows returns an output layer's logits as a transposed view (``pali.nn.gemv``;
+    here the tiny model's output layer counts as large); beam search and sampling lay them out
+    themselves and choose what they choose from laid-out logits, token for token."""
+    px, ids, mask, _ = _inputs()
+    kwargs = dict(max_new_tokens=6, eos_token_id=-1, **options)
+    with torch.no_grad():
+        expected = model.generate(px, ids, mask, generator=torch.Generator().manual_seed(0), **kwargs)
+        monkeypatch.setattr(gemv, "LARGE", model.text.lm_head.weight.numel())
+        text = model.text
+        text.start_decoding(text.encode(text.embed(ids), mask.bool()).repeat(2, 1, 1), mask.bool().repeat(2, 1), 4)
+        assert not text.decode_step(torch.zeros(4, 1, dtype=torch.long), 0).is_contiguous()  # the view
+        text.decoder.kv_cache.release()
+        got = model.generate(px, ids, mask, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(got, expected)
+
+
 def test_decoding_step_mark_is_left_on_error():
     with pytest.raises(RuntimeError), gemv.decoding_step():
         assert gemv._step.active
