@@ -217,7 +217,7 @@ def greedy_or_sample(
     for t in range(cfg.max_new_tokens):
         logits = next_logits(step, new, t, cfg)
         if cfg.do_sample:
-            probs = torch.softmax(filter_logits(logits.contiguous(), cfg), dim=-1)
+            probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             nxt = logits.argmax(-1)
@@ -260,9 +260,7 @@ def beam_search(
     for t in range(n):
         # The best 2k of all k * vocab candidates are among each beam's own best 2k: rank those
         # (the same candidates and scores as one top-k over everything, at a third of its cost).
-        # Contiguous first: a few rows' logits may come as a transposed view (``pali.nn.gemv``),
-        # and log_softmax over [4, 250112] strided took longer than the copy and it together.
-        logprobs = torch.log_softmax(next_logits(step, new, t, cfg).contiguous(), dim=-1)
+        logprobs = torch.log_softmax(next_logits(step, new, t, cfg), dim=-1)
         row_scores, row_tokens = torch.topk(logprobs, min(2 * k, logprobs.shape[-1]))
         width = row_scores.shape[-1]
         row_scores = (row_scores.view(batch, k, width) + running_scores[:, :, None]).view(batch, k * width)

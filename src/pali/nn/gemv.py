@@ -24,12 +24,14 @@ So the rules:
   and the layer runs as it is. A thread count that does not divide the output rows splits into
   the largest divisor that fits (4 blocks of mT5's 250112 rows on 6 threads), never unevenly.
   Three rows are multiplied as four, the fourth zero: MKL's kernel reads a weight slower for
-  three columns than for four (the output layer: 13.4 ms against 11.1; whole generations of
-  greedy batch 3 1.14x and beam x3 1.18x faster, tokens unchanged); five stay five (as six or
-  eight they were slower still). The output comes back laid out as ``F.linear`` returns it,
-  except the output layer's logits of 2-5 rows: a transposed view, which argmax reads as fast
-  and which would cost 1-3 ms to lay out (beam search lays them out itself before its
-  ``log_softmax``, which is slower on the view than the copy and it together).
+  three columns than for four (the output layer: 13.4 ms against 11.1); five stay five (as six
+  or eight they were slower still). The product comes back laid out as ``F.linear`` returns
+  it, not as the transposed view the blocks give: on the view, SDPA took its unfused kernel,
+  every elementwise operation a strided loop and ``log_softmax`` over ``[4, 250112]`` logits
+  3.8 ms instead of 0.2. The rows are copied one by one (``torch.stack``): ``.contiguous()`` on
+  such a view runs PyTorch's blocked 2D transpose on one thread, 1.16 ms for those logits
+  against 0.32. Both together, whole generations, tokens unchanged: beam x4 1.10x faster,
+  greedy batch 2 1.07x, 3 1.18x, 4 1.05x, beam x3 1.25x.
 * **More rows** take oneDNN's fp32 kernel (``mkldnn._linear_pointwise``, bias included): MKL's
   fp32 GEMM runs at less than half its throughput on this CPU (mT5-small's encoder: 31 ms
   instead of 57 for 206 ids; SigLIP-B/16 at 224 px: 146 ms instead of 211 for one image, 915
@@ -103,11 +105,8 @@ def inference_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
             if count == 1:  # the blocks' outputs, one after the other, are the output row
                 return out.view(out_shape)
             product = out.reshape(weight.shape[0], -1)[:, :count].t()  # a transposed view
-            if large:  # logits: left as the view (see the module docstring)
-                return product.reshape(out_shape)
-            # Laid out (a copy of a few kB): on the view, SDPA took its unfused kernel and every
-            # elementwise operation a strided loop (whole greedy batch 4: 1.08x faster).
-            return product.contiguous().view(out_shape)
+            # Laid out, row by row (see the module docstring).
+            return torch.stack(product.unbind(0)).view(out_shape)
         if large and count == 1 and _ONEDNN:
             return onednn_linear(x.reshape(1, features), weight, None).reshape(out_shape)
     if large and bias is None:
