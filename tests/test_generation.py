@@ -245,3 +245,23 @@ def test_generate_runs_in_inference_mode_and_returns_a_normal_tensor(model, monk
     loss.backward()
     assert model.text.lm_head.weight.grad is not None
     model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("vocab", [250112, 32128, 5000, 4099, 300])
+def test_first_argmax_is_argmax_ties_nan_and_infinities_included(vocab):
+    from pali.generation.search import _argmax_blocks, first_argmax
+
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(6, vocab, generator=g)
+    logits[1, vocab // 3] = logits[1, vocab - 1] = logits[1].max() + 1  # a tie across blocks
+    logits[2, 7] = logits[2, 8] = logits[2].max() + 1  # a tie inside a block
+    logits[3] = float("-inf")
+    logits[4, vocab // 2] = float("nan")
+    logits[4, vocab - 2] = float("nan")
+    logits[5, vocab - 1] = float("inf")
+    assert torch.equal(first_argmax(logits), logits.argmax(-1))
+    assert torch.equal(first_argmax(logits[2:3]), logits[2:3].argmax(-1))
+    # A column of a step's [B, 1, V] logits, as ``next_logits`` hands it over.
+    assert torch.equal(first_argmax(logits[:, None][:, -1]), logits.argmax(-1))
+    blocks = _argmax_blocks(vocab)
+    assert blocks == {250112: 977, 32128: 1004, 5000: 1000, 4099: 1, 300: 1}[vocab]

@@ -199,6 +199,36 @@ def filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
     return logits
 
 
+def first_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(-1)`` of ``[rows, V]`` logits: the same index (the first maximum, NaN
+    counting as the largest), found in blocks on a CPU.
+
+    PyTorch's CPU argmax reads a row on one thread and without vector instructions: 135 us for
+    one row of mT5's 250112 logits, 0.55 ms for 8, about 1% of a greedy step (2-core AMD EPYC,
+    2 threads). The maximum of each block (``amax``: vectorized, parallel) names the first block
+    holding the row's maximum, and argmax runs over that one block only: 20 us for a row.
+    """
+    rows, vocab = logits.shape
+    blocks = _argmax_blocks(vocab)
+    if blocks == 1 or not logits.is_cpu:
+        return logits.argmax(-1)
+    width = vocab // blocks
+    view = logits.reshape(rows, blocks, width)
+    block = view.amax(-1).argmax(-1)
+    return block * width + view[torch.arange(rows, device=logits.device), block].argmax(-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _argmax_blocks(vocab: int) -> int:
+    """How many blocks ``first_argmax`` splits a row of ``vocab`` logits into: the largest divisor
+    up to 1024 (977 blocks of 256 for mT5); 1 (no split) for a small vocabulary or one that
+    has no divisor from 16 to 1024."""
+    if vocab < 4096:
+        return 1
+    blocks = next(d for d in range(1024, 0, -1) if vocab % d == 0)
+    return blocks if blocks >= 16 else 1
+
+
 def greedy_or_sample(
     step: Callable[[torch.Tensor, int], torch.Tensor],
     batch: int,
@@ -220,7 +250,7 @@ def greedy_or_sample(
             probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
-            nxt = logits.argmax(-1)
+            nxt = first_argmax(logits)
         nxt = torch.where(finished, torch.full_like(nxt, cfg.pad_token_id), nxt)
         out[:, t] = nxt
         new = nxt[:, None]
