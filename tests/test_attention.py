@@ -166,3 +166,19 @@ def test_without_triton_the_model_runs_and_the_kernels_name_the_extra():
     out = subprocess.run([sys.executable, "-c", _WITHOUT_TRITON], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "pip install 'pali-vlm[triton]'" in out.stdout
+
+
+@pytest.mark.parametrize("position", [0, 1, 15, 63, 64, 65, 127, 128, 300])
+def test_a_decoding_steps_causal_bias_row_equals_the_bucketed_one(position):
+    """An eager step's bias (the newest token over all before it) is gathered from a row of
+    buckets computed once; it equals the bias bucketed for that position."""
+    from pali.kernels import t5_relative_bias
+
+    table = torch.randn(3, 32)
+    row = RelativeBias(table, bidirectional=False, max_distance=128).dense(1, position + 1, position)
+    expected = t5_relative_bias(table, 1, position + 1, bidirectional=False, max_distance=128, q_offset=position)
+    assert row.shape == expected.shape and torch.equal(row, expected)
+    other = RelativeBias(table, bidirectional=False, max_distance=20).dense(1, position + 1, position)
+    assert torch.equal(other, t5_relative_bias(table, 1, position + 1, bidirectional=False, max_distance=20,
+                                               q_offset=position))
+

@@ -261,3 +261,16 @@ def test_score_bad_targets_are_named(targets, kwargs, message):
     model = PaliModel.from_preset("pali-tiny")
     with pytest.raises(InputError, match=message):
         model.score(input_ids=torch.tensor([[5, 1]]), targets=targets, **kwargs)
+
+
+def test_rms_norm_at_inference_is_the_composite_bit_for_bit():
+    from pali.models.text.mt5 import RMSNorm
+
+    norm = RMSNorm(64, 1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    for rows in (1, 7, 300):
+        x = torch.randn(2, rows, 64) * 5
+        composite = norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+        with torch.no_grad():
+            assert torch.equal(norm(x), composite)

@@ -1,5 +1,6 @@
 """Layers shared by the towers: attention with its backends (``attention``), the MLP block
-(``mlp``), position-embedding resampling (``pos_embed``), and building on the meta device
+(``mlp``), the fastest CPU products for a few rows (``gemv``) and layers that read one input
+multiplied as one (``joint``), weights on 2 MB pages (``hugepages``), position-embedding resampling (``pos_embed``), and building on the meta device
 (``meta``). Knows no tower, no model and no file."""
 
 from ..lazy import submodules_on_demand  # noqa: E402
