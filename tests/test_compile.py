@@ -6,6 +6,7 @@ checks run CPU inductor (slow).
 """
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -109,9 +110,12 @@ def _compiled_generation_same_tokens_no_recompile(model, num_beams):
     torch._dynamo.reset()
     counters.clear()
     # Any recompilation (a shape, stride or Python int changing per token) raises here.
-    with torch._dynamo.config.patch(error_on_recompile=True):
+    with torch._dynamo.config.patch(error_on_recompile=True), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         got = model.generate(px, ids, mask, compile=True, **kwargs)
         again = model.generate(px.flip(0), ids, mask, compile=True, **kwargs)  # new data, same shapes
+    # Nothing the step traces is a cached function (dynamo warns that it bypasses the cache).
+    assert not [w for w in caught if "lru_cache" in str(w.message)]
     assert torch.equal(got, expected)
     assert again.shape[0] == 2
     assert counters["stats"]["unique_graphs"] == 1

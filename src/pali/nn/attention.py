@@ -121,11 +121,15 @@ class KeyPadding:
         return cls(mask, additive.masked_fill(~mask[:, None, None, :], _negative(dtype)))
 
 
-@lru_cache(maxsize=None)
 def _negative(dtype: torch.dtype) -> float:
     # Large but finite, so gradients through masked entries stay 0 rather than NaN, and a row
-    # whose keys are all masked stays finite (it is never read).
-    return torch.finfo(dtype).min / 4
+    # whose keys are all masked stays finite (it is never read). Looked up, not computed: every
+    # attention call asks (``torch.finfo`` costs a microsecond).
+    negative = _NEGATIVE.get(dtype)
+    return torch.finfo(dtype).min / 4 if negative is None else negative
+
+
+_NEGATIVE = {dtype: torch.finfo(dtype).min / 4 for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 
 def attend(
