@@ -1,7 +1,8 @@
 """Layers shared by the towers: attention with its backends (``attention``), the MLP block
-(``mlp``), the fastest CPU products for a few rows (``gemv``) and layers that read one input
-multiplied as one (``joint``), weights on 2 MB pages (``hugepages``), position-embedding resampling (``pos_embed``), and building on the meta device
-(``meta``). Knows no tower, no model and no file."""
+(``mlp``), the fastest CPU products for a row count (``gemv``), layers that read one input
+multiplied as one (``joint``), weights on 2 MB pages (``hugepages``), position-embedding
+resampling (``pos_embed``), and building on the meta device (``meta``). Knows no tower, no
+model and no file."""
 
 from ..lazy import submodules_on_demand  # noqa: E402
 
