@@ -234,8 +234,8 @@ def test_generate_runs_in_inference_mode_and_returns_a_normal_tensor(model, monk
     """The generation runs under ``torch.inference_mode`` (less per-operation bookkeeping than
     ``no_grad``); the ids it returns are an ordinary tensor, and the model trains afterwards."""
     seen = []
-    step = model.text.decode_step
-    monkeypatch.setattr(model.text, "decode_step", lambda *a: seen.append(torch.is_inference_mode_enabled()) or step(*a))
+    step = model.text._step  # what greedy's decode_argmax and decode_step both run
+    monkeypatch.setattr(model.text, "_step", lambda *a: seen.append(torch.is_inference_mode_enabled()) or step(*a))
     px, ids, mask, _ = _prompts()
     out = model.generate(px, ids, mask, max_new_tokens=3)
     assert seen and all(seen)
@@ -249,7 +249,7 @@ def test_generate_runs_in_inference_mode_and_returns_a_normal_tensor(model, monk
 
 @pytest.mark.parametrize("vocab", [250112, 32128, 5000, 4099, 300])
 def test_first_argmax_is_argmax_ties_nan_and_infinities_included(vocab):
-    from pali.generation.search import _argmax_blocks, first_argmax
+    from pali.nn.argmax import argmax_blocks as _argmax_blocks, first_argmax
 
     g = torch.Generator().manual_seed(vocab)
     logits = torch.randn(6, vocab, generator=g)

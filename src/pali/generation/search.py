@@ -16,12 +16,13 @@ import functools
 
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
 from ..defaults import MAX_NEW_TOKENS
 from ..errors import InputError
+from ..nn.argmax import first_argmax
 
 _NEG = -1.0e9
 
@@ -85,16 +86,29 @@ class GenerationConfig:
             raise InputError(f"suppress_tokens must be token ids (ints >= 0), got {self.suppress_tokens!r}")
 
 
-@contextmanager
-def decoding(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, cfg: GenerationConfig):
-    """One generation's ``(step, reorder)`` over a text stack (``decode``, ``start_decoding``,
-    ``decode_step``); on exit the KV cache's buffers are released.
+class Decoding(NamedTuple):
+    """What one generation decodes with (``decoding``).
 
     ``step(new_tokens, position)`` -> logits ``[B, 1, V]`` after the decoder tokens so far, given
-    only the newest ones ``[B, 1]`` at ``position`` (the start token is position 0): a strategy never
-    builds the prefix. ``reorder(index)`` keeps the batch rows beam search selects. The cached
-    step runs the decoder over the KV cache (optionally compiled); ``use_cache=False`` keeps
-    the prefix itself in one preallocated buffer and recomputes it whole every step, the
+    only the newest ones ``[B, 1]`` at ``position`` (the start token is position 0): a strategy
+    never builds the prefix. ``reorder(index)`` keeps the batch rows beam search selects.
+    ``argmax(new_tokens, position)`` -> ``[B]``, where the text stack offers it
+    (``decode_argmax``) and the strategy is greedy: the first maximum of ``next_logits`` at the
+    same step, which the output layer may find without computing every logit; else None.
+    """
+
+    step: Callable[[torch.Tensor, int], torch.Tensor]
+    reorder: Callable[[torch.Tensor], None]
+    argmax: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+
+
+@contextmanager
+def decoding(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, cfg: GenerationConfig):
+    """One generation's ``Decoding`` over a text stack (``decode``, ``start_decoding``,
+    ``decode_step``, optionally ``decode_argmax``); on exit the KV cache's buffers are released.
+
+    The cached step runs the decoder over the KV cache (optionally compiled); ``use_cache=False``
+    keeps the prefix itself in one preallocated buffer and recomputes it whole every step, the
     reference the cached step is tested against.
     """
     if not cfg.use_cache:
@@ -111,19 +125,34 @@ def decoding(text, encoder_hidden: torch.Tensor, mask: torch.Tensor | None, cfg:
             held["hidden"] = held["hidden"].index_select(0, index)
             held["mask"] = None if held["mask"] is None else held["mask"].index_select(0, index)
 
-        yield step, reorder
+        yield Decoding(step, reorder)
         return
 
     cache = text.start_decoding(encoder_hidden, mask, cfg.max_new_tokens)
-    decode_step = _guarded_once(_compiled_step(text)) if cfg.compile else text.decode_step
     filled = [0]
 
-    def cached_step(new_tokens, position):
-        filled[0] = position + 1
-        return decode_step(new_tokens, position)
+    def cached(decode):
+        def call(new_tokens, position):
+            filled[0] = position + 1
+            return decode(new_tokens, position)
+        return call
 
+    argmax = None
+    if cfg.num_beams == 1 and not cfg.do_sample and hasattr(text, "decode_argmax") and (
+        not cfg.compile or hasattr(text, "compiled_decode_step")
+    ):
+        suppressed = None
+        if cfg.suppress_tokens:
+            suppressed = _suppressed(tuple(cfg.suppress_tokens), text.config.vocab_size, encoder_hidden.device)
+        choose = text.compiled_decode_step(argmax=True) if cfg.compile else text.decode_argmax
+
+        def choose_step(new_tokens, position):
+            return choose(new_tokens, position, suppressed)
+
+        argmax = cached(_guarded_once(choose_step) if cfg.compile else choose_step)
+    decode_step = _guarded_once(_compiled_step(text)) if cfg.compile else text.decode_step
     try:
-        yield cached_step, lambda index: cache.reorder(index, filled[0])
+        yield Decoding(cached(decode_step), lambda index: cache.reorder(index, filled[0]), argmax)
     finally:
         release = getattr(cache, "release", None)  # a plugin's cache may not hold buffers
         if release is not None:
@@ -199,36 +228,6 @@ def filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
     return logits
 
 
-def first_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """``logits.argmax(-1)`` of ``[rows, V]`` logits: the same index (the first maximum, NaN
-    counting as the largest), found in blocks on a CPU.
-
-    PyTorch's CPU argmax reads a row on one thread and without vector instructions: 135 us for
-    one row of mT5's 250112 logits, 0.55 ms for 8, about 1% of a greedy step (2-core AMD EPYC,
-    2 threads). The maximum of each block (``amax``: vectorized, parallel) names the first block
-    holding the row's maximum, and argmax runs over that one block only: 20 us for a row.
-    """
-    rows, vocab = logits.shape
-    blocks = _argmax_blocks(vocab)
-    if blocks == 1 or not logits.is_cpu:
-        return logits.argmax(-1)
-    width = vocab // blocks
-    view = logits.reshape(rows, blocks, width)
-    block = view.amax(-1).argmax(-1)
-    return block * width + view[torch.arange(rows, device=logits.device), block].argmax(-1)
-
-
-@functools.lru_cache(maxsize=None)
-def _argmax_blocks(vocab: int) -> int:
-    """How many blocks ``first_argmax`` splits a row of ``vocab`` logits into: the largest divisor
-    up to 1024 (977 blocks of 256 for mT5); 1 (no split) for a small vocabulary or one that
-    has no divisor from 16 to 1024."""
-    if vocab < 4096:
-        return 1
-    blocks = next(d for d in range(1024, 0, -1) if vocab % d == 0)
-    return blocks if blocks >= 16 else 1
-
-
 def greedy_or_sample(
     step: Callable[[torch.Tensor, int], torch.Tensor],
     batch: int,
@@ -236,21 +235,25 @@ def greedy_or_sample(
     cfg: GenerationConfig,
     device: torch.device,
     generator: torch.Generator | None = None,
+    argmax: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Generate ``[batch, <= max_new_tokens]`` ids; rows that ended are padded after their eos.
 
     The output is preallocated: each step writes one column, nothing grows by concatenation.
+    Greedy takes ``argmax`` (``Decoding.argmax``) where given, the first maximum of the step's
+    logits otherwise.
     """
     out = torch.full((batch, cfg.max_new_tokens), cfg.pad_token_id, dtype=torch.long, device=device)
     new = torch.full((batch, 1), start_token, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for t in range(cfg.max_new_tokens):
-        logits = next_logits(step, new, t, cfg)
         if cfg.do_sample:
-            probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
+            probs = torch.softmax(filter_logits(next_logits(step, new, t, cfg), cfg), dim=-1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        elif argmax is not None:
+            nxt = argmax(new, t)
         else:
-            nxt = first_argmax(logits)
+            nxt = first_argmax(next_logits(step, new, t, cfg))
         nxt = torch.where(finished, torch.full_like(nxt, cfg.pad_token_id), nxt)
         out[:, t] = nxt
         new = nxt[:, None]

@@ -310,10 +310,10 @@ class PaliModel(nn.Module):
             encoder_hidden = encoder_hidden.index_select(0, index)
             mask = None if mask is None else mask.index_select(0, index)
         start = text_cfg.decoder_start_token_id
-        with decoding(self.text, encoder_hidden, mask, cfg) as (step, reorder):  # frees the KV cache after
+        with decoding(self.text, encoder_hidden, mask, cfg) as (step, reorder, argmax):  # frees the KV cache after
             if cfg.num_beams > 1:
                 return beam_search(step, reorder, batch, start, cfg, encoder_hidden.device)
-            return greedy_or_sample(step, batch, start, cfg, encoder_hidden.device, generator)
+            return greedy_or_sample(step, batch, start, cfg, encoder_hidden.device, generator, argmax)
 
 
 def _check_labels(labels: torch.Tensor, vocab_size: int, name: str) -> None:

@@ -22,9 +22,11 @@ from torch import nn
 
 from ..errors import InputError
 from ..nn.quantize import FORMATS, Int8Linear, PackedLinear, convert_linear, has_bf16_instructions, quantize_linears
+from ..nn.screen import ScreenedLinear, can_screen
 
 
-def quantize(model: nn.Module, fmt: str = "int8", *, encoder: bool | None = None) -> nn.Module:
+def quantize(model: nn.Module, fmt: str = "int8", *, encoder: bool | None = None,
+             screen: bool | None = None) -> nn.Module:
     """Convert ``model``'s decoding weights to ``fmt`` in place and return it, in eval mode: for
     generation only (it cannot be trained or saved as a checkpoint).
 
@@ -37,6 +39,14 @@ def quantize(model: nn.Module, fmt: str = "int8", *, encoder: bool | None = None
     dtype. ``None`` (default): for ``"bf16"`` and ``"fp32"``, and for ``"int8"`` where the CPU has
     bf16 instructions (``avx512_bf16``, AMX), where bf16 halves the encoder's time; elsewhere
     bf16 matmuls are slower than fp32, and the encoder keeps its weights.
+
+    ``screen`` (``"fp32"`` only): the output layer keeps its fp32 weight as it is and gains a
+    bf16 copy (``pali.nn.screen.ScreenedLinear``: 1.5x the layer's memory) that greedy decoding
+    reads first, computing the fp32 logits of the few rows that can hold the maximum: the
+    tokens of the fp32 logits, at about bf16's cost per step. Beam search and sampling need
+    every logit and read the fp32 weight unpacked. ``None`` (default): where the CPU has bf16
+    instructions (elsewhere the screen is the slower pass); ``False``: the fp32 weight packed
+    instead (no extra memory; beam search and sampling over 6 rows or more run faster).
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown weight format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -50,7 +60,11 @@ def quantize(model: nn.Module, fmt: str = "int8", *, encoder: bool | None = None
     # with dynamic int8 activations (pali.nn.quantize has the measurements).
     if fmt != "fp32":  # fp32: the decoder's small weights stay plain (the module docstring says why)
         quantize_linears(text.decoder, fmt, **({"activations": "bf16"} if fmt == "int8" else {}))
-    text.lm_head = convert_linear(text.lm_head, fmt)
+    if screen and fmt != "fp32":
+        raise InputError(f"screen=True is for the 'fp32' format (its greedy steps); {fmt!r} has no fp32 weight to screen")
+    if screen is None:
+        screen = fmt == "fp32" and can_screen() and text.lm_head.bias is None
+    text.lm_head = ScreenedLinear(text.lm_head) if screen else convert_linear(text.lm_head, fmt)
     if encoder and not hasattr(text, "encoder"):
         raise InputError(f"encoder=True, but {type(text).__name__} has no text encoder to convert")
     if encoder is None:
@@ -66,6 +80,8 @@ def weight_format(model: nn.Module) -> str | None:
     head = getattr(getattr(model, "text", None), "lm_head", None)
     if isinstance(head, Int8Linear):
         return "int8"
+    if isinstance(head, ScreenedLinear):
+        return "fp32"
     if isinstance(head, PackedLinear):
         return {torch.bfloat16: "bf16", torch.float32: "fp32"}[head.dtype]
     return None

@@ -24,6 +24,7 @@ import torch.utils.checkpoint
 from ...config.registry import TEXT_STACKS
 from ...errors import InputError
 from ...generation.kv_cache import KVCache
+from ...nn.argmax import masked_first_argmax
 from ...nn.attention import Attention, RelativeBias
 from ...nn.gemv import compiled_threads, inference_linear, decoding_step
 from ...nn.hugepages import collapse_once
@@ -289,16 +290,35 @@ class MT5(nn.Module):
         On a CPU every weight of a step of a few rows, the output layer included, is read by every
         thread (``pali.nn.gemv``).
         """
-        return self._step(ids, start, self._eager_hidden)
+        return self._step(ids, start, self._eager_hidden, self._logits)
+
+    def decode_argmax(self, ids: torch.Tensor, start: int | torch.Tensor,
+                      suppressed: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy's choice ``[B]`` after ``decode_step(ids, start)``: the first maximum of the last
+        position's logits, the ids in ``suppressed`` (an index tensor) never chosen. An output
+        layer with an ``argmax`` of its own (``pali.nn.screen.ScreenedLinear``, which
+        ``pali.quantize(model, "fp32")`` installs) finds it without computing every logit."""
+        return self._step(ids, start, self._eager_hidden, functools.partial(self._argmax, suppressed=suppressed))
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return inference_linear(hidden, self.lm_head)
+
+    def _argmax(self, hidden: torch.Tensor, suppressed: torch.Tensor | None) -> torch.Tensor:
+        last = hidden[:, -1]
+        choose = getattr(self.lm_head, "argmax", None)
+        if choose is not None:
+            return choose(last, suppressed)
+        return masked_first_argmax(self._logits(last).float(), suppressed)
 
     def _eager_hidden(self, ids: torch.Tensor, position: int) -> torch.Tensor:
         """The eager step's layers, their small weights split across threads as well."""
         with decoding_step():
             return self.decode_hidden(ids, position)
 
-    def compiled_decode_step(self) -> Callable[[torch.Tensor, int | torch.Tensor], torch.Tensor]:
-        """``decode_step`` with the decoder layers compiled (``torch.compile`` of ``decode_hidden``,
-        the position a 0-d tensor: one graph per batch size and cache length, never per token).
+    def compiled_decode_step(self, argmax: bool = False) -> Callable[..., torch.Tensor]:
+        """``decode_step`` (``argmax``: ``decode_argmax``) with the decoder layers compiled
+        (``torch.compile`` of ``decode_hidden``, the position a 0-d tensor: one graph per batch
+        size and cache length, never per token).
 
         The compiled layers split their weights across threads as the eager ones do (see
         ``pali.nn.gemv``); the output layer stays eager: on a CPU, inductor's graph of the whole
@@ -306,20 +326,26 @@ class MT5(nn.Module):
         """
         compiled_threads()
         layers = torch.compile(self.decode_hidden)
-        return lambda ids, start: self._step(
-            ids, start, lambda i, position: layers(i.contiguous(), torch.tensor(position))
-        )
+
+        def hidden(ids: torch.Tensor, position: int) -> torch.Tensor:
+            return layers(ids.contiguous(), torch.tensor(position))
+
+        if argmax:
+            return lambda ids, start, suppressed=None: self._step(
+                ids, start, hidden, functools.partial(self._argmax, suppressed=suppressed))
+        return lambda ids, start: self._step(ids, start, hidden, self._logits)
 
     def _step(self, ids: torch.Tensor, start: int | torch.Tensor,
-              hidden: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+              hidden: Callable[[torch.Tensor, int], torch.Tensor],
+              head: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """A step with ``hidden`` (eager or compiled layers): the cache checked once, then the
-        layers and the output layer."""
+        layers and ``head`` (the logits, or greedy's choice)."""
         cache = self.decoder.kv_cache
         if cache is None or not cache.allocated:
             raise InputError("decode_step needs start_decoding first (no KV cache)")
         position = int(start)
         cache.check_room(position, ids.shape[1])
-        return inference_linear(hidden(ids, position), self.lm_head)
+        return head(hidden(ids, position))
 
     def decode_hidden(self, ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
         """The decoder's last hidden states ``[B, t, d_model]`` for new tokens at ``start ..``.
