@@ -16,6 +16,7 @@ from pali import InputError, PaliModel
 from pali.nn import gemv
 from pali.nn import quantize as nn_quantize
 from pali.nn.quantize import Int8Linear, PackedLinear
+from pali.nn.screen import ScreenedLinear, can_screen
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +35,16 @@ def _inputs():
     return px, ids, mask, labels
 
 
-@pytest.mark.parametrize(("fmt", "layer", "tolerance"),
-                         [("int8", Int8Linear, 0.05), ("bf16", PackedLinear, 0.02), ("fp32", PackedLinear, 1e-5)])
-def test_quantize_converts_the_decoding_layers_and_stays_close(model, fmt, layer, tolerance):
+@pytest.mark.parametrize(("fmt", "screen", "layer", "tolerance"), [
+    ("int8", None, Int8Linear, 0.05), ("bf16", None, PackedLinear, 0.02), ("fp32", False, PackedLinear, 1e-5),
+    pytest.param("fp32", None, ScreenedLinear, 1e-5,
+                 marks=pytest.mark.skipif(not can_screen(), reason="no bf16 instructions or oneDNN packing")),
+])
+def test_quantize_converts_the_decoding_layers_and_stays_close(model, fmt, screen, layer, tolerance):
     px, ids, mask, labels = _inputs()
-    quantized = pali.quantize(copy.deepcopy(model), fmt)
+    quantized = pali.quantize(copy.deepcopy(model), fmt, screen=screen)
     assert isinstance(quantized.text.lm_head, layer)
+    assert pali.models.quantize.weight_format(quantized) == fmt
     # fp32 packs the output layer only: the decoder's small weights stay plain
     assert all((type(m) is nn.Linear) == (fmt == "fp32") for m in quantized.text.decoder.modules()
                if isinstance(m, (nn.Linear, layer)))
@@ -91,8 +96,11 @@ def test_quantize_refuses_what_it_cannot_do(model):
         pali.quantize(nn.Linear(2, 2), "int8")
     with torch.device("meta"):
         on_meta = PaliModel.from_preset("pali-tiny")
-    with pytest.raises(InputError, match="packed weights run on the CPU; this layer is on meta"):
-        pali.quantize(on_meta, "fp32")
+    for screen in (False, True):
+        with pytest.raises(InputError, match="run on the CPU; this layer is on meta"):
+            pali.quantize(copy.deepcopy(on_meta), "fp32", screen=screen)
+    with pytest.raises(InputError, match="screen=True is for the 'fp32' format"):
+        pali.quantize(copy.deepcopy(model), "int8", screen=True)
     no_encoder = copy.deepcopy(model)
     del no_encoder.text.encoder
     with pytest.raises(InputError, match="encoder=True, but MT5 has no text encoder"):

@@ -63,11 +63,13 @@ class ScreenedLinear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         weight = linear.weight
-        if weight.device.type != "cpu" or weight.dtype != torch.float32 or linear.bias is not None:
-            raise InputError(
-                f"a screened output layer needs a bias-free fp32 layer on the CPU; got {weight.dtype} on "
-                f"{weight.device}, bias {'present' if linear.bias is not None else 'none'}"
-            )
+        if weight.device.type != "cpu":
+            raise InputError(f"screened weights run on the CPU; this layer is on {weight.device}")
+        if not can_pack():
+            raise InputError("a screened layer needs oneDNN's packed bf16 kernel, which this torch build lacks")
+        if weight.dtype != torch.float32 or linear.bias is not None:
+            raise InputError(f"a screened layer is a bias-free fp32 one; got {weight.dtype} weights"
+                             f"{' and a bias' if linear.bias is not None else ''}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = weight.detach()
         collapse(self.weight)
@@ -112,19 +114,23 @@ class ScreenedLinear(nn.Module):
     def _threshold(self, rows: torch.Tensor, rounded: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
         """Per row, the screened logit below which a row cannot hold the fp32 maximum.
 
-        With ``e`` the bound on the weights' and inputs' rounding and both fp32 accumulations
-        (the module docstring), a screened logit ``s`` rounded to bf16 from ``acc`` has
-        ``|s - acc| <= 2^-8 |s|``: an fp32 logit is at most ``f(s) + e`` with ``f(s) = s + 2^-8 |s|``
-        (increasing in ``s``) and the screen's maximum ``top`` is at least ``top - 2^-8 |top| - e``.
-        A row is out when ``f(s) + e < top - 2^-8 |top| - e``, that is ``s < f^-1(that)``.
+        A screened logit ``s`` rounded to bf16 from ``acc`` has ``|s - acc| <= 2^-8 |s|``, so with
+        ``e = error(...)`` an fp32 logit is at most ``f(s) + e``, ``f(s) = s + 2^-8 |s|`` (increasing
+        in ``s``), and the screen's maximum ``top`` is at least ``top - 2^-8 |top| - e``. A row
+        is out when ``f(s) + e < top - 2^-8 |top| - e``, that is ``s < f^-1(that)``.
         """
+        lowest = top - 2.0**-8 * top.abs() - 2 * self.error(rows, rounded)
+        return torch.where(lowest >= 0, lowest / (1 + 2.0**-8), lowest / (1 - 2.0**-8))
+
+    def error(self, rows: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+        """Per input row, how far the screen's unrounded logit (its fp32 accumulation) may lie from
+        any fp32 logit: the weights' and inputs' rounding to bf16 and both accumulations (the
+        module docstring), widened by ``2^-10`` for the rounding of the norms."""
         g = self.in_features * _U / (1 - self.in_features * _U)
         a, r = self.row_norm, self.rounding
         norm_rounded = rounded.norm(dim=1)
-        e = ((rows - rounded).norm(dim=1) * a + norm_rounded * r
-             + g * (norm_rounded * (a + r) + rows.norm(dim=1) * a)) * (1 + 2.0**-10)
-        lowest = top - 2.0**-8 * top.abs() - 2 * e
-        return torch.where(lowest >= 0, lowest / (1 + 2.0**-8), lowest / (1 - 2.0**-8))
+        e = (rows - rounded).norm(dim=1) * a + norm_rounded * r + g * (norm_rounded * (a + r) + rows.norm(dim=1) * a)
+        return e * (1 + 2.0**-10)
 
     def __getstate__(self) -> dict:
         """Copied or pickled, the screen (an opaque packed tensor) is rebuilt on arrival."""
