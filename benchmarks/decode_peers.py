@@ -7,8 +7,9 @@ pali loads the same state dict through ``pali.convert.hf``'s key maps. Every row
 random input ids (as many as PaLI's 196 visual tokens plus a 10-id prompt) and forces 32
 decoding steps (minimum = maximum length, eos disabled), at 2 threads unless told otherwise.
 
-Tokens are compared first: every pali fp32 engine (as it is, compiled, with its weights packed
-by ``pali.quantize(model, "fp32")``) must equal transformers (the script exits otherwise);
+Tokens are compared first: every pali fp32 engine (as it is, compiled, its output layer packed
+by ``pali.quantize(model, "fp32", screen=False)`` or screened by ``pali.quantize(model, "fp32")``)
+must equal transformers (the script exits otherwise);
 agreement with CTranslate2 and of pali's reduced-precision paths with pali fp32 is reported.
 Then each row times every engine, interleaved rep by rep so machine noise hits them alike, and
 prints the median tokens/s with its spread (min-max), the ratios against CTranslate2 fp32 and
@@ -58,6 +59,7 @@ from generate import FULL, QUICK, Reference, inputs, ours_from  # noqa: E402  (t
 
 import pali  # noqa: E402
 from pali.nn.hugepages import collapse  # noqa: E402
+from pali.nn.screen import can_screen  # noqa: E402
 
 ROWS = [("greedy b1", 1, 1), ("greedy b8", 8, 1), ("beam b1 x4", 1, 4)]  # (name, batch, beams)
 INPUT_LEN = 206
@@ -182,17 +184,18 @@ def memory_copy(mib: int):
     return (lambda *_: dst.copy_(src)), 2 * src.numel() * 4
 
 
-def weight_bytes_per_step(model) -> int:
+def weight_bytes_per_step(model, greedy: bool) -> int:
     """Bytes of the weights one decoding step reads: the decoder's layers (cross-attention keys and
     values are projected once per generation, the embedding table is read one row per token)
-    and the output layer. Packed layers (int8, bf16, fp32) count their ``weight_bytes``."""
+    and the output layer. Packed layers (int8, bf16, fp32) count their ``weight_bytes``; a
+    screened output layer its bf16 screen in a greedy step (``argmax_bytes``)."""
     text = model.text
     total = 0
     for root, skip in ((text.decoder, (".cross_attn.k", ".cross_attn.v", ".kv_cache")), (text.lm_head, ())):
         for name, module in root.named_modules():
             if any(f".{name}".startswith(s) or f".{name}".endswith(s) for s in skip):
                 continue
-            total += getattr(module, "weight_bytes", 0)
+            total += getattr(module, "argmax_bytes" if greedy and hasattr(module, "argmax_bytes") else "weight_bytes", 0)
             for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
                 total += t.numel() * t.element_size()
     return total
@@ -248,15 +251,19 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 
 
 def variants(ours, compile_rows: bool) -> dict:
-    """The pali models timed: fp32 (eager and compiled; as it is, and its weights packed for
-    oneDNN by ``pali.quantize(model, "fp32")``), int8 and bf16 weights."""
+    """The pali models timed: fp32 (eager and compiled; as it is, its output layer packed for
+    oneDNN by ``pali.quantize(model, "fp32", screen=False)``, and screened by
+    ``pali.quantize(model, "fp32")`` where the CPU has bf16 instructions), int8 and bf16 weights."""
     models = {"pali fp32": (ours, {})}
     if compile_rows:
         models["pali fp32 compiled"] = (ours, {"compile": True})
-    packed = pali.quantize(text_copy(ours), "fp32")
-    models["pali fp32 packed"] = (packed, {})
-    if compile_rows:
-        models["pali fp32 packed compiled"] = (packed, {"compile": True})
+    fp32 = {"packed": pali.quantize(text_copy(ours), "fp32", screen=False)}
+    if can_screen():
+        fp32["screened"] = pali.quantize(text_copy(ours), "fp32", screen=True)
+    for name, model in fp32.items():
+        models[f"pali fp32 {name}"] = (model, {})
+        if compile_rows:
+            models[f"pali fp32 {name} compiled"] = (model, {"compile": True})
     models["pali int8"] = (pali.quantize(text_copy(ours), "int8"), {})
     models["pali bf16"] = (pali.quantize(text_copy(ours), "bf16"), {})
     return models
@@ -283,20 +290,24 @@ def text_rows(ref, ours, sizes, args) -> tuple[list[dict], dict]:
         translators, ct2_vocab = ct2_translators(hf_text, args.threads, ct2_dir) if args.ctranslate2 else ({}, None)
         try:
             rows = [text_row(row, models, translators, ct2_vocab, hf_text, args, length, sizes) for row in ROWS]
-            return rows, per_token(models["pali fp32"][0], translators.get("float32"), ct2_vocab, args, length, sizes)
+            eager = {label: model for label, (model, options) in models.items()
+                     if label in ("pali fp32", "pali fp32 screened")}
+            return rows, per_token(eager, translators.get("float32"), ct2_vocab, args, length, sizes)
         finally:
             for translator in translators.values():
                 translator.close()
 
 
-def per_token(model, translator, ct2_vocab, args, length, sizes) -> dict:
-    """Milliseconds per extra token at greedy b1, pali fp32 and CTranslate2 fp32: (an n-token
-    generation - a 1-token one) / (n - 1), paired per repetition, so the fixed part (the encoder,
-    the cross-attention projection) cancels and the decode steps remain."""
+def per_token(models: dict, translator, ct2_vocab, args, length, sizes) -> dict:
+    """Milliseconds per extra token at greedy b1, the pali fp32 ``models`` (by label) and
+    CTranslate2 fp32: (an n-token generation - a 1-token one) / (n - 1), paired per repetition,
+    so the fixed part (the encoder, the cross-attention projection) cancels and the decode steps
+    remain."""
     n, ids = sizes["new_tokens"], input_ids(1, length, sizes["text"]["vocab_size"])
     engines = {}
     for steps in (1, n):
-        engines[f"pali fp32 {steps}"] = pali_engine(model, steps, 1)
+        for label, model in models.items():
+            engines[f"{label} {steps}"] = pali_engine(model, steps, 1)
         if translator is not None:
             engines[f"ct2 float32 {steps}"] = ct2_engine(translator, ct2_vocab, steps, 1)
     for engine in engines.values():
@@ -304,7 +315,7 @@ def per_token(model, translator, ct2_vocab, args, length, sizes) -> dict:
     result = measure(engines, (ids,), 1, args.reps)
     return {name: 1e3 * statistics.median((long - one) / (n - 1) for one, long in
                                           zip(result[f"{name} 1"]["times"], result[f"{name} {n}"]["times"]))
-            for name in ("pali fp32", "ct2 float32") if f"{name} 1" in result}
+            for name in (*models, "ct2 float32") if f"{name} 1" in result}
 
 
 def text_row(row, models, translators, ct2_vocab, hf_text, args, length, sizes) -> dict:
@@ -338,7 +349,7 @@ def text_row(row, models, translators, ct2_vocab, hf_text, args, length, sizes) 
         with torch.no_grad():  # each model's own encoder (quantize may convert it)
             encode = statistics.median(timed(model.encode, None, ids) for _ in range(max(3, args.reps)))
         step = [(seconds - encode) / steps for seconds in result[label]["times"]]
-        floor = [weight_bytes_per_step(model) / b for b in bandwidth]
+        floor = [weight_bytes_per_step(model, greedy=beams == 1) / b for b in bandwidth]
         result[label].update(step_ms=statistics.median(step) * 1e3, floor_ms=statistics.median(floor) * 1e3,
                              vs_floor=statistics.median(s / f for s, f in zip(step, floor)))
         for peer in ("ct2 float32", "ct2 int8"):

@@ -172,7 +172,7 @@ def decode_peers_figure(plt, result: dict, path: Path) -> None:
     engines = list(dict.fromkeys(e for r in rows for e in r["engines"]))
     fig, ax = plt.subplots(figsize=(10, 3.4))
     width = 0.8 / len(engines)
-    colors = plt.get_cmap("tab10")
+    colors = plt.get_cmap("tab20")  # up to 20 engines
     for j, engine in enumerate(engines):
         xs, values, low, high = [], [], [], []
         for i, r in enumerate(rows):

@@ -130,7 +130,7 @@ def test_copies_and_pickles_rebuild_the_screen():
         expected = head.argmax(x)
         for clone in (copy.deepcopy(head), pickle.loads(pickle.dumps(head))):
             assert torch.equal(clone.argmax(x), expected) and torch.equal(clone(x), head(x))
-    assert "bf16 screen" in repr(head) and head.weight_bytes == 300 * 64 * 2
+    assert "bf16 screen" in repr(head) and head.weight_bytes == 300 * 64 * 4 and head.argmax_bytes == 300 * 64 * 2
 
 
 def test_what_cannot_be_screened_is_refused():

@@ -144,7 +144,13 @@ class ScreenedLinear(nn.Module):
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes a greedy step reads: the bf16 screen (the candidates' fp32 rows are few)."""
+        """Bytes of the weight ``forward`` reads (the fp32 weight, an attribute: whoever walks the
+        buffers misses it)."""
+        return self.in_features * self.out_features * 4
+
+    @property
+    def argmax_bytes(self) -> int:
+        """Bytes ``argmax`` reads: the bf16 screen (the candidates' fp32 rows are a few more)."""
         return self.in_features * self.out_features * 2
 
     def extra_repr(self) -> str:
