@@ -48,8 +48,8 @@ def add_parser(sub) -> None:
                      help="DataLoader processes decoding images (default: 2; 0: in this process)")
     run.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="model dtype (default: fp32)")
     run.add_argument("--quantize", choices=("fp32", "int8", "bf16"), metavar="FORMAT",
-                     help="CPU decoding weights (pali.quantize): fp32 (packed for oneDNN: the same answers, "
-                          "faster), int8 or bf16 (faster still; answers can change)")
+                     help="CPU decoding weights (pali.quantize): fp32 (the same answers, faster: greedy reads a "
+                          "bf16 screen of the output layer, exactly), int8 or bf16 (faster still; answers can change)")
     run.add_argument("--device", help="torch device, e.g. cuda (default: cpu; ray: cuda when the cluster has GPUs)")
     run.add_argument("--engine", choices=("local", "ray"), default="local",
                      help="local: this process + DataLoader workers; ray: a Ray Data pipeline (pali-vlm[ray])")

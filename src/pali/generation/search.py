@@ -1,13 +1,16 @@
 """Decoding strategies over an encoder-decoder: greedy, sampling and beam search.
 
-``decoding`` builds, for one generation, the step function every strategy shares:
+``decoding`` builds, for one generation, what every strategy shares (``Decoding``):
 ``step(new_tokens, position)`` gives the next-token logits given the newest tokens only, and
 ``reorder(index)`` keeps the batch rows that beam search selects. The step runs the decoder on
 the newest token over its KV cache (optionally compiled), or, with ``use_cache=False``,
 recomputes the whole prefix: the reference the cached step is tested against. ``next_logits``
-is the one place where a step's logits are turned into the scores a strategy chooses from. Beam search follows Hugging Face transformers' vectorized
-algorithm (top ``2K`` candidates, length-normalized finished hypotheses, the same early-stop
-heuristic), so both give the same beams.
+is the one place where a step's logits are turned into the scores a strategy chooses from;
+greedy decoding over a text stack with ``decode_argmax`` asks the stack for the token instead
+(``Decoding.argmax``: the same first maximum, suppressed ids left out, which an output layer
+may find without computing every logit). Beam search follows Hugging Face transformers'
+vectorized algorithm (top ``2K`` candidates, length-normalized finished hypotheses, the same
+early-stop heuristic), so both give the same beams.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""``pali.quantize(model, "int8")``: a model whose decoding reads int8, bf16 or packed fp32 weights.
+"""``pali.quantize(model, "int8")``: a model whose decoding reads int8, bf16 or fp32 weights in
+the form its kernels read fastest.
 
 The layers one decoding step reads (the text decoder's linear layers and the output layer) are
-swapped for ``pali.nn.quantize``'s int8 or bf16 forms; with fp32, the output layer is packed
-and the decoder's layers keep their plain weights. Packing those small weights paid at 4 and 8
+swapped for ``pali.nn.quantize``'s int8 or bf16 forms; with fp32, the output layer is screened
+(``pali.nn.screen``: a bf16 copy greedy steps read first, the tokens of the fp32 logits) where
+the CPU has bf16 instructions, packed elsewhere, and the decoder's layers keep their plain
+weights. Packing those small weights paid at 4 and 8
 rows per step (eager, 2-core AMD EPYC, paired: 9% and 7% faster steps) but cost at one row (7%
 slower eager, 23% compiled: inductor fuses a plain weight's one-row product into its own
 kernels, where a packed weight stays an opaque call), and the output layer, half a gigabyte,
@@ -31,8 +34,8 @@ def quantize(model: nn.Module, fmt: str = "int8", *, encoder: bool | None = None
     generation only (it cannot be trained or saved as a checkpoint).
 
     ``fmt``, as CTranslate2's compute types: ``"int8"`` (int8 weights), ``"bf16"`` (bf16 weights)
-    or ``"fp32"`` (the same weights; the output layer packed in oneDNN's layout: fp32 results,
-    faster kernels; the decoder's small layers stay plain, see the module docstring).
+    or ``"fp32"`` (the same weights and tokens; the output layer screened or packed, see
+    ``screen``; the decoder's small layers stay plain, see the module docstring).
 
     ``encoder``: also convert the text encoder's linear layers, to bf16 (``"int8"``, ``"bf16"``)
     or packed fp32 (``"fp32"``); the residual stream, norms and attention stay in the model's
