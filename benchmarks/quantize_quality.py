@@ -1,9 +1,10 @@
 """What ``pali.quantize`` costs in quality: measured, not assumed.
 
 * The bundled ``pali-demo`` model's held-out scores (``examples/train_synthetic.py``'s
-  ``evaluate``, the seed and size its ``evaluation.json`` was made with) in fp32, int8, bf16 and
-  packed fp32 (``pali.quantize(model, "fp32")``: the same weights, which must score the same),
-  and the difference in points per task.
+  ``evaluate``, the seed and size its ``evaluation.json`` was made with) in fp32, int8, bf16,
+  packed fp32 (``pali.quantize(model, "fp32", screen=False)``) and screened fp32
+  (``pali.quantize(model, "fp32")`` where the CPU has bf16 instructions): the same weights,
+  which must score the same; and the difference in points per task.
 * BLIP-2 tiny (``pali.testing.blip2``'s random-weight transformers twins, T5 and mT5 text):
   the largest logit error of each format against fp32, relative to the largest fp32 logit,
   and greedy token agreement over 16 new tokens.
@@ -29,8 +30,12 @@ sys.path.insert(0, str(ROOT / "examples"))  # train_synthetic.evaluate: the demo
 import pali  # noqa: E402
 from pali import PaliModel, PaliProcessor  # noqa: E402
 from pali.nn.quantize import has_bf16_instructions  # noqa: E402
+from pali.nn.screen import can_screen  # noqa: E402
 
-FORMATS = {"int8": "int8", "bf16": "bf16", "fp32": "fp32 packed"}  # pali.quantize format: label
+#: label: pali.quantize's arguments
+FORMATS = {"int8": ("int8", {}), "bf16": ("bf16", {}), "fp32 packed": ("fp32", {"screen": False})}
+if can_screen():
+    FORMATS["fp32 screened"] = ("fp32", {"screen": True})
 
 
 def demo_scores(per_cell: int | None) -> dict:
@@ -43,8 +48,8 @@ def demo_scores(per_cell: int | None) -> dict:
     processor = PaliProcessor.from_pretrained("pali-demo")
     fp32 = PaliModel.from_pretrained("pali-demo").eval()
     scores = {"fp32": evaluate(fp32, processor, seed, per_cell)}
-    for fmt, label in FORMATS.items():
-        scores[label] = evaluate(pali.quantize(copy.deepcopy(fp32), fmt), processor, seed, per_cell)
+    for label, (fmt, options) in FORMATS.items():
+        scores[label] = evaluate(pali.quantize(copy.deepcopy(fp32), fmt, **options), processor, seed, per_cell)
     return dict(per_cell=per_cell, eval_seed=seed, scores=scores)
 
 
@@ -59,8 +64,8 @@ def blip2_errors() -> dict:
         with torch.no_grad():
             expected = ours(px, ids, mask, decoder_input_ids=dec).logits
             tokens = ours.generate(px, ids, mask, max_new_tokens=16, eos_token_id=-1)
-            for fmt, label in FORMATS.items():
-                quantized = pali.quantize(copy.deepcopy(ours), fmt)
+            for label, (fmt, options) in FORMATS.items():
+                quantized = pali.quantize(copy.deepcopy(ours), fmt, **options)
                 got = quantized(px, ids, mask, decoder_input_ids=dec).logits
                 same = quantized.generate(px, ids, mask, max_new_tokens=16, eos_token_id=-1) == tokens
                 results[f"blip2-{kind} {label}"] = dict(
@@ -87,7 +92,7 @@ def main(argv=None) -> None:
     demo = demo_scores(args.per_cell)
     scores = demo["scores"]
     print(f"\npali-demo held-out ({demo['per_cell']} examples per cell, seed {demo['eval_seed']})")
-    labels = list(FORMATS.values())
+    labels = list(FORMATS)
     print(f"{'metric':<18}{'fp32':>8}" + "".join(f"{f:>12}{'diff':>8}" for f in labels))
     for key in scores["fp32"]:
         cells = "".join(f"{scores[f][key]:>12.3f}{100 * (scores[f][key] - scores['fp32'][key]):>+8.1f}" for f in labels)
