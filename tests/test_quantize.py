@@ -374,3 +374,17 @@ def test_int8_layers_of_any_width_stay_finite_and_close(in_features):
         expected = layer(x)
     assert torch.isfinite(got).all()
     assert float((got - expected).abs().max()) <= 0.05 * float(expected.abs().max())
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp32"])
+def test_a_quantized_model_is_not_saved_as_a_checkpoint(model, fmt, tmp_path):
+    """Its converted layers hold no parameters: a checkpoint of it would lack them. Saving
+    refuses and leaves no folder; the model saved before converting loads."""
+    from pali.errors import CheckpointError
+
+    quantized = pali.quantize(copy.deepcopy(model), fmt)
+    with pytest.raises(CheckpointError, match=r"weights of its architecture are not in its state dict .*save the model before"):
+        quantized.save_pretrained(tmp_path / "quantized")
+    assert not (tmp_path / "quantized").exists()
+    model.save_pretrained(tmp_path / "plain")
+    assert PaliModel.from_pretrained(tmp_path / "plain") is not None

@@ -226,13 +226,23 @@ def write_model(
 ) -> None:
     """Fill the existing ``folder`` with ``model``'s config, shards, ``card`` (the model card's
     text, made by the caller: the card is the Hub's business) and the processor's files."""
-    meta = [n for n, p in model.state_dict().items() if p.is_meta]
+    state = model.state_dict()
+    meta = [n for n, p in state.items() if p.is_meta]
     if meta:
         raise CheckpointError(f"cannot save a model whose weights are on the meta device: {meta[:5]}")
+    with meta_device():
+        expected = type(model)(model.config).state_dict().keys()
+    absent = sorted(expected - state.keys())
+    if absent:  # a layer swapped for a form that is no checkpoint (pali.quantize's)
+        raise CheckpointError(
+            f"cannot save this model as a checkpoint: {len(absent)} weights of its architecture are not in its "
+            f"state dict ({_listing(absent)}); a model converted by pali.quantize is for inference: save the "
+            f"model before converting it"
+        )
     write_config_json(folder, model.config.to_json())
     sources = json.dumps(list(model.weight_sources))
     write_safetensors(
-        model.state_dict().items(), folder, max_shard_size=max_shard_size, metadata={SOURCES_KEY: sources}
+        state.items(), folder, max_shard_size=max_shard_size, metadata={SOURCES_KEY: sources}
     )
     if card is not None:
         (folder / CARD_NAME).write_text(card)
