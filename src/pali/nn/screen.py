@@ -45,6 +45,8 @@ from .quantize import can_pack, has_bf16_instructions, packed_weight
 #: a block for mT5): the full fp32 product is cheaper.
 MAX_BLOCKS = 64
 _U = 2.0**-24
+#: Rows per pass when the screen is built (8 MB of mT5's fp32 rows at a time).
+_ROWS_AT_ONCE = 4096
 
 
 def can_screen() -> bool:
@@ -78,9 +80,13 @@ class ScreenedLinear(nn.Module):
 
     def _build_screen(self) -> None:
         rounded = self.weight.to(torch.bfloat16)
+        norm = rounding = 0.0
+        for start in range(0, self.out_features, _ROWS_AT_ONCE):  # no fp32 copy of the whole weight
+            rows = self.weight[start : start + _ROWS_AT_ONCE]
+            norm = max(norm, float(rows.norm(dim=1).max()))
+            rounding = max(rounding, float((rows - rounded[start : start + _ROWS_AT_ONCE].float()).norm(dim=1).max()))
         slack = 1 + 2.0**-10  # fp32 rounding of the norms themselves
-        self.row_norm = float(self.weight.norm(dim=1).max()) * slack
-        self.rounding = float((self.weight - rounded.float()).norm(dim=1).max()) * slack
+        self.row_norm, self.rounding = norm * slack, rounding * slack
         self.screen = packed_weight(rounded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
