@@ -123,6 +123,16 @@ def test_inputs_the_screen_cannot_bound_take_the_full_product(value, monkeypatch
         assert torch.equal(head.argmax(x[[0, 2]]), expected[[0, 2]])
 
 
+def test_a_large_batch_is_screened_too(monkeypatch):
+    """80 rows keep their candidates (a few each) and never compute every logit."""
+    head = ScreenedLinear(_layer(4096))
+    x = _inputs(80)
+    with torch.inference_mode():
+        expected = first_argmax(head(x))
+        monkeypatch.setattr(screen_module.gemv, "linear_rows", lambda *a: pytest.fail("computed every logit"))
+        assert torch.equal(head.argmax(x), expected)
+
+
 def test_copies_and_pickles_rebuild_the_screen():
     head = ScreenedLinear(_layer(300))
     x = _inputs(4)

@@ -21,8 +21,9 @@ exact one, the screen's fp32 accumulation of exact bf16 products within ``g |x_b
 the screen's bf16 output is rounded to nearest, within ``2^-8 |s|``. ``delta`` is their sum,
 widened by ``2^-10`` of itself for the rounding of the norms (``_threshold`` has the exact
 form; bf16 kernels may flush denormals, below 1e-38, to zero, which no bound here covers).
-Inputs that are not finite, or a screen that leaves candidates in more than ``MAX_BLOCKS``
-blocks (an input of zeros ties every logit), take the full fp32 product instead.
+Inputs that are not finite, or a screen that leaves more candidates than ``MIN_CANDIDATES`` or
+1/64 of the rows, whichever is more (an input of zeros ties every logit), take the full fp32
+product instead.
 
 Measured on a 2-core AMD EPYC with ``avx512_bf16`` (2 threads), mT5's ``[250112, 512]``
 layer: the bf16 product 5.2 ms for one row and 6.2 for 8, against 10.3-10.7 and 12.2-17.6 for
@@ -41,9 +42,9 @@ from .argmax import argmax_blocks, masked_first_argmax
 from .hugepages import collapse
 from .quantize import can_pack, has_bf16_instructions, packed_weight
 
-#: More blocks of candidates than this after the screen (per call; ``argmax_blocks``: 256 logits
-#: a block for mT5): the full fp32 product is cheaper.
-MAX_BLOCKS = 64
+#: More candidates than this, or than 1/64 of the output rows (3908 of mT5's, 8 MB of fp32 rows
+#: gathered), in one call: the full fp32 product instead.
+MIN_CANDIDATES = 256
 _U = 2.0**-24
 #: Rows per pass when the screen is built (8 MB of mT5's fp32 rows at a time).
 _ROWS_AT_ONCE = 4096
@@ -108,10 +109,12 @@ class ScreenedLinear(nn.Module):
         view = screened.view(rows.shape[0], argmax_blocks(self.out_features), -1)
         block_top = view.amax(-1)
         threshold = self._threshold(rows, rounded.float(), block_top.amax(-1))
-        row, block = (block_top >= threshold[:, None]).nonzero().unbind(1)
-        if not (bool(torch.isfinite(threshold).all()) and 0 < row.shape[0] <= MAX_BLOCKS):
+        if not bool(torch.isfinite(threshold).all()):
             return masked_first_argmax(self.forward(rows), suppressed)
+        row, block = (block_top >= threshold[:, None]).nonzero().unbind(1)
         which, offset = (view[row, block] >= threshold.index_select(0, row)[:, None]).nonzero().unbind(1)
+        if which.shape[0] > max(MIN_CANDIDATES, self.out_features // 64):
+            return masked_first_argmax(self.forward(rows), suppressed)
         row, col = row.index_select(0, which), block.index_select(0, which) * view.shape[-1] + offset
         exact = (self.weight.index_select(0, col) * rows.index_select(0, row)).sum(-1)
         best = exact.new_full((rows.shape[0],), float("-inf")).scatter_reduce(0, row, exact, "amax")
