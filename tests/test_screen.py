@@ -143,11 +143,20 @@ def test_copies_and_pickles_rebuild_the_screen():
     assert "bf16 screen" in repr(head) and head.weight_bytes == 300 * 64 * 4 and head.argmax_bytes == 300 * 64 * 2
 
 
+def test_a_bf16_layer_is_screened_in_fp32():
+    """As ``pali.quantize``'s other fp32 form: a bf16 layer's weights are widened to fp32."""
+    layer = _layer(4096).to(torch.bfloat16)
+    head = ScreenedLinear(layer)
+    x = _inputs(4).to(torch.bfloat16)
+    assert head.weight.dtype == torch.float32 and torch.equal(head.weight, layer.weight.float())
+    with torch.inference_mode():
+        assert head(x).dtype == torch.bfloat16
+        assert torch.equal(head.argmax(x), first_argmax(x.float() @ head.weight.t()))
+
+
 def test_what_cannot_be_screened_is_refused():
-    with pytest.raises(InputError, match="bias-free fp32 one; got torch.float32 weights and a bias"):
+    with pytest.raises(InputError, match="bias-free floating-point one; got torch.float32 weights and a bias"):
         ScreenedLinear(nn.Linear(4, 8))
-    with pytest.raises(InputError, match="got torch.bfloat16 weights"):
-        ScreenedLinear(nn.Linear(4, 8, bias=False).to(torch.bfloat16))
     with pytest.raises(InputError, match="on the CPU; this layer is on meta"):
         ScreenedLinear(nn.Linear(4, 8, bias=False, device="meta"))
 

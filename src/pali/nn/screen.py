@@ -57,8 +57,9 @@ def can_screen() -> bool:
 
 
 class ScreenedLinear(nn.Module):
-    """A bias-free fp32 linear layer (an output layer) whose ``argmax`` reads a bf16 copy of
-    its weight first (see the module docstring); ``forward`` is the plain fp32 product.
+    """A bias-free linear layer (an output layer) in fp32 whose ``argmax`` reads a bf16 copy of
+    its weight first (see the module docstring); ``forward`` is the plain fp32 product, its
+    output in the input's dtype.
 
     Holds the fp32 weight as it is (on 2 MB pages) and its bf16 copy: 1.5x the layer's memory.
     For inference on a CPU (the weight is an attribute, not a parameter: no checkpoint entry).
@@ -71,11 +72,11 @@ class ScreenedLinear(nn.Module):
             raise InputError(f"screened weights run on the CPU; this layer is on {weight.device}")
         if not can_pack():
             raise InputError("a screened layer needs oneDNN's packed bf16 kernel, which this torch build lacks")
-        if weight.dtype != torch.float32 or linear.bias is not None:
-            raise InputError(f"a screened layer is a bias-free fp32 one; got {weight.dtype} weights"
+        if linear.bias is not None or not weight.is_floating_point():
+            raise InputError(f"a screened layer is a bias-free floating-point one; got {weight.dtype} weights"
                              f"{' and a bias' if linear.bias is not None else ''}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = weight.detach()
+        self.weight = weight.detach().float()  # the fp32 format: a bf16 or fp16 layer's weights widened
         collapse(self.weight)
         self._build_screen()
 
@@ -91,10 +92,10 @@ class ScreenedLinear(nn.Module):
         self.screen = packed_weight(rounded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The fp32 logits (``pali.nn.gemv``'s fastest kernel for the row count)."""
+        """The logits, computed in fp32 (``pali.nn.gemv``'s fastest kernel for the row count)."""
         rows = x.reshape(-1, self.in_features).float()
         out = gemv.linear_rows(rows, self.weight, None)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def argmax(self, x: torch.Tensor, suppressed: torch.Tensor | None = None) -> torch.Tensor:
         """``first_argmax`` of ``forward(x)`` over ``[rows, in]`` inputs, the ids in
