@@ -154,11 +154,15 @@ def test_a_bf16_layer_is_screened_in_fp32():
         assert torch.equal(head.argmax(x), first_argmax(x.float() @ head.weight.t()))
 
 
-def test_what_cannot_be_screened_is_refused():
+def test_what_cannot_be_screened_is_refused(monkeypatch):
     with pytest.raises(InputError, match="bias-free floating-point one; got torch.float32 weights and a bias"):
         ScreenedLinear(nn.Linear(4, 8))
     with pytest.raises(InputError, match="on the CPU; this layer is on meta"):
         ScreenedLinear(nn.Linear(4, 8, bias=False, device="meta"))
+    with monkeypatch.context() as patch:
+        patch.setattr(screen_module, "can_pack", lambda: False)
+        with pytest.raises(InputError, match="needs oneDNN's packed bf16 kernel"):
+            ScreenedLinear(nn.Linear(4, 8, bias=False))
 
 
 @pytest.fixture(scope="module")
